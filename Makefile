@@ -1,0 +1,36 @@
+# Two commands on a fresh Debian machine (root):  make dream   |   make test
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+STAMP := .make-installed
+OUT ?= runs/dream
+
+.PHONY: dream test install system-deps python-deps i3d lint collect-demo clean
+
+## Install what is missing: Mesa/EGL for headless rendering, torch (CPU build unless one is present),
+## the project with its extras, and the converted I3D weights for FVD.
+install: system-deps python-deps
+
+system-deps:
+	@if ! dpkg -s libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libglu1-mesa libfreetype6 >/dev/null 2>&1; then \
+		apt-get update && apt-get install -y --no-install-recommends \
+			libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libglu1-mesa libfreetype6; \
+	fi
+
+python-deps:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
+	@$(PIP) install -q -e ".[dev,rl]"
+
+lint:
+	ruff check .
+
+test: install
+	ruff check .
+	$(PYTHON) -m pytest -q
+
+## The main job. Until the world model lands: collect a small dataset and write an mp4 of a real episode.
+dream: install
+	maskflow collect episodes=4 steps=300 workers=2 seed=0 out=$(OUT)/data overwrite=true
+	@echo "video: $(OUT)/data/episode_000.mp4   contact sheet: $(OUT)/data/contact_sheet.png"
+
+clean:
+	rm -rf runs .pytest_cache

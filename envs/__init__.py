@@ -1,0 +1,24 @@
+"""Real environments: the DMLab-style maze, adapters, trajectory collection and the on-disk dataset.
+
+Importing this package only registers Gymnasium ids; no GL context is created until an env resets.
+"""
+
+from gymnasium.envs.registration import register, registry
+
+_IDS = {
+    "DMLabMaze-v0": ("envs.dmlab_maze:DMLabMazeEnv", {}),
+    "DMLabMazeLarge-v0": ("envs.dmlab_maze:DMLabMazeEnv", {"maze": "large", "max_episode_steps": 500}),
+    "DMLabMazeGoal-v0": ("envs.dmlab_maze:DMLabMazeEnv", {"goal_mode": "terminate"}),
+    "MiniWorldMaze64-v0": ("envs.adapters:make_miniworld", {"env_id": "MiniWorld-Maze-v0"}),
+    "MiniWorldMazeS3-64-v0": ("envs.adapters:make_miniworld", {"env_id": "MiniWorld-MazeS3-v0"}),
+    "MiniWorldMazeS3Fast64-v0": ("envs.adapters:make_miniworld", {"env_id": "MiniWorld-MazeS3Fast-v0"}),
+    "MemoryMaze9x9-64-v0": ("envs.adapters:MemoryMazeEnv", {"size": 9}),
+    "MemoryMaze15x15-64-v0": ("envs.adapters:MemoryMazeEnv", {"size": 15}),
+    "DeepMindLab-v0": ("envs.adapters:DeepMindLabEnv", {}),
+}
+
+for _id, (_entry, _kwargs) in _IDS.items():
+    if _id not in registry:
+        register(id=_id, entry_point=_entry, kwargs=_kwargs)
+
+ENV_IDS = tuple(_IDS)

@@ -1,0 +1,38 @@
+"""The `maskflow` CLI contract: verbs, key checking, and a real collect run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from worldmodel.cli import VERBS, compose, main
+from worldmodel.errors import ConfigError
+
+
+def test_help_lists_verbs(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for verb in VERBS:
+        assert verb in out
+
+
+def test_unknown_key_is_named_with_valid_keys():
+    with pytest.raises(ConfigError, match=r"unknown key 'episodez'.*valid keys: .*episodes"):
+        compose("collect", ["episodez=3"])
+    with pytest.raises(ConfigError, match="unknown verb"):
+        compose("fly", [])
+
+
+def test_bad_key_exit_code_and_message(capsys):
+    assert main(["collect", "nope=1"]) == 2
+    assert "unknown key 'nope'" in capsys.readouterr().err
+
+
+def test_collect_from_other_directory(tmp_path):
+    out = tmp_path / "d"
+    r = subprocess.run([sys.executable, "-m", "worldmodel.cli", "collect", "episodes=2", "steps=4", "workers=1",
+                        f"out={out}", "video=false"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (out / "manifest.json").is_file() and (out / "contact_sheet.png").is_file()

@@ -1,0 +1,121 @@
+"""The ``maskflow`` command: one Hydra-composed config per verb, each a thin shell over a plain function.
+
+    maskflow VERB key=value ...      e.g.  maskflow collect episodes=8 out=runs/data
+
+Every verb reads ``configs/<verb>.yaml`` (found from any working directory because ``configs`` is
+an installed package). Overrides use Hydra's ``key=value`` syntax; an unknown or missing key is
+reported by name with the list of valid keys.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from importlib import resources
+
+from omegaconf import DictConfig, OmegaConf
+
+from worldmodel.errors import ConfigError, MaskFlowError
+
+# verb -> (config name, "module:function", one-line help)
+VERBS: dict[str, tuple[str, str, str]] = {
+    "collect": ("collect", "envs.collect:run_collect", "collect maze trajectories into an HDF5 dataset"),
+    "train-tokenizer": ("train_tokenizer", "worldmodel.tokenizer_training:run_train_tokenizer",
+                        "train the VQ frame tokenizer on a frames dataset"),
+    "tokenize": ("tokenize", "worldmodel.tokenize:run_tokenize", "turn a frames dataset into a token dataset"),
+    "train": ("train", "worldmodel.training:run_train", "train a MaskFlow world model on a token dataset"),
+    "dream": ("dream", "worldmodel.dream:run_dream", "imagine frames from real context; writes mp4 + PSNR curve"),
+    "eval": ("eval", "worldmodel.evaluation:run_eval", "FVD, PSNR/SSIM and the paper's comparisons; writes a report"),
+}
+
+
+def configs_dir() -> str:
+    """Absolute path of the installed ``configs`` package (works for editable and regular installs)."""
+    return str(resources.files("configs"))
+
+
+def _flat_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for k in cfg.keys():
+        v = cfg._get_node(k)
+        name = f"{prefix}{k}"
+        if isinstance(v, DictConfig):
+            keys.extend(_flat_keys(v, name + "."))
+        else:
+            keys.append(name)
+    return keys
+
+
+def compose(verb: str, overrides: list[str]) -> DictConfig:
+    """Compose the config of ``verb`` with Hydra ``overrides``; raise :class:`ConfigError` on bad keys."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    if verb not in VERBS:
+        raise ConfigError(f"unknown verb {verb!r}; valid verbs: {', '.join(VERBS)}")
+    if not available(verb):
+        raise ConfigError(f"`maskflow {verb}` is not available in this version")
+    name = VERBS[verb][0]
+    with initialize_config_dir(config_dir=configs_dir(), version_base="1.3", job_name=f"maskflow-{verb}"):
+        base = hydra_compose(config_name=name)
+        valid = _flat_keys(base)
+        for ov in overrides:
+            key = ov.split("=", 1)[0].lstrip("+~")
+            if "=" not in ov:
+                raise ConfigError(f"override {ov!r} is not key=value; valid keys for {verb}: {', '.join(valid)}")
+            if key not in valid and not any(v.startswith(key + ".") for v in valid):
+                raise ConfigError(f"unknown key {key!r} for `maskflow {verb}`; valid keys: {', '.join(valid)}")
+        try:
+            cfg = hydra_compose(config_name=name, overrides=overrides)
+        except (ConfigCompositionException, MissingConfigException) as e:
+            raise ConfigError(f"bad override for `maskflow {verb}`: {e}; valid keys: {', '.join(valid)}") from e
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"`maskflow {verb}` needs {', '.join(k + '=...' for k in missing)}; "
+                          f"valid keys: {', '.join(valid)}")
+    return cfg
+
+
+def run(verb: str, overrides: list[str]):
+    """Compose the config of ``verb`` and call its function; returns what the function returns."""
+    cfg = compose(verb, overrides)
+    module, func = VERBS[verb][1].split(":")
+    return getattr(importlib.import_module(module), func)(cfg)
+
+
+def available(verb: str) -> bool:
+    """Whether the verb's config and module are installed."""
+    import importlib.util
+
+    name, target, _ = VERBS[verb]
+    return (resources.files("configs") / f"{name}.yaml").is_file() and \
+        importlib.util.find_spec(target.split(":")[0]) is not None
+
+
+def usage() -> str:
+    lines = ["usage: maskflow VERB [key=value ...]", "", "verbs:"]
+    lines += [f"  {v:<16} {h}{'' if available(v) else '  (not available yet)'}" for v, (_, _, h) in VERBS.items()]
+    lines += ["", "`maskflow VERB --help` prints the verb's config with its defaults."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    verb, overrides = argv[0], argv[1:]
+    try:
+        if any(a in ("-h", "--help") for a in overrides):
+            print(OmegaConf.to_yaml(compose(verb, [])))
+            return 0
+        run(verb, overrides)
+    except MaskFlowError as e:
+        print(f"maskflow {verb}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

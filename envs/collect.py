@@ -250,13 +250,15 @@ def episode_coverage(ep: dict) -> float:
 
 def run_collect(cfg) -> dict:
     """CLI entry: ``maskflow collect env=... episodes=N steps=300 workers=W seed=S out=DIR``."""
+    from omegaconf import OmegaConf
+
     from envs.dataset import EpisodeDataset
     from worldmodel.video import contact_sheet, write_video
 
     c = CollectConfig(out=cfg.out, env=cfg.env, policy=cfg.policy, episodes=cfg.episodes, steps=cfg.steps,
                       workers=cfg.workers, seed=cfg.seed, test_fraction=cfg.test_fraction,
                       episodes_per_shard=cfg.episodes_per_shard, overwrite=cfg.overwrite,
-                      env_kwargs=dict(cfg.env_kwargs or {}))
+                      env_kwargs=OmegaConf.to_container(cfg.env_kwargs) if cfg.env_kwargs else {})
     summary = collect(c)
     ep = EpisodeDataset(c.out, "train").episode(0)
     contact_sheet(ep["frames"], Path(c.out) / "contact_sheet.png", every=max(1, len(ep["frames"]) // 48))

@@ -67,7 +67,8 @@ class DMLabMazeEnv(gym.Env):
     ``maze``: a preset name (``"small"`` 11×11, ``"large"`` 15×15) or a :class:`MazeConfig`;
     ``maze_seed``: pin one maze for every reset (default: a new maze per reset, drawn from the
     seed); ``max_episode_steps``; ``goal_mode``; ``obs_width``/``obs_height``; ``move_step``,
-    ``strafe_step``, ``turn_step``; ``render_mode="rgb_array"``.
+    ``strafe_step``, ``turn_step``; ``styles`` (DMLab texture styles 1–5 to draw from);
+    ``render_mode="rgb_array"``.
 
     ``reset(seed=s)`` fixes layout, textures and spawn. ``options`` may carry ``maze_seed`` (int) or
     ``layout`` (a text grid, ``*`` for walls) to pin a maze. ``info`` holds ``pose`` (x, z, heading),
@@ -81,11 +82,14 @@ class DMLabMazeEnv(gym.Env):
     def __init__(self, maze: str | MazeConfig = "small", maze_seed: int | None = None,
                  max_episode_steps: int = 300, goal_mode: str = "respawn", obs_width: int = 64,
                  obs_height: int = 64, move_step: float = 0.16, strafe_step: float = 0.12,
-                 turn_step: float = 12.0, agent_radius: float = 0.2, render_mode: str | None = None):
+                 turn_step: float = 12.0, agent_radius: float = 0.2, styles: tuple[int, ...] | None = None,
+                 render_mode: str | None = None):
         if isinstance(maze, str):
             if maze not in PRESETS:
                 raise ValueError(f"unknown maze preset {maze!r}; valid presets: {', '.join(PRESETS)}")
             maze = PRESETS[maze]
+        if styles is not None:  # e.g. one texture style, to fit the data to a small compute budget
+            maze = dataclasses.replace(maze, styles=tuple(int(s) for s in styles))
         if goal_mode not in ("respawn", "terminate"):
             raise ValueError(f"goal_mode must be 'respawn' or 'terminate', got {goal_mode!r}")
         if render_mode not in (None, "rgb_array"):

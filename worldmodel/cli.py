@@ -40,7 +40,7 @@ def _flat_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
         v = cfg._get_node(k)
         name = f"{prefix}{k}"
         if isinstance(v, DictConfig):
-            keys.extend(_flat_keys(v, name + "."))
+            keys.extend(_flat_keys(v, name + ".") if len(v) else [name])  # an empty dict takes any sub-key
         else:
             keys.append(name)
     return keys
@@ -64,7 +64,8 @@ def compose(verb: str, overrides: list[str]) -> DictConfig:
             key = ov.split("=", 1)[0].lstrip("+~")
             if "=" not in ov:
                 raise ConfigError(f"override {ov!r} is not key=value; valid keys for {verb}: {', '.join(valid)}")
-            if key not in valid and not any(v.startswith(key + ".") for v in valid):
+            known = key in valid or any(v.startswith(key + ".") or key.startswith(v + ".") for v in valid)
+            if not known:
                 raise ConfigError(f"unknown key {key!r} for `maskflow {verb}`; valid keys: {', '.join(valid)}")
         try:
             cfg = hydra_compose(config_name=name, overrides=overrides)

@@ -15,11 +15,12 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from worldmodel.errors import CheckpointError
+
+if TYPE_CHECKING:  # torch is imported lazily: collection workers must start fast
+    import torch
 
 
 @contextlib.contextmanager

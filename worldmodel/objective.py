@@ -1,0 +1,116 @@
+"""The MaskFlow training objective as a module: corrupt, predict, masked CE + reward/termination BCE.
+
+Axis letters: b batch, f frames, h w token grid.
+
+The randomness of a step is drawn once for the *global* batch from a generator seeded by
+(seed, step), and every data-parallel rank slices its rows. Loss denominators (masked tokens,
+clean frames) are therefore global counts known on every rank without communication, and the
+averaged gradient of R ranks equals the single-process gradient of the same global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from worldmodel.latte import Latte
+from worldmodel.masking import MaskingConfig, corrupt, frame_weights, sample_times
+from worldmodel.schedules import get_scheduler
+from worldmodel.train_data import ClipBatch
+
+
+@dataclass
+class ObjectiveConfig:
+    """What the world model is trained to do."""
+
+    scheduler: str = "sigmoid"                       # κ(t): sigmoid (paper) | cosine | linear
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    action_dropout: float = 0.1                      # fraction of frames whose action is replaced by "none"
+    reward_weight: float = 0.1                       # weight of the reward + termination BCE terms
+
+
+@dataclass
+class StepDraws:
+    """The randomness of one step: t (b f), uniform (b f h w), drop (b f) bool."""
+
+    t: torch.Tensor
+    uniform: torch.Tensor
+    drop: torch.Tensor
+
+    def rows(self, start: int, stop: int) -> StepDraws:
+        return StepDraws(self.t[start:stop], self.uniform[start:stop], self.drop[start:stop])
+
+    def to(self, device: torch.device | str) -> StepDraws:
+        return StepDraws(self.t.to(device), self.uniform.to(device), self.drop.to(device))
+
+
+def draw_step(batch: int, frames: int, grid: tuple[int, int], cfg: ObjectiveConfig,
+              generator: torch.Generator) -> StepDraws:
+    """Draw per-frame times, corruption uniforms and action-dropout flags for a global batch."""
+    t = sample_times(batch, frames, cfg.masking, generator)
+    uniform = torch.rand(batch, frames, *grid, generator=generator)
+    drop = torch.rand(batch, frames, generator=generator) < cfg.action_dropout
+    return StepDraws(t, uniform, drop)
+
+
+class MaskFlowObjective(nn.Module):
+    """Wraps a :class:`Latte`; ``forward`` returns (loss, logs). DDP wraps this module."""
+
+    def __init__(self, model: Latte, cfg: ObjectiveConfig):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        self.scheduler = get_scheduler(cfg.scheduler)
+        self.features: Callable = model.features      # replaced by a torch.compile'd version when asked
+
+    def global_counts(self, draws: StepDraws) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked tokens, clean frames) of the global batch, from its draws alone."""
+        _, masked = corrupt(torch.zeros_like(draws.uniform, dtype=torch.long), draws.t, self.scheduler,
+                            self.model.cfg.mask_id, draws.uniform)
+        return masked.sum(), (~masked.flatten(2).any(-1)).sum()
+
+    def forward(self, batch: ClipBatch, draws: StepDraws, counts: tuple[torch.Tensor, torch.Tensor],
+                world_size: int = 1, autocast: torch.dtype | None = None,
+                with_metrics: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+        """batch (local rows), draws (local rows), counts = global (masked, clean) → (loss, logs);
+        ``logs`` is empty unless ``with_metrics``.
+
+        Loss = Σ w_f·CE over masked tokens / #masked + reward_weight·(BCE_reward + BCE_done) over clean
+        frames / #clean, with global denominators times ``world_size`` (DDP averages over ranks).
+        """
+        mcfg = self.model.cfg
+        noisy, masked = corrupt(batch.tokens, draws.t, self.scheduler, mcfg.mask_id, draws.uniform)
+        actions = torch.where(draws.drop, torch.full_like(batch.actions, -1), batch.actions)
+        ctx = torch.autocast(batch.tokens.device.type, dtype=autocast) if autocast else contextlib.nullcontext()
+        with ctx:
+            x, c = self.features(noisy, draws.t, actions)
+            rows, index = self.model.masked_logits(x, c, masked)
+            reward_logits, done_logits = self.model.frame_heads(x)
+        target = batch.tokens.flatten()[index]
+        weights = frame_weights(draws.t, self.scheduler, self.cfg.masking).flatten()
+        per_frame = mcfg.token_grid[0] * mcfg.token_grid[1]
+        ce = F.cross_entropy(rows.float(), target, reduction="none")
+        n_masked, n_clean = (x.float().clamp_min(1) / world_size for x in counts)
+        loss_ce = (ce * weights[index // per_frame]).sum() / n_masked
+        # Reward / termination heads learn only from clean frames, where the dream env queries them.
+        clean = ~masked.flatten(2).any(-1)
+        bce_r = F.binary_cross_entropy_with_logits(reward_logits, (batch.rewards > 0).float(), reduction="none")
+        bce_d = F.binary_cross_entropy_with_logits(done_logits, batch.terminated.float(), reduction="none")
+        loss_heads = ((bce_r + bce_d) * clean).sum() / n_clean
+        loss = loss_ce + self.cfg.reward_weight * loss_heads
+        logs: dict[str, float] = {}
+        if with_metrics:          # reading values back forces a device sync: only on logging steps
+            with torch.no_grad():
+                logs["loss"] = float(loss.detach())     # this rank's estimate of the global loss
+                n, nc = max(int(masked.sum()), 1), max(int(clean.sum()), 1)
+                logs.update({"masked_ce": float(ce.sum()) / n,
+                             "masked_acc": float((rows.argmax(-1) == target).sum()) / n,
+                             "mask_ratio": float(masked.float().mean()),
+                             "reward_bce": float((bce_r * clean).sum()) / nc,
+                             "done_bce": float((bce_d * clean).sum()) / nc,
+                             "clean_frames": float(clean.float().mean())})
+        return loss, logs

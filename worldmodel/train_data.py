@@ -1,0 +1,117 @@
+"""Token clips for world-model training: the whole split in memory, sharded and shuffled per epoch.
+
+A token dataset is small (16×16 uint16 per frame: 48k frames are 25 MB), so every episode of a
+split is loaded once into one array and a batch is a single fancy-index — well under a millisecond,
+so data loading never sits on the critical path and needs no worker processes competing for the
+CPU cores the model trains on.
+
+Sampling is DistributedSampler-style: the clip windows (every k-frame window of every episode) are
+permuted with a generator seeded by (seed, epoch); the global batch of step s is positions
+[s·B, (s+1)·B) of the concatenated epoch permutations, and rank r takes rows [r·B/R, (r+1)·B/R).
+A batch therefore depends only on (seed, step), which makes resuming and multi-process runs exact.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from envs.dataset import EpisodeDataset
+from worldmodel.errors import DatasetError
+
+
+@dataclass
+class ClipBatch:
+    """A batch of clips: tokens (b f h w) long, actions (b f) long (−1 = none), rewards (b f) float,
+    terminated (b f) bool."""
+
+    tokens: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    terminated: torch.Tensor
+
+    def to(self, device: torch.device | str) -> ClipBatch:
+        return ClipBatch(*(x.to(device, non_blocking=True) for x in
+                           (self.tokens, self.actions, self.rewards, self.terminated)))
+
+
+class TokenClips:
+    """All k-frame windows of one split of a token dataset, held in memory."""
+
+    def __init__(self, root: str | os.PathLike, split: str, clip_len: int):
+        ds = EpisodeDataset(root, split)
+        if ds.kind != "tokens":
+            raise DatasetError(f"{root} is a {ds.kind!r} dataset; `maskflow train` needs a token dataset "
+                               "(make one with `maskflow tokenize data=FRAMES checkpoint=TOKENIZER out=...`)")
+        eps = [ds.episode(i) for i in range(len(ds))]
+        ds.close()
+        self.manifest = ds.manifest
+        self.num_actions = ds.num_actions
+        self.action_meanings = ds.action_meanings
+        self.clip_len = clip_len
+        self.tokens = np.concatenate([e["tokens"] for e in eps])          # uint16 on disk: kept compact
+        n = len(self.tokens)
+        self.actions = np.concatenate([_field(e, "actions", -1, np.int64) for e in eps])
+        self.rewards = np.concatenate([_field(e, "rewards", 0, np.float32) for e in eps])
+        self.terminated = np.concatenate([_field(e, "terminated", False, bool) for e in eps])
+        starts = np.cumsum([0] + [len(e["tokens"]) for e in eps])
+        self.starts = np.concatenate([np.arange(s, s + len(e["tokens"]) - clip_len + 1)
+                                      for s, e in zip(starts, eps)]).astype(np.int64)
+        assert len(self.actions) == n
+        if len(self.starts) == 0:
+            longest = max(len(e["tokens"]) for e in eps)
+            raise DatasetError(f"no episode of {root} ({split}) has {clip_len} frames (longest: {longest}); "
+                               f"use a shorter clip_len")
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        return tuple(self.tokens.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def max_token(self) -> int:
+        return int(self.tokens.max())
+
+    def batch(self, windows: np.ndarray) -> ClipBatch:
+        """Clips for window indices ``windows`` (b,)."""
+        idx = self.starts[windows][:, None] + np.arange(self.clip_len)[None]
+        return ClipBatch(torch.from_numpy(self.tokens[idx].astype(np.int64)), torch.from_numpy(self.actions[idx]),
+                         torch.from_numpy(self.rewards[idx]), torch.from_numpy(self.terminated[idx]))
+
+
+def _field(ep: dict, key: str, fill, dtype) -> np.ndarray:
+    n = len(ep["tokens"])
+    return np.asarray(ep[key], dtype=dtype) if key in ep else np.full(n, fill, dtype=dtype)
+
+
+class ShardedSampler:
+    """Deterministic, epoch-shuffled, rank-sharded window indices for each training step."""
+
+    def __init__(self, num_windows: int, global_batch: int, seed: int, rank: int = 0, world_size: int = 1):
+        if global_batch % world_size:
+            raise DatasetError(f"batch_size {global_batch} must be divisible by the {world_size} processes")
+        self.n, self.global_batch, self.seed = num_windows, global_batch, seed
+        self.rank, self.world_size = rank, world_size
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            # keep the current and the previous epoch: a batch may straddle the boundary
+            self._perms = {e: p for e, p in self._perms.items() if e == epoch - 1}
+            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._perms[epoch]
+
+    def global_indices(self, step: int) -> np.ndarray:
+        """The global batch of window indices for ``step`` (same on every rank)."""
+        pos = step * self.global_batch + np.arange(self.global_batch)
+        epochs, offs = pos // self.n, pos % self.n
+        return np.array([self._perm(int(e))[o] for e, o in zip(epochs, offs)], dtype=np.int64)
+
+    def indices(self, step: int) -> np.ndarray:
+        """This rank's share of the global batch of ``step``."""
+        local = self.global_batch // self.world_size
+        return self.global_indices(step)[self.rank * local: (self.rank + 1) * local]

@@ -1,0 +1,271 @@
+"""Frame-by-frame rollout of a causal MaskFlow model: a sliding KV cache, and a reference that recomputes.
+
+A dream advances one frame at a time (stride 1, context k − 1). :class:`CachedRollout` keeps, in every
+temporal layer, the keys/values of the last k − 1 finished frames (``Latte.new_cache``); each unmasking
+step runs only the new frame's positions against them (``forward_new_frame``), and one extra pass over
+the finished frame at t = 1 appends its entry (``commit_frame``), which also yields the frame's reward
+and termination logits. :class:`WindowRollout` is the uncached reference: it recomputes the whole
+window (finished frames at t = 1 plus the new frame) on every call. Both expose the same API and give
+the same logits (to float precision) and, from the same generator, the same frames.
+
+Any chunk sampler fills the new frame, with T = ``steps`` calls per frame (+1 commit pass):
+``mgm`` shows the new frame at t = κ⁻¹(its unmasked fraction), i.e. the time whose masking level it
+is actually at (the model was trained on exactly that); ``mgm_tfree`` shows t = 1 throughout (the
+paper's training-free trick, best when the model is time-independent); ``fm`` and ``df`` follow their
+own time grids. Rolling diffusion needs several partially masked frames and cannot run here.
+
+Both rollouts hold ``batch_size`` independent rollouts and reset any subset of them (``rows``), so a
+vector env can restart one episode without disturbing the others.
+
+Axis letters: b batch (rollouts), m context frames, n history frames, h w token grid, v vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from worldmodel.errors import SamplerSettingsError
+from worldmodel.sampling import Sampler, SamplerConfig, make_sampler
+from worldmodel.sampling.rolling import RollingSampler
+
+# Unmasking steps per frame of the default dream; the smallest count where next-frame quality
+# saturates in benchmarks/rollout.py (a frame has only 256 tokens, far fewer than a 16-frame chunk).
+DEFAULT_FRAME_STEPS = 8
+
+
+@dataclass
+class FrameOutput:
+    """One imagined frame per rollout: tokens (b h w), reward and termination logits (b,) of the
+    finished frame, and the denoiser calls this frame cost (``steps`` sampling + 1 commit pass)."""
+
+    tokens: torch.Tensor
+    reward_logits: torch.Tensor
+    done_logits: torch.Tensor
+    nfe: int
+
+
+def frame_sampler(sampler: SamplerConfig | Sampler) -> Sampler:
+    """The sampler of a frame-by-frame rollout; rolling diffusion is refused with a clear error.
+
+    ``steps=None`` means :data:`DEFAULT_FRAME_STEPS` per frame here (not the paper's per-chunk T);
+    FM and DF usually need more steps than MGM, so give them ``steps`` explicitly."""
+    if isinstance(sampler, SamplerConfig) and sampler.steps is None:
+        sampler = replace(sampler, steps=DEFAULT_FRAME_STEPS)
+    s = make_sampler(sampler) if isinstance(sampler, SamplerConfig) else sampler
+    if isinstance(s, RollingSampler):
+        raise SamplerSettingsError("rolling diffusion keeps several partially masked frames and cannot run "
+                                   "frame by frame; use mgm, mgm_tfree, fm or df")
+    return s
+
+
+class _RolloutBase:
+    """Shared bookkeeping: argument checks, the per-frame sampler call and the NFE counter."""
+
+    def __init__(self, model: torch.nn.Module, sampler: SamplerConfig | Sampler, batch_size: int,
+                 device: torch.device | str | None = None) -> None:
+        if getattr(model.cfg, "temporal", None) != "causal":
+            raise SamplerSettingsError("frame-by-frame rollout needs a causal model (temporal='causal'); "
+                                       "use the chunkwise driver (worldmodel.sampling.generate) otherwise")
+        if batch_size < 1:
+            raise SamplerSettingsError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.sampler = frame_sampler(sampler)
+        self.batch_size = batch_size
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.mask_id = int(model.cfg.mask_id)
+        self.grid = tuple(model.cfg.token_grid)
+        self.history_len = int(model.cfg.max_frames) - 1          # k − 1 finished frames are remembered
+        self.nfe = 0                                               # denoiser calls so far, all frames
+
+    def _rows(self, rows: torch.Tensor | None) -> torch.Tensor:
+        if rows is None:
+            return torch.ones(self.batch_size, dtype=torch.bool, device=self.device)
+        rows = torch.as_tensor(rows, device=self.device)
+        if rows.dtype != torch.bool or tuple(rows.shape) != (self.batch_size,):
+            raise SamplerSettingsError(f"rows must be a bool mask of shape ({self.batch_size},), got "
+                                       f"{rows.dtype} {tuple(rows.shape)}")
+        return rows
+
+    def _check_context(self, context: torch.Tensor, actions: torch.Tensor | None, count: int):
+        if context.dim() != 4 or context.shape[0] != count or tuple(context.shape[2:]) != self.grid:
+            raise SamplerSettingsError(f"context must be (rows reset = {count}, frames, {self.grid[0]}, "
+                                       f"{self.grid[1]}) tokens, got {tuple(context.shape)}")
+        if bool((context == self.mask_id).any()):
+            raise SamplerSettingsError("context frames must be finished frames without mask tokens")
+        if actions is None:
+            actions = torch.full(context.shape[:2], -1, dtype=torch.long, device=context.device)
+        if tuple(actions.shape) != tuple(context.shape[:2]):
+            raise SamplerSettingsError(f"context actions must be (rows, frames) = {tuple(context.shape[:2])}, "
+                                       f"got {tuple(actions.shape)}")
+        # only the last k − 1 frames can influence the future
+        keep = slice(context.shape[1] - min(context.shape[1], self.history_len), None)
+        return context[:, keep].to(self.device).long(), actions[:, keep].to(self.device).long()
+
+    def _check_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        actions = torch.as_tensor(actions, device=self.device).long().reshape(-1)
+        if actions.shape[0] != self.batch_size:
+            raise SamplerSettingsError(f"step needs one action per rollout ({self.batch_size}), got "
+                                       f"{actions.shape[0]}")
+        return actions
+
+    def _sample_frame(self, denoise, actions: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        """Run the sampler on one all-mask frame: (b h w) long and the denoiser calls it made."""
+        calls = [0]
+
+        def counted(tokens, t, a):
+            calls[0] += 1
+            return denoise(tokens, t, a)
+
+        start = torch.full((self.batch_size, 1, *self.grid), self.mask_id, dtype=torch.long, device=self.device)
+        out = self.sampler.sample_chunk(counted, start, actions[:, None], self.mask_id, generator)
+        self.nfe += calls[0]
+        return out[:, 0], calls[0]
+
+
+class CachedRollout(_RolloutBase):
+    """Frame-by-frame rollout with a sliding KV cache (constant memory, one frame of compute per call).
+
+    Usage::
+
+        ro = CachedRollout(model, SamplerConfig("mgm", steps=8), batch_size=4)
+        ro.reset(context_tokens, context_actions)          # (b m h w), (b m)
+        out = ro.step(actions, generator)                   # actions (b,) -> FrameOutput
+    """
+
+    def __init__(self, model: torch.nn.Module, sampler: SamplerConfig | Sampler, batch_size: int,
+                 device: torch.device | str | None = None, compile: bool = False) -> None:
+        super().__init__(model, sampler, batch_size, device)
+        with torch.inference_mode():
+            self.cache = model.new_cache(batch_size, self.device)
+        # torch.compile fuses the many small elementwise ops of a one-frame pass (the CPU bottleneck);
+        # the first call of each pass kind then takes tens of seconds to compile
+        self._new_frame = torch.compile(model.forward_new_frame) if compile else model.forward_new_frame
+        self._commit = torch.compile(model.commit_frame) if compile else model.commit_frame
+
+    @torch.inference_mode()
+    def reset(self, context: torch.Tensor, actions: torch.Tensor | None = None,
+              rows: torch.Tensor | None = None) -> None:
+        """(Re)start the rollouts flagged in ``rows`` (b,) bool (all when None) from ``context``
+        (r m h w) tokens and the ``actions`` (r m) that led to them (-1 = none), r = rows set.
+
+        Costs one commit pass per context frame (at most k − 1) for the reset rows only."""
+        rows = self._rows(rows)
+        context, actions = self._check_context(context, actions, int(rows.sum()))
+        sub = self.model.new_cache(int(rows.sum()), self.device)
+        for j in range(context.shape[1]):
+            self._commit(context[:, j], actions[:, j], sub)
+        # splice the fresh rows into the batched cache; both are right-aligned in time
+        for i in range(len(self.cache.keys)):
+            self.cache.keys[i][rows] = sub.keys[i].to(self.cache.keys[i].dtype)
+            self.cache.values[i][rows] = sub.values[i].to(self.cache.values[i].dtype)
+        self.cache.valid[rows] = sub.valid
+
+    @torch.inference_mode()
+    def step(self, actions: torch.Tensor, generator: torch.Generator) -> FrameOutput:
+        """Imagine the next frame of every rollout given its action (b,) long; returns :class:`FrameOutput`."""
+        actions = self._check_actions(actions)
+        cache, new_frame = self.cache, self._new_frame
+
+        def denoise(tokens, t, a):                                 # (b 1 h w), (b 1), (b 1) -> (b 1 h w v)
+            return new_frame(tokens[:, 0], t[:, 0], a[:, 0], cache).logits
+
+        tokens, calls = self._sample_frame(denoise, actions, generator)
+        out = self._commit(tokens, actions, cache)
+        self.nfe += 1
+        return FrameOutput(tokens, out.reward_logits[:, 0], out.done_logits[:, 0], calls + 1)
+
+    def frame_logits(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Logits (b h w v) of a candidate new frame (b h w) at times t (b,) given actions (b,); no state change."""
+        with torch.inference_mode():
+            return self.model.forward_new_frame(tokens, t, actions, self.cache).logits[:, 0]
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the KV cache (constant over any rollout length)."""
+        return self.cache.nbytes()
+
+
+class WindowRollout(_RolloutBase):
+    """Uncached reference: every call recomputes the window of the last k − 1 finished frames (t = 1)
+    plus the new frame. Same API and results as :class:`CachedRollout`, k times the compute."""
+
+    def __init__(self, model: torch.nn.Module, sampler: SamplerConfig | Sampler, batch_size: int,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__(model, sampler, batch_size, device)
+        n, (h, w) = self.history_len, self.grid
+        self.history = torch.zeros(batch_size, n, h, w, dtype=torch.long, device=self.device)      # (b n h w)
+        self.history_actions = torch.full((batch_size, n), -1, dtype=torch.long, device=self.device)
+        self.valid = torch.zeros(batch_size, n, dtype=torch.bool, device=self.device)               # right-aligned
+
+    @torch.inference_mode()
+    def reset(self, context: torch.Tensor, actions: torch.Tensor | None = None,
+              rows: torch.Tensor | None = None) -> None:
+        """Same contract as :meth:`CachedRollout.reset` (no model call needed)."""
+        rows = self._rows(rows)
+        context, actions = self._check_context(context, actions, int(rows.sum()))
+        m, n = context.shape[1], self.history_len
+        idx = rows.nonzero()[:, 0]
+        self.valid[idx] = False
+        self.history_actions[idx] = -1
+        if m:
+            self.history[idx, n - m:] = context
+            self.history_actions[idx, n - m:] = actions
+            self.valid[idx, n - m:] = True
+
+    def _window_logits(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Recompute the window for a new frame: tokens (b h w), t (b,), actions (b,) -> logits (b h w v).
+
+        Rollouts with different history lengths (after a partial reset) are run in groups."""
+        counts = self.valid.sum(1)
+        logits = None
+        for c in counts.unique().tolist():
+            idx = (counts == c).nonzero()[:, 0]
+            n = self.history_len
+            win = torch.cat([self.history[idx, n - c:], tokens[idx, None]], dim=1)                  # (g f h w)
+            tw = torch.cat([torch.ones(len(idx), c, device=self.device), t[idx, None].float()], dim=1)
+            aw = torch.cat([self.history_actions[idx, n - c:], actions[idx, None]], dim=1)
+            out = self.model(win, tw, aw).logits[:, -1]
+            if logits is None:
+                logits = out.new_empty(self.batch_size, *out.shape[1:])
+            logits[idx] = out
+        return logits
+
+    @torch.inference_mode()
+    def step(self, actions: torch.Tensor, generator: torch.Generator) -> FrameOutput:
+        """Same contract as :meth:`CachedRollout.step`."""
+        actions = self._check_actions(actions)
+
+        def denoise(tokens, t, a):
+            return self._window_logits(tokens[:, 0], t[:, 0], a[:, 0])[:, None]
+
+        tokens, calls = self._sample_frame(denoise, actions, generator)
+        heads = self._window_heads(tokens, actions)
+        self.nfe += 1
+        self.history = torch.cat([self.history[:, 1:], tokens[:, None]], dim=1)
+        self.history_actions = torch.cat([self.history_actions[:, 1:], actions[:, None]], dim=1)
+        self.valid = torch.cat([self.valid[:, 1:], self.valid.new_ones(self.batch_size, 1)], dim=1)
+        return FrameOutput(tokens, heads[0], heads[1], calls + 1)
+
+    def _window_heads(self, tokens: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reward/termination logits (b,) of the finished frame, from one more window pass at t = 1."""
+        counts = self.valid.sum(1)
+        reward = torch.empty(self.batch_size, device=self.device)
+        done = torch.empty(self.batch_size, device=self.device)
+        n = self.history_len
+        for c in counts.unique().tolist():
+            idx = (counts == c).nonzero()[:, 0]
+            win = torch.cat([self.history[idx, n - c:], tokens[idx, None]], dim=1)
+            aw = torch.cat([self.history_actions[idx, n - c:], actions[idx, None]], dim=1)
+            out = self.model(win, torch.ones(len(idx), c + 1, device=self.device), aw)
+            reward[idx], done[idx] = out.reward_logits[:, -1].float(), out.done_logits[:, -1].float()
+        return reward, done
+
+    def frame_logits(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Logits (b h w v) of a candidate new frame, recomputing the window; no state change."""
+        with torch.inference_mode():
+            return self._window_logits(tokens, t, actions)
+
+    def memory_bytes(self) -> int:
+        """Bytes of the token history (constant; the model's activations are recomputed each call)."""
+        return sum(x.numel() * x.element_size() for x in (self.history, self.history_actions, self.valid))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from worldmodel.cli import VERBS, compose, main
+from worldmodel.cli import VERBS, available, compose, main
 from worldmodel.errors import ConfigError
 
 
@@ -16,6 +16,14 @@ def test_help_lists_verbs(capsys):
     out = capsys.readouterr().out
     for verb in VERBS:
         assert verb in out
+
+
+@pytest.mark.parametrize("verb", [v for v in VERBS if v != "collect" and available(v)])
+def test_verb_help_prints_defaults_even_with_required_keys(verb, capsys):
+    # the training verbs have required keys (data=???); --help must still show the config
+    assert main([verb, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "out:" in out and f"maskflow {verb}" in out
 
 
 def test_unknown_key_is_named_with_valid_keys():

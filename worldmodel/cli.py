@@ -94,6 +94,15 @@ def available(verb: str) -> bool:
         importlib.util.find_spec(target.split(":")[0]) is not None
 
 
+def config_text(verb: str) -> str:
+    """The verb's config file as written (defaults and comments; ``???`` marks a required key)."""
+    if verb not in VERBS:
+        raise ConfigError(f"unknown verb {verb!r}; valid verbs: {', '.join(VERBS)}")
+    if not available(verb):
+        raise ConfigError(f"`maskflow {verb}` is not available in this version")
+    return (resources.files("configs") / f"{VERBS[verb][0]}.yaml").read_text()
+
+
 def usage() -> str:
     lines = ["usage: maskflow VERB [key=value ...]", "", "verbs:"]
     lines += [f"  {v:<16} {h}{'' if available(v) else '  (not available yet)'}" for v, (_, _, h) in VERBS.items()]
@@ -109,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     verb, overrides = argv[0], argv[1:]
     try:
         if any(a in ("-h", "--help") for a in overrides):
-            print(OmegaConf.to_yaml(compose(verb, [])))
+            print(config_text(verb))
             return 0
         run(verb, overrides)
     except MaskFlowError as e:

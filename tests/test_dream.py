@@ -1,0 +1,97 @@
+"""`maskflow dream` end to end on a tiny real pipeline checkpoint: files, NFE, seeds, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from worldmodel.dream import DreamConfig, dream, psnr
+from worldmodel.errors import ConfigError, SamplerSettingsError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def cfg(ckpt, out, **kw) -> DreamConfig:
+    base = dict(checkpoint=str(ckpt), out=str(out), frames=5, context=2, steps=3, fps=5, scale=1, gif=False,
+                progress=False)
+    return DreamConfig(**{**base, **kw})
+
+
+def test_dataset_dream_writes_everything_and_counts_nfe(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
+    import imageio.v2 as iio2
+
+    s = dream(cfg(tiny_world_checkpoint, tmp_path / "d", data=str(tiny_frames_dataset), gif=True))
+    out = tmp_path / "d"
+    for name in ("dream.mp4", "dream.gif", "psnr.png", "dream.json", "dream_tokens.npy"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert s["mode"].startswith("frame-by-frame")
+    assert s["nfe"] == 5 * (3 + 1)                     # T sampling calls + one commit pass per frame
+    tokens = np.load(out / "dream_tokens.npy")
+    assert tokens.shape[0] == 2 + 5 and tokens.dtype == np.uint16
+    assert len(s["per_frame"]["psnr_dream"]) == 5 and len(s["per_frame"]["reward_prob"]) == 5
+    assert all(0.0 <= p <= 1.0 for p in s["per_frame"]["done_prob"])
+    assert json.loads((out / "dream.json").read_text())["nfe"] == s["nfe"]
+    reader = iio2.get_reader(out / "dream.mp4")
+    assert reader.count_frames() == 7                  # context + dream, side by side
+    assert reader.get_data(0).shape[1] > 2 * 64        # real | dream
+    reader.close()
+
+
+def test_same_seed_same_dream_and_seed_changes_it(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
+    runs = [dream(cfg(tiny_world_checkpoint, tmp_path / f"s{i}", data=str(tiny_frames_dataset), seed=seed))
+            for i, seed in enumerate((0, 0, 1))]
+    toks = [np.load(tmp_path / f"s{i}" / "dream_tokens.npy") for i in range(3)]
+    assert np.array_equal(toks[0], toks[1])
+    assert not np.array_equal(toks[0], toks[2])
+    assert np.array_equal(toks[0][:2], toks[2][:2])    # context frames are the real ones, whatever the seed
+    assert runs[0]["per_frame"]["psnr_dream"] == runs[1]["per_frame"]["psnr_dream"]
+
+
+def test_live_episode_dream(tiny_world_checkpoint, tmp_path):
+    s = dream(cfg(tiny_world_checkpoint, tmp_path / "live", data="", frames=4))
+    assert s["source"].startswith("live DMLabMaze-v0") and s["frames"] == 4
+    assert s["settings"]["context"] == 2 and len(s["per_frame"]["action"]) == 4
+
+
+def test_chunkwise_stride_uses_the_driver_with_exact_nfe(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
+    s = dream(cfg(tiny_world_checkpoint, tmp_path / "c", data=str(tiny_frames_dataset), stride=2, frames=6))
+    # k = 4, m = 2, s = 2, N = 8 frames in all -> 1 + ceil((8 - 4) / 2) = 3 chunks of T = 3 steps
+    assert s["mode"].startswith("chunkwise") and s["nfe"] == 3 * 3
+
+
+def test_errors_name_the_problem(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
+    dream(cfg(tiny_world_checkpoint, tmp_path / "o", data=str(tiny_frames_dataset)))
+    with pytest.raises(ConfigError, match="overwrite=true"):
+        dream(cfg(tiny_world_checkpoint, tmp_path / "o", data=str(tiny_frames_dataset)))
+    with pytest.raises(ConfigError, match=r"frames<=23"):          # 25-frame episodes, context 2
+        dream(cfg(tiny_world_checkpoint, tmp_path / "long", data=str(tiny_frames_dataset), frames=100))
+    with pytest.raises(ConfigError, match="episode=99 is out of range"):
+        dream(cfg(tiny_world_checkpoint, tmp_path / "e", data=str(tiny_frames_dataset), episode=99))
+    with pytest.raises(SamplerSettingsError, match="stride s=3 > k - m = 2"):
+        dream(cfg(tiny_world_checkpoint, tmp_path / "s", data=str(tiny_frames_dataset), stride=3))
+
+
+def test_psnr_known_values():
+    a = np.zeros((2, 4, 4, 3), np.uint8)
+    b = a.copy()
+    b[1] = 255
+    p = psnr(a, b)
+    assert p[0] == 100.0 and p[1] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_cli_verb(tiny_world_checkpoint, tiny_frames_dataset, tmp_path, capsys):
+    from worldmodel.cli import main
+
+    rc = main(["dream", f"checkpoint={tiny_world_checkpoint}", f"data={tiny_frames_dataset}", "frames=3",
+               "context=2", "steps=2", f"out={tmp_path / 'cli'}", "gif=false", "progress=false", "scale=1"])
+    assert rc == 0 and (tmp_path / "cli" / "dream.mp4").is_file()
+    assert '"frames": 3' in capsys.readouterr().out

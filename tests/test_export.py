@@ -1,0 +1,55 @@
+"""Releases of a checkpoint: compact, loadable, verifiable; tampering and overwrites are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from worldmodel.dream import DreamConfig, dream
+from worldmodel.errors import CheckpointError
+from worldmodel.export import SUMS_NAME, export_checkpoint, verify_release
+from worldmodel.model_io import load_world_model
+
+
+def _dream_tokens(ckpt, data, out) -> np.ndarray:
+    dream(DreamConfig(checkpoint=str(ckpt), data=str(data), out=str(out), frames=3, context=2, steps=2,
+                      gif=False, scale=1, progress=False))
+    return np.load(out / "dream_tokens.npy")
+
+
+def test_fp32_release_dreams_exactly_like_the_source(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
+    torch.set_num_threads(1)
+    rel = export_checkpoint(tiny_world_checkpoint, tmp_path / "rel", half=False)
+    assert set(verify_release(rel)) >= {"model.safetensors", "model.json", "tokenizer/tokenizer.safetensors"}
+    a = _dream_tokens(tiny_world_checkpoint, tiny_frames_dataset, tmp_path / "a")
+    b = _dream_tokens(rel, tiny_frames_dataset, tmp_path / "b")
+    assert np.array_equal(a, b)
+
+
+def test_fp16_release_is_smaller_and_close(tiny_world_checkpoint, tmp_path):
+    rel = export_checkpoint(tiny_world_checkpoint, tmp_path / "rel16")
+    src_size = (tiny_world_checkpoint / "model.safetensors").stat().st_size
+    assert (rel / "model.safetensors").stat().st_size < 0.6 * src_size
+    m32, _, _ = load_world_model(tiny_world_checkpoint)
+    m16, tok, meta = load_world_model(rel)
+    assert meta["release"]["dtype"] == "float16" and tok is not None
+    for (k, a), (_, b) in zip(m32.state_dict().items(), m16.state_dict().items()):
+        assert b.dtype == a.dtype, k                          # loading casts back to the model's dtype
+        assert torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-2), k
+
+
+def test_tampering_and_overwrite_are_refused(tiny_world_checkpoint, tmp_path):
+    rel = export_checkpoint(tiny_world_checkpoint, tmp_path / "rel")
+    with pytest.raises(CheckpointError, match="--overwrite"):
+        export_checkpoint(tiny_world_checkpoint, rel)
+    w = rel / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match its recorded sha256"):
+        verify_release(rel)
+    export_checkpoint(tiny_world_checkpoint, rel, overwrite=True)
+    (rel / "stray.txt").write_text("x")
+    with pytest.raises(CheckpointError, match="not in " + SUMS_NAME):
+        verify_release(rel)

@@ -1,0 +1,113 @@
+"""Export a trained checkpoint directory as a compact, verifiable release (the shipped default model).
+
+    python -m worldmodel.export runs/world worldmodel/assets/world_model [--fp32] [--overwrite]
+
+The release holds ``model.safetensors`` + ``model.json`` and ``tokenizer/`` exactly as
+:func:`worldmodel.model_io.load_world_model` reads them, with float32 weights stored as float16
+(halves the size; loading casts back to float32), plus ``SHA256SUMS.json`` recording every file's
+sha256 and where the release came from. :func:`verify_release` checks a release against that record.
+The release is built in a temporary directory beside ``dst`` and renamed into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from worldmodel.errors import CheckpointError
+from worldmodel.fileio import load_weights, read_json, save_weights, sha256_file, write_json
+
+SUMS_NAME = "SHA256SUMS.json"
+
+
+def _half(path: Path, dst: Path) -> None:
+    """Copy a safetensors file with float32 tensors stored as float16 (metadata kept)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    state = load_weights(path)
+    save_weights(dst, {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}, metadata)
+
+
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool = True,
+                      overwrite: bool = False, notes: dict[str, Any] | None = None) -> Path:
+    """Write a release of checkpoint ``src`` to ``dst``; returns ``dst``. Loads it back to check it."""
+    from worldmodel.model_io import CONFIG_NAME, TOKENIZER_DIR, WEIGHTS_NAME, load_world_model, read_world_model_meta
+    from worldmodel.tokenizer import CONFIG_NAME as TOK_CONFIG
+    from worldmodel.tokenizer import WEIGHTS_NAME as TOK_WEIGHTS
+
+    src, dst = Path(src), Path(dst)
+    meta = read_world_model_meta(src)
+    if dst.exists() and any(dst.iterdir()) and not overwrite:
+        raise CheckpointError(f"{dst} is not empty; pass --overwrite to replace it")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
+    try:
+        (tmp / TOKENIZER_DIR).mkdir()
+        copy = _half if half else (lambda a, b: shutil.copy2(a, b))
+        copy(src / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
+        copy(src / TOKENIZER_DIR / TOK_WEIGHTS, tmp / TOKENIZER_DIR / TOK_WEIGHTS)
+        shutil.copy2(src / TOKENIZER_DIR / TOK_CONFIG, tmp / TOKENIZER_DIR / TOK_CONFIG)
+        # the model.json records its tokenizer's sha256: point it at the exported copy
+        meta.pop("path", None)
+        meta["tokenizer"] = {**meta["tokenizer"], "weights_sha256": sha256_file(tmp / TOKENIZER_DIR / TOK_WEIGHTS)}
+        meta["release"] = {"source": str(src.resolve()), "dtype": "float16" if half else "float32",
+                           **dict(notes or {})}
+        write_json(tmp / CONFIG_NAME, meta)
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        write_json(tmp / SUMS_NAME, {"files": {f: sha256_file(tmp / f) for f in files},
+                                     "bytes": sum((tmp / f).stat().st_size for f in files)})
+        load_world_model(tmp)                                  # refuse to ship something that does not load
+        verify_release(tmp)
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.rename(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return dst
+
+
+def verify_release(path: str | os.PathLike) -> dict[str, str]:
+    """Check every file of a release against ``SHA256SUMS.json``; raises :class:`CheckpointError` naming a
+    changed, missing or unlisted file. Returns the recorded {file: sha256}."""
+    p = Path(path)
+    record = read_json(p / SUMS_NAME, what="release checksums")
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise CheckpointError(f"{p / SUMS_NAME} lists no files")
+    for name, digest in files.items():
+        f = p / name
+        if not f.is_file():
+            raise CheckpointError(f"release file missing: {f}")
+        if sha256_file(f) != digest:
+            raise CheckpointError(f"{f} does not match its recorded sha256 in {p / SUMS_NAME}; the file was "
+                                  f"changed or corrupted (restore it, e.g. `git checkout -- {f}`)")
+    extra = sorted(q.relative_to(p).as_posix() for q in p.rglob("*") if q.is_file()
+                   and q.name != SUMS_NAME and q.relative_to(p).as_posix() not in files)
+    if extra:
+        raise CheckpointError(f"{p} holds files not in {SUMS_NAME}: {extra}")
+    return dict(files)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("src", help="checkpoint directory written by `maskflow train`")
+    parser.add_argument("dst", help="release directory (e.g. worldmodel/assets/world_model)")
+    parser.add_argument("--fp32", action="store_true", help="keep float32 weights")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing release")
+    args = parser.parse_args(argv)
+    out = export_checkpoint(args.src, args.dst, half=not args.fp32, overwrite=args.overwrite)
+    total = read_json(out / SUMS_NAME)["bytes"]
+    print(f"release written to {out} ({total / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

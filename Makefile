@@ -31,10 +31,10 @@ test: install
 	ruff check .
 	$(PYTHON) -m pytest -q
 
-## The main job. Until the world model lands: collect a small dataset and write an mp4 of a real episode.
+## The main job: dream 360 frames with the shipped default model from a freshly rendered held-out maze.
 dream: install
-	maskflow collect episodes=4 steps=300 workers=2 seed=0 out=$(OUT)/data overwrite=true
-	@echo "video: $(OUT)/data/episode_000.mp4   contact sheet: $(OUT)/data/contact_sheet.png"
+	maskflow dream checkpoint=default frames=360 out=$(OUT) overwrite=true
+	@echo "dream video: $(OUT)/dream.mp4 (and dream.gif)   PSNR curve: $(OUT)/psnr.png   numbers: $(OUT)/dream.json"
 
 clean:
 	rm -rf runs .pytest_cache

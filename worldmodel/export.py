@@ -58,6 +58,8 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool
         # the model.json records its tokenizer's sha256: point it at the exported copy
         meta.pop("path", None)
         meta["tokenizer"] = {**meta["tokenizer"], "weights_sha256": sha256_file(tmp / TOKENIZER_DIR / TOK_WEIGHTS)}
+        if "env_kwargs" not in meta:
+            meta["env_kwargs"] = recorded_env_kwargs(meta)
         meta["release"] = {"source": str(src.resolve()), "dtype": "float16" if half else "float32",
                            **dict(notes or {})}
         write_json(tmp / CONFIG_NAME, meta)
@@ -73,6 +75,21 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool
         if tmp.exists():
             shutil.rmtree(tmp)
     return dst
+
+
+def recorded_env_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
+    """The env settings of the frames a model was trained on, followed through the token dataset's
+    manifest (for checkpoints written before ``model.json`` recorded them); {} when not findable."""
+    from envs.dataset import load_manifest
+
+    try:
+        tokens = load_manifest(meta["train_config"]["data"])
+        source = tokens.get("source", {})
+        if "env_kwargs" in source:
+            return dict(source["env_kwargs"])
+        return dict(load_manifest(source["path"]).get("config", {}).get("env_kwargs", {}))
+    except Exception:  # noqa: BLE001  (a moved or deleted dataset only means "unknown")
+        return {}
 
 
 def verify_release(path: str | os.PathLike) -> dict[str, str]:

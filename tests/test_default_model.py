@@ -35,3 +35,16 @@ def test_default_dreams_eight_frames_of_a_live_held_out_maze(tmp_path, monkeypat
     assert (tmp_path / "dream.mp4").stat().st_size > 0 and (tmp_path / "psnr.png").is_file()
     assert all(p > 5.0 for p in s["per_frame"]["psnr_recon"])       # the tokenizer really sees the maze
     assert s["psnr"]["dream_mean"] == pytest.approx(sum(s["per_frame"]["psnr_dream"]) / 8, abs=0.01)
+
+
+def test_tokenize_with_the_default_tokenizer(tiny_frames_dataset, tmp_path, monkeypatch):
+    from envs.dataset import EpisodeDataset
+    from worldmodel.cli import run
+
+    monkeypatch.delenv("MASKFLOW_DEFAULT_CHECKPOINT", raising=False)
+    torch.set_num_threads(1)
+    out = run("tokenize", [f"data={tiny_frames_dataset}", "checkpoint=default", f"out={tmp_path / 'tok'}"])
+    _, tokenizer, _ = load_world_model("default")
+    ep = EpisodeDataset(out, "test").episode(0)
+    assert tuple(ep["tokens"].shape[1:]) == tuple(tokenizer.token_grid)
+    assert int(ep["tokens"].max()) < tokenizer.vocab_size

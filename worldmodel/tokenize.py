@@ -26,7 +26,7 @@ from envs.dataset import (
     shard_is_valid,
     write_shard,
 )
-from worldmodel.errors import ConfigError, DatasetError
+from worldmodel.errors import DatasetError
 from worldmodel.fileio import sha256_file, write_json
 from worldmodel.tokenizer import (
     WEIGHTS_NAME,
@@ -144,8 +144,10 @@ def run_tokenize(cfg: Any) -> Path:
     from omegaconf import OmegaConf
 
     c = OmegaConf.to_container(cfg, resolve=True)
-    if str(c["checkpoint"]) == "default":
-        raise ConfigError("tokenize needs checkpoint=DIR: a tokenizer directory or a train-tokenizer run directory")
+    if str(c["checkpoint"]) == "default":      # the tokenizer shipped inside the default world model
+        from worldmodel.model_io import resolve_checkpoint
+
+        c["checkpoint"] = str(resolve_checkpoint("default") / "tokenizer")
     if int(c.get("threads") or 0) > 0:
         torch.set_num_threads(int(c["threads"]))
     out = tokenize_dataset(c["data"], c["checkpoint"], c["out"], batch_size=int(c["batch_size"]),

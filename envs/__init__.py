@@ -21,4 +21,9 @@ for _id, (_entry, _kwargs) in _IDS.items():
     if _id not in registry:
         register(id=_id, entry_point=_entry, kwargs=_kwargs)
 
+# The dream env (worldmodel.dream_env), imported only when made; not a real env, so not in ENV_IDS.
+if "MaskFlowDream-v0" not in registry:
+    register(id="MaskFlowDream-v0", entry_point="worldmodel.dream_env:MaskFlowDreamEnv",
+             vector_entry_point="worldmodel.dream_vector_env:MaskFlowDreamVectorEnv")
+
 ENV_IDS = tuple(_IDS)

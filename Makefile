@@ -34,7 +34,7 @@ test: install
 ## The main job: dream 360 frames with the shipped default model from a freshly rendered held-out maze.
 dream: install
 	maskflow dream checkpoint=default frames=360 out=$(OUT) overwrite=true
-	@echo "dream video: $(OUT)/dream.mp4 (and dream.gif)   PSNR curve: $(OUT)/psnr.png   numbers: $(OUT)/dream.json"
+	@echo "dream video: $(OUT)/dream.mp4 (and dream.gif)   contact sheet: $(OUT)/contact_sheet.png   PSNR curve: $(OUT)/psnr.png   numbers: $(OUT)/dream.json"
 
 clean:
 	rm -rf runs .pytest_cache

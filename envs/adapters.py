@@ -42,6 +42,7 @@ def make_miniworld(env_id: str = "MiniWorld-Maze-v0", obs_width: int = 64, obs_h
     import pyglet
 
     pyglet.options["headless"] = os.environ["PYGLET_HEADLESS"] == "1"
+    pyglet.options["debug_gl"] = os.environ.get("MASKFLOW_DEBUG_GL") == "1"  # no glGetError after every call
     import miniworld  # noqa: F401  (registers the MiniWorld ids)
 
     env = gym.make(env_id, obs_width=obs_width, obs_height=obs_height, **kwargs).unwrapped

@@ -29,6 +29,8 @@ def _gl():
 
         if os.environ.get("PYGLET_HEADLESS") == "1":
             pyglet.options["headless"] = True
+        # pyglet otherwise calls glGetError after every GL call: ~100 calls a frame, a fifth of a step
+        pyglet.options["debug_gl"] = os.environ.get("MASKFLOW_DEBUG_GL") == "1"
         from miniworld import opengl  # noqa: F401  (pulls pyglet.gl with the right options)
         from pyglet import gl
 

@@ -31,7 +31,7 @@ def test_dataset_dream_writes_everything_and_counts_nfe(tiny_world_checkpoint, t
 
     s = dream(cfg(tiny_world_checkpoint, tmp_path / "d", data=str(tiny_frames_dataset), gif=True))
     out = tmp_path / "d"
-    for name in ("dream.mp4", "dream.gif", "psnr.png", "dream.json", "dream_tokens.npy"):
+    for name in ("dream.mp4", "dream.gif", "contact_sheet.png", "psnr.png", "dream.json", "dream_tokens.npy"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert s["mode"].startswith("frame-by-frame")
     assert s["nfe"] == 5 * (3 + 1)                     # T sampling calls + one commit pass per frame
@@ -43,7 +43,16 @@ def test_dataset_dream_writes_everything_and_counts_nfe(tiny_world_checkpoint, t
     reader = iio2.get_reader(out / "dream.mp4")
     assert reader.count_frames() == 7                  # context + dream, side by side
     assert reader.get_data(0).shape[1] > 2 * 64        # real | dream
+    from PIL import Image
+    sheet = np.asarray(Image.open(out / "contact_sheet.png"))
+    assert sheet.shape == (2 * 128 + 2, 5 * 128, 3)    # real / dream rows: context, +1, +2, +4, +5 at scale 2
     reader.close()
+
+
+def test_sheet_horizons():
+    from worldmodel.dream import sheet_horizons
+    assert sheet_horizons(360) == [1, 2, 4, 8, 16, 32, 64, 128, 256, 360]
+    assert sheet_horizons(8) == [1, 2, 4, 8] and sheet_horizons(1) == [1]
 
 
 def test_same_seed_same_dream_and_seed_changes_it(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):

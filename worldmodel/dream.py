@@ -9,6 +9,7 @@ A causal model at stride 1 dreams frame by frame with the KV-cached rollout; any
 bidirectional model) runs the chunkwise driver. Written to ``out/``:
 
     dream.mp4 / dream.gif   real | dream side by side (context frames marked), frame counter
+    contact_sheet.png       real (top) and dream (bottom) at the last context frame and horizons 1, 2, 4, ... N
     psnr.png                per-frame PSNR of the dream, of the tokenizer's reconstruction (the ceiling)
                             and of repeating the last context frame (the floor a dream must beat)
     dream.json              settings, NFE, timings, per-frame PSNR, reward and termination probabilities
@@ -37,7 +38,7 @@ from worldmodel.sampling.base import ModelDenoiser, make_generator
 from worldmodel.sampling.chunkwise import ChunkConfig, expected_nfe, generate
 from worldmodel.sampling.rollout import DEFAULT_FRAME_STEPS, CachedRollout
 
-OUTPUTS = ("dream.mp4", "dream.gif", "psnr.png", "dream.json", "dream_tokens.npy")
+OUTPUTS = ("dream.mp4", "dream.gif", "contact_sheet.png", "psnr.png", "dream.json", "dream_tokens.npy")
 
 
 @dataclass
@@ -285,11 +286,35 @@ def write_outputs(out: Path, cfg: DreamConfig, real: np.ndarray, dreamed: np.nda
     write_video(out / "dream.mp4", both, fps=cfg.fps, scale=cfg.scale)
     if cfg.gif:
         write_video(out / "dream.gif", both, fps=cfg.fps, scale=max(1, cfg.scale // 2))
+    dream_contact_sheet(out / "contact_sheet.png", real, dreamed, m)
     plot_psnr(out / "psnr.png", summary)
     with atomic_write(out / "dream_tokens.npy") as tmp:
         with open(tmp, "wb") as f:
             np.save(f, tokens.cpu().numpy().astype(np.uint16))
     write_json(out / "dream.json", summary)
+
+
+def sheet_horizons(n: int) -> list[int]:
+    """Horizons shown on the contact sheet: 1, 2, 4, ... up to n, and n itself."""
+    hs = [h for h in (2 ** i for i in range(max(1, n).bit_length())) if h <= n]
+    return hs + ([n] if n and hs[-1] != n else [])
+
+
+def dream_contact_sheet(path: Path, real: np.ndarray, dreamed: np.ndarray, m: int, scale: int = 2) -> None:
+    """Two rows of (y x c) tiles: real and dream at the last context frame, then at horizons 1, 2, 4, ... N."""
+    from PIL import Image
+
+    from worldmodel.video import label, upscale
+
+    n = len(real) - m
+    idx = [m - 1] + [m - 1 + h for h in sheet_horizons(n)]
+    names = ["context"] + [f"+{h}" for h in sheet_horizons(n)]
+    top = label(upscale(real[idx], scale), [f"real {t}" for t in names])
+    bottom = label(upscale(dreamed[idx], scale), [f"dream {t}" for t in names], color=(255, 230, 120))
+    rows = [np.concatenate(list(r), axis=1) for r in (top, bottom)]         # (y, len(idx)*x, c) each
+    gap = np.full((2, rows[0].shape[1], 3), 255, np.uint8)
+    with atomic_write(path) as tmp:
+        Image.fromarray(np.concatenate([rows[0], gap, rows[1]])).save(tmp, format="PNG")
 
 
 def plot_psnr(path: Path, summary: dict[str, Any]) -> None:

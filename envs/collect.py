@@ -252,7 +252,7 @@ def run_collect(cfg) -> dict:
     """CLI entry: ``maskflow collect env=... episodes=N steps=300 workers=W seed=S out=DIR``."""
     from omegaconf import OmegaConf
 
-    from envs.dataset import EpisodeDataset
+    from envs.dataset import EpisodeDataset, load_manifest
     from worldmodel.video import contact_sheet, write_video
 
     c = CollectConfig(out=cfg.out, env=cfg.env, policy=cfg.policy, episodes=cfg.episodes, steps=cfg.steps,
@@ -260,7 +260,8 @@ def run_collect(cfg) -> dict:
                       episodes_per_shard=cfg.episodes_per_shard, overwrite=cfg.overwrite,
                       env_kwargs=OmegaConf.to_container(cfg.env_kwargs) if cfg.env_kwargs else {})
     summary = collect(c)
-    ep = EpisodeDataset(c.out, "train").episode(0)
+    splits = {sh["split"] for sh in load_manifest(c.out)["shards"]}
+    ep = EpisodeDataset(c.out, "train" if "train" in splits else "test").episode(0)   # test_fraction=1: all test
     contact_sheet(ep["frames"], Path(c.out) / "contact_sheet.png", every=max(1, len(ep["frames"]) // 48))
     if cfg.video:
         write_video(Path(c.out) / "episode_000.mp4", ep["frames"], fps=15, scale=4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -44,3 +45,14 @@ def test_collect_from_other_directory(tmp_path):
                         f"out={out}", "video=false"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (out / "manifest.json").is_file() and (out / "contact_sheet.png").is_file()
+
+
+def test_collect_test_split_only(tmp_path):
+    """test_fraction=1 (a held-out evaluation set) has no train split; the contact sheet comes from test."""
+    from worldmodel.cli import main
+
+    out = tmp_path / "t"
+    assert main(["collect", "episodes=1", "steps=3", "workers=1", "test_fraction=1.0", f"out={out}",
+                 "video=false"]) == 0
+    splits = {s["split"] for s in json.loads((out / "manifest.json").read_text())["shards"]}
+    assert splits == {"test"} and (out / "contact_sheet.png").is_file()

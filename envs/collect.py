@@ -265,6 +265,7 @@ def run_collect(cfg) -> dict:
     contact_sheet(ep["frames"], Path(c.out) / "contact_sheet.png", every=max(1, len(ep["frames"]) // 48))
     if cfg.video:
         write_video(Path(c.out) / "episode_000.mp4", ep["frames"], fps=15, scale=4)
+    speed = f"{summary['frames_per_s']} frames/s" if summary["new_frames"] else "already complete, nothing new"
     print(f"collected {summary['episodes']} episodes ({summary['frames']} frames) into {c.out}; "
-          f"{summary['frames_per_s']} frames/s; contact sheet: {Path(c.out) / 'contact_sheet.png'}")
+          f"{speed}; contact sheet: {Path(c.out) / 'contact_sheet.png'}")
     return summary

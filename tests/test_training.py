@@ -219,3 +219,17 @@ def test_checkpoint_dir_is_self_contained_and_guards_its_tokenizer(painted_data,
     shutil.copy(other / "tokenizer.safetensors", moved / "tokenizer" / "tokenizer.safetensors")
     with pytest.raises(CheckpointError, match="not the tokenizer"):
         load_world_model(moved)
+
+
+def test_lr_schedule_warmup_stable_cooldown(tmp_path):
+    from worldmodel.errors import ConfigError
+    from worldmodel.training import TrainConfig, lr_at, train
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, steps=100, cooldown_steps=20)
+    assert lr_at(0, cfg) == pytest.approx(1e-4)               # warmup: (step + 1) / 10
+    assert lr_at(50, cfg) == pytest.approx(1e-3)              # stable
+    assert lr_at(80, cfg) == pytest.approx(1e-3)              # cooldown starts at steps - 20
+    assert lr_at(90, cfg) == pytest.approx(5e-4)
+    assert lr_at(99, cfg) == pytest.approx(5e-5)
+    assert lr_at(50, TrainConfig(lr=1e-3, warmup_steps=10, steps=100)) == pytest.approx(1e-3)   # no cooldown
+    with pytest.raises(ConfigError, match="cooldown_steps"):
+        train(TrainConfig(data=str(tmp_path), steps=10, cooldown_steps=11))

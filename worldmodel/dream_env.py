@@ -303,7 +303,7 @@ class MaskFlowDreamEnv(gym.Env):
     ``data=DIR``'s ``split`` episodes), ``"live"`` (a fresh held-out maze of the real env recorded in the
     checkpoint, with its recorded ``env_kwargs`` updated by ``env_kwargs``, explored by ``policy``),
     ``"given"`` (only ``reset(options=...)``), or ``"auto"`` (dataset when ``data`` is set, else live).
-    Drift controls: ``sampler`` (mgm | mgm_tfree | fm | df), ``steps_per_frame`` (default 8),
+    Drift controls: ``sampler`` (mgm | mgm_tfree | fm | df), ``steps_per_frame`` (default 20),
     ``temperature``, ``gumbel``, ``schedule``, ``context_length`` (frames of real context, default
     window − 1, the most the model can see). ``max_episode_steps`` (None = never truncate), ``device``,
     ``render_mode`` (None | "rgb_array"), ``compile`` (torch.compile the rollout).

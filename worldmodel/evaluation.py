@@ -72,7 +72,7 @@ class EvalConfig:
     compare_label: str = ""
     compare_experiments: list[str] = field(default_factory=lambda: ["full_mgm", "full_fm"])
     full_context: int = 0
-    steps_frame: int = 8
+    steps_frame: int = 20
     steps_mgm: int = 20
     steps_fm: int = 50
     steps_df: int = 50

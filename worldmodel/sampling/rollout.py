@@ -30,9 +30,10 @@ from worldmodel.errors import SamplerSettingsError
 from worldmodel.sampling import Sampler, SamplerConfig, make_sampler
 from worldmodel.sampling.rolling import RollingSampler
 
-# Unmasking steps per frame of the default dream; the smallest count where next-frame quality
-# saturates in benchmarks/rollout.py (a frame has only 256 tokens, far fewer than a 16-frame chunk).
-DEFAULT_FRAME_STEPS = 8
+# Unmasking steps per frame of the default dream. benchmarks/rollout.py on the shipped model (teacher-forced
+# next frames): accuracy 0.510 / 0.571 / 0.589 / 0.592 / 0.596 and PSNR 29.6 / 30.1 / 30.1 / 30.4 / 30.9 dB
+# at 1 / 4 / 8 / 12 / 20 steps: still rising at 12, so 20 (lower it for speed: 8 is 2.3x faster, -0.7 points).
+DEFAULT_FRAME_STEPS = 20
 
 
 @dataclass

@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps-per-frame", type=int, default=None)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--sampler", default="mgm")
+    p.add_argument("--gumbel", type=float, default=None,
+                   help="MGM confidence annealing strength (default: the dream's, DEFAULT_FRAME_GUMBEL)")
+    p.add_argument("--schedule", default="arccos", help="MGM unmask-count schedule")
+    p.add_argument("--context-length", type=int, default=None, help="real context frames (default window - 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
@@ -38,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     r = action_check(a.checkpoint, data=a.data, split=a.split, episodes=a.episodes, frames=a.frames, seed=a.seed,
                      steps_per_frame=a.steps_per_frame, temperature=a.temperature, sampler=a.sampler,
-                     device=a.device)
+                     device=a.device, gumbel=a.gumbel, schedule=a.schedule, context_length=a.context_length)
     if a.json:
         print(json.dumps(r, indent=1))
     else:

@@ -104,3 +104,17 @@ def test_cli_verb(tiny_world_checkpoint, tiny_frames_dataset, tmp_path, capsys):
                "context=2", "steps=2", f"out={tmp_path / 'cli'}", "gif=false", "progress=false", "scale=1"])
     assert rc == 0 and (tmp_path / "cli" / "dream.mp4").is_file()
     assert '"frames": 3' in capsys.readouterr().out
+
+
+def test_gumbel_default_depends_on_mode():
+    # annealing helped frame-by-frame dreams and hurt chunkwise FVD, so None resolves per mode; explicit wins
+    from worldmodel.dream import sampler_config
+    from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL
+
+    assert DEFAULT_FRAME_GUMBEL > 0
+    assert sampler_config(DreamConfig(stride=1), "sigmoid").gumbel == DEFAULT_FRAME_GUMBEL
+    assert sampler_config(DreamConfig(stride=4), "sigmoid").gumbel == 0.0
+    assert sampler_config(DreamConfig(stride=1, gumbel=0.0), "sigmoid").gumbel == 0.0
+    assert sampler_config(DreamConfig(stride=4, gumbel=2.0), "sigmoid").gumbel == 2.0
+    with pytest.raises(SamplerSettingsError, match="gumbel"):
+        sampler_config(DreamConfig(gumbel=-1.0), "sigmoid")

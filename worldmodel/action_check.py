@@ -134,18 +134,23 @@ def measure_turn_sign(env_id: str = "DMLabMaze-v0", env_kwargs: dict | None = No
 
 def action_check(checkpoint: str, data: str | None = None, split: str = "test", episodes: int = 4,
                  frames: int = 48, seed: int = 0, steps_per_frame: int | None = None, temperature: float = 1.0,
-                 sampler: str = "mgm", device: str = "cpu", hold: int = 6) -> dict[str, Any]:
+                 sampler: str = "mgm", device: str = "cpu", hold: int = 6, gumbel: float | None = None,
+                 schedule: str = "arccos", context_length: int | None = None) -> dict[str, Any]:
     """Turn agreement of real frames, their tokenizer reconstructions and the dream, on the same turn steps.
 
     Each sequence's first ``context_length`` (window − 1) frames are the dream's context; the rest of
     its actions drive the dream. With ``data`` the sequences are the first ``frames`` frames of
     ``episodes`` held-out episodes; without, ``episodes`` live turn probes (held turns of ``hold`` steps).
+    ``gumbel``, ``schedule`` and ``context_length`` are the dream env's drift controls.
     Returns ``{"real", "recon", "dream"}`` agreement rates, ``turns`` counted and the settings."""
     from worldmodel.dream import dataset_episode, decode_tokens, encode_frames
     from worldmodel.dream_env import MaskFlowDreamEnv
+    from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL
 
+    gumbel = DEFAULT_FRAME_GUMBEL if gumbel is None else gumbel
     env = MaskFlowDreamEnv(checkpoint, context="given", sampler=sampler, steps_per_frame=steps_per_frame,
-                           temperature=temperature, max_episode_steps=None, device=device, timing_info=False)
+                           temperature=temperature, gumbel=gumbel, schedule=schedule, context_length=context_length,
+                           max_episode_steps=None, device=device, timing_info=False)
     try:
         core, m = env.core, env.core.context_length
         meanings = core.meanings

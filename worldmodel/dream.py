@@ -36,7 +36,7 @@ from worldmodel.fileio import atomic_write, write_json
 from worldmodel.sampling import SamplerConfig, make_sampler
 from worldmodel.sampling.base import ModelDenoiser, make_generator
 from worldmodel.sampling.chunkwise import ChunkConfig, expected_nfe, generate
-from worldmodel.sampling.rollout import DEFAULT_FRAME_STEPS, CachedRollout
+from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, DEFAULT_FRAME_STEPS, CachedRollout
 
 OUTPUTS = ("dream.mp4", "dream.gif", "contact_sheet.png", "psnr.png", "dream.json", "dream_tokens.npy")
 
@@ -55,7 +55,7 @@ class DreamConfig:
     sampler: str = "mgm"
     steps: int = 0
     temperature: float = 1.0
-    gumbel: float = 0.0
+    gumbel: float | None = None       # None: DEFAULT_FRAME_GUMBEL frame by frame, 0 chunkwise (by measurement)
     schedule: str = "arccos"
     seed: int = 0
     policy: str = "random_walk"
@@ -159,9 +159,11 @@ def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def sampler_config(cfg: DreamConfig, masking: str) -> SamplerConfig:
-    """The sampler of this dream; steps=0 picks the frame-by-frame default (or the paper's T per chunk)."""
+    """The sampler of this dream; steps=0 picks the frame-by-frame default (or the paper's T per chunk),
+    gumbel=None the frame-by-frame annealing (or none chunkwise, where it hurt FVD in `maskflow eval`)."""
     steps = cfg.steps if cfg.steps > 0 else (DEFAULT_FRAME_STEPS if cfg.stride == 1 else None)
-    return SamplerConfig(cfg.sampler, steps=steps, temperature=cfg.temperature, gumbel=cfg.gumbel,
+    gumbel = cfg.gumbel if cfg.gumbel is not None else (DEFAULT_FRAME_GUMBEL if cfg.stride == 1 else 0.0)
+    return SamplerConfig(cfg.sampler, steps=steps, temperature=cfg.temperature, gumbel=gumbel,
                          schedule=cfg.schedule, masking=masking, seed=cfg.seed)
 
 
@@ -253,7 +255,8 @@ def dream(cfg: DreamConfig) -> dict[str, Any]:
     token_acc = (tokens[m:] == real_tokens[m:]).float().mean(dim=(1, 2)).cpu().numpy()
     summary = {
         "checkpoint": meta["path"], "source": real.source, "mode": mode,
-        "settings": {**dataclasses.asdict(cfg), "context": m, "window": k, "sampler_steps": scfg.num_steps},
+        "settings": {**dataclasses.asdict(cfg), "context": m, "window": k, "sampler_steps": scfg.num_steps,
+                     "gumbel": scfg.gumbel},
         "frames": cfg.frames, "context_frames": m, "nfe": int(nfe), "nfe_context": int(nfe_context),
         "nfe_per_frame": nfe / cfg.frames,
         "seconds": {"load": round(load_s, 2), "dream": round(dream_s, 2)},
@@ -336,7 +339,8 @@ def plot_psnr(path: Path, summary: dict[str, Any]) -> None:
     ax.set_xlabel("frames after the context")
     ax.set_ylabel("PSNR vs real (dB)")
     s = summary["settings"]
-    ax.set_title(f"{s['sampler']} {s['sampler_steps']} steps, T={s['temperature']}, context {s['context']}",
+    ax.set_title(f"{s['sampler']} {s['sampler_steps']} steps, T={s['temperature']}, gumbel {s['gumbel']}, "
+                 f"context {s['context']}",
                  fontsize=9)
     finite = [v for v in pf["psnr_recon"] if v < 100]
     ax.set_ylim(bottom=max(0, min(pf["psnr_copy_last"] + pf["psnr_dream"]) - 1),

@@ -29,7 +29,7 @@ import envs  # noqa: F401  (registers MaskFlowDream-v0 and the real envs that gi
 from worldmodel.dream import encode_frames, info_keys
 from worldmodel.errors import CheckpointError, ConfigError, MaskFlowError
 from worldmodel.sampling import SamplerConfig
-from worldmodel.sampling.rollout import DEFAULT_FRAME_STEPS, CachedRollout
+from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, DEFAULT_FRAME_STEPS, CachedRollout
 
 CONTEXT_SOURCES = ("auto", "dataset", "live", "given")
 OBS_TYPES = ("rgb", "tokens")
@@ -139,7 +139,8 @@ class DreamCore:
 
     def __init__(self, batch_size: int, checkpoint: str = "default", *, context: str = "auto",
                  data: str | None = None, split: str = "test", sampler: str = "mgm",
-                 steps_per_frame: int | None = None, temperature: float = 1.0, gumbel: float = 0.0,
+                 steps_per_frame: int | None = None, temperature: float = 1.0,
+                 gumbel: float = DEFAULT_FRAME_GUMBEL,
                  schedule: str = "arccos", context_length: int | None = None, obs_type: str = "rgb",
                  reward_mode: str = "binary", reward_threshold: float = 0.5, done_threshold: float = 0.5,
                  policy: str = "random_walk", env_kwargs: dict | None = None, device: str = "cpu",
@@ -304,9 +305,10 @@ class MaskFlowDreamEnv(gym.Env):
     checkpoint, with its recorded ``env_kwargs`` updated by ``env_kwargs``, explored by ``policy``),
     ``"given"`` (only ``reset(options=...)``), or ``"auto"`` (dataset when ``data`` is set, else live).
     Drift controls: ``sampler`` (mgm | mgm_tfree | fm | df), ``steps_per_frame`` (default 20),
-    ``temperature``, ``gumbel``, ``schedule``, ``context_length`` (frames of real context, default
-    window − 1, the most the model can see). ``max_episode_steps`` (None = never truncate), ``device``,
-    ``render_mode`` (None | "rgb_array"), ``compile`` (torch.compile the rollout).
+    ``temperature``, ``gumbel`` (default 4.5, see ``DEFAULT_FRAME_GUMBEL``), ``schedule``,
+    ``context_length`` (frames of real context, default window − 1, the most the model can see).
+    ``max_episode_steps`` (None = never truncate), ``device``, ``render_mode`` (None | "rgb_array"),
+    ``compile`` (torch.compile the rollout).
 
     ## Spaces
     Observation ``Box(0, 255, (64, 64, 3), uint8)``, or with ``obs_type="tokens"`` the token grid
@@ -340,7 +342,7 @@ class MaskFlowDreamEnv(gym.Env):
 
     def __init__(self, checkpoint: str = "default", *, context: str = "auto", data: str | None = None,
                  split: str = "test", sampler: str = "mgm", steps_per_frame: int | None = None,
-                 temperature: float = 1.0, gumbel: float = 0.0, schedule: str = "arccos",
+                 temperature: float = 1.0, gumbel: float = DEFAULT_FRAME_GUMBEL, schedule: str = "arccos",
                  context_length: int | None = None, max_episode_steps: int | None = 300, obs_type: str = "rgb",
                  reward_mode: str = "binary", reward_threshold: float = 0.5, done_threshold: float = 0.5,
                  policy: str = "random_walk", env_kwargs: dict | None = None, device: str = "cpu",

@@ -78,6 +78,8 @@ class EvalConfig:
     steps_df: int = 50
     steps_rolling: int = 50
     temperature: float = 1.0
+    gumbel: float = 0.0
+    gumbel_frame: float = 4.5
     schedule: str = "arccos"
     fvd: bool = True
     fvd_frames: int = 16
@@ -322,7 +324,9 @@ def run_experiment(cfg: EvalConfig, ckpt: Checkpoint, exp: Experiment, real: Rea
                    bank: FVDBank, device: torch.device) -> list[dict]:
     """Dream, decode and score one experiment at each of its horizons."""
     k, start = ckpt.window, real.dream_start
-    scfg = SamplerConfig(exp.sampler, steps=exp.steps, temperature=cfg.temperature, schedule=cfg.schedule,
+    scfg = SamplerConfig(exp.sampler, steps=exp.steps, temperature=cfg.temperature,
+                         gumbel=cfg.gumbel_frame if exp.mode == "fbf" else cfg.gumbel,
+                         schedule=cfg.schedule,
                          masking=ckpt.scheduler, seed=cfg.seed + zlib.crc32(f"{exp.role}:{exp.name}".encode()))
     gen = make_generator(scfg, device)
     actions = torch.as_tensor(real.actions, device=device)

@@ -42,7 +42,7 @@ from worldmodel.metrics import PROTOCOL
 from worldmodel.sampling import SAMPLER_NAMES, SamplerConfig, make_sampler
 from worldmodel.sampling.base import ModelDenoiser, make_generator
 from worldmodel.sampling.chunkwise import ChunkConfig, expected_nfe, generate
-from worldmodel.sampling.rollout import CachedRollout
+from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, CachedRollout
 from worldmodel.seeding import seed_everything
 
 MODES = {"fbf": "frame-by-frame", "full": "full-sequence"}
@@ -79,7 +79,7 @@ class EvalConfig:
     steps_rolling: int = 50
     temperature: float = 1.0
     gumbel: float = 0.0
-    gumbel_frame: float = 4.5
+    gumbel_frame: float = DEFAULT_FRAME_GUMBEL
     schedule: str = "arccos"
     fvd: bool = True
     fvd_frames: int = 16

@@ -37,7 +37,8 @@ DEFAULT_FRAME_STEPS = 20
 # MaskGIT choice-temperature (Gumbel) annealing of the MGM confidence ranking in the default dream. Without it the
 # ranking always unmasks the most confident tokens first, which favours flat wall texture: on held-out random-walk
 # episodes the dream followed 54.5 % of turns at 0, 83.9 % at 4.5 (live turn probes 93.8 % vs 88.5 %), and the
-# eval's FVD improved at 1x and 10x for -0.75 dB PSNR (benchmarks/action_check.py, maskflow eval gumbel=...).
+# eval's frame-by-frame FVD improved at 1x and 10x for -0.75 dB PSNR (benchmarks/action_check.py --gumbel, maskflow
+# eval gumbel_frame=...). Chunkwise it made FVD worse, so chunkwise dreams and eval rows keep 0.
 DEFAULT_FRAME_GUMBEL = 4.5
 
 

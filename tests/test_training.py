@@ -233,3 +233,15 @@ def test_lr_schedule_warmup_stable_cooldown(tmp_path):
     assert lr_at(50, TrainConfig(lr=1e-3, warmup_steps=10, steps=100)) == pytest.approx(1e-3)   # no cooldown
     with pytest.raises(ConfigError, match="cooldown_steps"):
         train(TrainConfig(data=str(tmp_path), steps=10, cooldown_steps=11))
+
+
+def test_patch_override_is_trained_recorded_and_reloaded(painted_data, tmp_path):
+    from worldmodel.errors import ConfigError
+
+    train(tiny_cfg(steps=2, patch=1), painted_data, tmp_path / "p1")
+    meta = json.loads((tmp_path / "p1" / "model.json").read_text())
+    assert meta["model"]["patch"] == 1
+    model, _, _ = load_world_model(tmp_path / "p1")
+    assert model.cfg.patch == 1 and model.cfg.positions == GRID[0] * GRID[1]
+    with pytest.raises(ConfigError, match="not divisible by patch 3"):
+        train(tiny_cfg(steps=1, patch=3), painted_data, tmp_path / "p3")

@@ -305,7 +305,7 @@ class MaskFlowDreamEnv(gym.Env):
     checkpoint, with its recorded ``env_kwargs`` updated by ``env_kwargs``, explored by ``policy``),
     ``"given"`` (only ``reset(options=...)``), or ``"auto"`` (dataset when ``data`` is set, else live).
     Drift controls: ``sampler`` (mgm | mgm_tfree | fm | df), ``steps_per_frame`` (default 20),
-    ``temperature``, ``gumbel`` (default 4.5, see ``DEFAULT_FRAME_GUMBEL``), ``schedule``,
+    ``temperature``, ``gumbel`` (default 8, see ``DEFAULT_FRAME_GUMBEL``), ``schedule``,
     ``context_length`` (frames of real context, default window − 1, the most the model can see).
     ``max_episode_steps`` (None = never truncate), ``device``, ``render_mode`` (None | "rgb_array"),
     ``compile`` (torch.compile the rollout).

@@ -49,6 +49,7 @@ class TrainConfig:
     dim: int = 0                    # > 0 overrides the preset's width / depth pairs / heads
     depth: int = 0
     heads: int = 0
+    patch: int = 0                  # > 0 overrides the 2x2 patchify (1 suits an 8x8 token grid: 64 positions)
     temporal: str = "causal"        # causal (KV-cache rollouts) | bidirectional (the paper)
     clip_len: int = 16              # training window k (frames per clip)
     steps: int = 20000
@@ -156,7 +157,8 @@ def _build(cfg: TrainConfig, clips: TokenClips) -> Latte:
         raise DatasetError("the dataset records no tokenizer; pass vocab_size=N (the number of token ids)")
     if clips.max_token() >= vocab:
         raise DatasetError(f"the dataset holds token id {clips.max_token()} but the vocabulary has {vocab} ids")
-    over = {k: v for k, v in (("dim", cfg.dim), ("depth", cfg.depth), ("heads", cfg.heads)) if v > 0}
+    over = {k: v for k, v in (("dim", cfg.dim), ("depth", cfg.depth), ("heads", cfg.heads), ("patch", cfg.patch))
+            if v > 0}
     mcfg = model_config(cfg.size, vocab_size=int(vocab), token_grid=clips.token_grid, max_frames=cfg.clip_len,
                         num_actions=clips.num_actions, temporal=cfg.temporal, **over)
     return Latte(mcfg)

@@ -35,11 +35,13 @@ from worldmodel.sampling.rolling import RollingSampler
 # at 1 / 4 / 8 / 12 / 20 steps: still rising at 12, so 20 (lower it for speed: 8 is 2.3x faster, -0.7 points).
 DEFAULT_FRAME_STEPS = 20
 # MaskGIT choice-temperature (Gumbel) annealing of the MGM confidence ranking in the default dream. Without it the
-# ranking always unmasks the most confident tokens first, which favours flat wall texture: on held-out random-walk
-# episodes the dream followed 54.5 % of turns at 0, 83.9 % at 4.5 (live turn probes 93.8 % vs 88.5 %), and the
-# eval's frame-by-frame FVD improved at 1x and 10x for -0.75 dB PSNR (benchmarks/action_check.py --gumbel, maskflow
-# eval gumbel_frame=...). Chunkwise it made FVD worse, so chunkwise dreams and eval rows keep 0.
-DEFAULT_FRAME_GUMBEL = 4.5
+# ranking always unmasks the most confident tokens first, which favours flat wall texture. Held-out random-walk
+# episodes (benchmarks/action_check.py --gumbel): the dream followed 54.5 / 80.4 / 83.9 / 97.9 / 90.2 % of turns at
+# 0 / 2 / 4.5 / 8 / 12 (live turn probes 93.8 / 88.5 / 90.6 % at 0 / 4.5 / 8); maskflow eval gumbel_frame=...:
+# 8 kept 1x FVD / PSNR level with 4.5 and gave the best 10x FVD and PSNR (1939 / 14.5 dB vs 1976 / 13.7 at 4.5,
+# 2212 / 13.6 at 12; benchmarks/results/eval_gumbel_sweep.jsonl). Chunkwise it made FVD worse, so chunkwise dreams
+# and eval rows keep 0.
+DEFAULT_FRAME_GUMBEL = 8.0
 
 
 @dataclass

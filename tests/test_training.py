@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from envs.dataset import write_dataset
-from worldmodel.errors import CheckpointError, DatasetError
+from worldmodel.errors import CheckpointError, ConfigError, DatasetError
 from worldmodel.fileio import load_weights
 from worldmodel.model_io import load_world_model, resolve_checkpoint
 from worldmodel.training import TrainConfig, train
@@ -222,7 +222,6 @@ def test_checkpoint_dir_is_self_contained_and_guards_its_tokenizer(painted_data,
 
 
 def test_lr_schedule_warmup_stable_cooldown(tmp_path):
-    from worldmodel.errors import ConfigError
     from worldmodel.training import TrainConfig, lr_at, train
     cfg = TrainConfig(lr=1e-3, warmup_steps=10, steps=100, cooldown_steps=20)
     assert lr_at(0, cfg) == pytest.approx(1e-4)               # warmup: (step + 1) / 10
@@ -236,8 +235,6 @@ def test_lr_schedule_warmup_stable_cooldown(tmp_path):
 
 
 def test_patch_override_is_trained_recorded_and_reloaded(painted_data, tmp_path):
-    from worldmodel.errors import ConfigError
-
     train(tiny_cfg(steps=2, patch=1), painted_data, tmp_path / "p1")
     meta = json.loads((tmp_path / "p1" / "model.json").read_text())
     assert meta["model"]["patch"] == 1

@@ -145,9 +145,7 @@ def action_check(checkpoint: str, data: str | None = None, split: str = "test", 
     Returns ``{"real", "recon", "dream"}`` agreement rates, ``turns`` counted and the settings."""
     from worldmodel.dream import dataset_episode, decode_tokens, encode_frames
     from worldmodel.dream_env import MaskFlowDreamEnv
-    from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL
 
-    gumbel = DEFAULT_FRAME_GUMBEL if gumbel is None else gumbel
     env = MaskFlowDreamEnv(checkpoint, context="given", sampler=sampler, steps_per_frame=steps_per_frame,
                            temperature=temperature, gumbel=gumbel, schedule=schedule, context_length=context_length,
                            max_episode_steps=None, device=device, timing_info=False)

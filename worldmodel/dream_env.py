@@ -139,8 +139,7 @@ class DreamCore:
 
     def __init__(self, batch_size: int, checkpoint: str = "default", *, context: str = "auto",
                  data: str | None = None, split: str = "test", sampler: str = "mgm",
-                 steps_per_frame: int | None = None, temperature: float = 1.0,
-                 gumbel: float = DEFAULT_FRAME_GUMBEL,
+                 steps_per_frame: int | None = None, temperature: float = 1.0, gumbel: float | None = None,
                  schedule: str = "arccos", context_length: int | None = None, obs_type: str = "rgb",
                  reward_mode: str = "binary", reward_threshold: float = 0.5, done_threshold: float = 0.5,
                  policy: str = "random_walk", env_kwargs: dict | None = None, device: str = "cpu",
@@ -170,7 +169,8 @@ class DreamCore:
         self.reward_threshold, self.done_threshold = float(reward_threshold), float(done_threshold)
         masking = str(self.meta.get("train_config", {}).get("scheduler", "sigmoid"))
         self.sampler = SamplerConfig(sampler, steps=steps_per_frame or DEFAULT_FRAME_STEPS, temperature=temperature,
-                                     gumbel=gumbel, schedule=schedule, masking=masking)
+                                     gumbel=DEFAULT_FRAME_GUMBEL if gumbel is None else gumbel, schedule=schedule,
+                                     masking=masking)
         self.rollout = CachedRollout(self.model, self.sampler, batch_size, device=self.device, compile=compile)
         self.batch_size = batch_size
         self.source_name = ("dataset" if data else "live") if context == "auto" else context
@@ -305,7 +305,7 @@ class MaskFlowDreamEnv(gym.Env):
     checkpoint, with its recorded ``env_kwargs`` updated by ``env_kwargs``, explored by ``policy``),
     ``"given"`` (only ``reset(options=...)``), or ``"auto"`` (dataset when ``data`` is set, else live).
     Drift controls: ``sampler`` (mgm | mgm_tfree | fm | df), ``steps_per_frame`` (default 20),
-    ``temperature``, ``gumbel`` (default 8, see ``DEFAULT_FRAME_GUMBEL``), ``schedule``,
+    ``temperature``, ``gumbel`` (None = ``DEFAULT_FRAME_GUMBEL``, 8), ``schedule``,
     ``context_length`` (frames of real context, default window − 1, the most the model can see).
     ``max_episode_steps`` (None = never truncate), ``device``, ``render_mode`` (None | "rgb_array"),
     ``compile`` (torch.compile the rollout).
@@ -342,7 +342,7 @@ class MaskFlowDreamEnv(gym.Env):
 
     def __init__(self, checkpoint: str = "default", *, context: str = "auto", data: str | None = None,
                  split: str = "test", sampler: str = "mgm", steps_per_frame: int | None = None,
-                 temperature: float = 1.0, gumbel: float = DEFAULT_FRAME_GUMBEL, schedule: str = "arccos",
+                 temperature: float = 1.0, gumbel: float | None = None, schedule: str = "arccos",
                  context_length: int | None = None, max_episode_steps: int | None = 300, obs_type: str = "rgb",
                  reward_mode: str = "binary", reward_threshold: float = 0.5, done_threshold: float = 0.5,
                  policy: str = "random_walk", env_kwargs: dict | None = None, device: str = "cpu",

@@ -89,13 +89,18 @@ def assets_dir() -> Path:
 
 @cache
 def style_textures(style: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(wall, floor) texture file names of a DMLab style folder, sorted."""
-    folder = assets_dir() / f"style_{style:02d}"
-    if not folder.is_dir():
-        raise ValueError(f"DMLab texture style {style} not found in {folder.parent} (valid styles: 1–5)")
-    names = sorted(p.name for p in folder.glob("*.png"))
-    walls = tuple(n for n in names if n.startswith("wall_"))
-    floors = tuple(n for n in names if n.startswith("floor_"))
+    """(wall, floor) texture file names of a DMLab style, sorted: labmaze's own lists.
+
+    The style folders also hold light-map masks (``*_light*_m.png``, nearly black); DeepMind Lab
+    never draws them as diffuse textures, so a glob over the folder would paint black walls/floors.
+    """
+    from labmaze import assets
+
+    name = f"style_{style:02d}"
+    if name not in assets.MAZE_STYLES:
+        raise ValueError(f"DMLab texture style {style} not found in {assets_dir()} (valid styles: 1–5)")
+    walls = tuple(sorted(Path(p).name for p in assets.get_wall_texture_paths(name).values()))
+    floors = tuple(sorted(Path(p).name for p in assets.get_floor_texture_paths(name).values()))
     return walls, floors
 
 

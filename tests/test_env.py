@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -132,6 +133,34 @@ def test_textures_are_dmlab_assets(env):
     assert lay.wall_texture.startswith("wall_") and all(v.startswith("floor_") for v in lay.floor_textures.values())
     rooms = {ch for row in lay.variations for ch in row} - {"."}
     assert len({lay.floor_textures[r] for r in rooms}) >= min(len(rooms), 2)
+
+
+def test_only_diffuse_textures_are_drawn_so_walls_are_never_black():
+    import warnings
+
+    from labmaze import assets
+    from PIL import Image
+
+    from envs.maze_layout import style_textures
+
+    for style in range(1, 6):
+        walls, floors = style_textures(style)
+        assert walls and floors and not any(n.endswith("_m.png") for n in walls + floors)   # no light maps
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            means = [np.asarray(Image.open(Path(assets.ROOT_DIR) / f"style_{style:02d}" / n).convert("RGB")).mean()
+                     for n in walls + floors]
+        assert min(means) > 30, (style, means)
+    # maze seed 3090996131 drew the near-black wall_light_m.png when the style folder was globbed
+    e = DMLabMazeEnv(maze_seed=3090996131, styles=(1,))
+    dark = []
+    for seed in range(3):
+        o, _ = e.reset(seed=seed)
+        for _ in range(4):
+            o, *_ = e.step(6)                           # turn: different views of the same maze
+            dark.append((o.max(-1) < 20).mean())
+    e.close()
+    assert max(dark) < 0.05, dark
 
 
 def test_optional_adapters_give_clear_errors():

@@ -134,12 +134,12 @@ def _free_port() -> int:
 def _ddp_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    train(tiny_cfg(steps=2, precision="fp32", clean_context_prob=0.5), data, out)
+    train(tiny_cfg(steps=2, precision="fp32", clean_context_prob=0.5, token_noise=0.3), data, out)
 
 
 def test_two_process_gloo_ddp_matches_one_process(painted_data, tmp_path):
     single = tmp_path / "single"
-    train(tiny_cfg(steps=2, precision="fp32", clean_context_prob=0.5), painted_data, single)
+    train(tiny_cfg(steps=2, precision="fp32", clean_context_prob=0.5, token_noise=0.3), painted_data, single)
     ddp = tmp_path / "ddp"
     torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(painted_data), str(ddp)), nprocs=2)
     sa = load_weights(next((single / "state").glob("step-*")) / "state.safetensors")
@@ -242,3 +242,80 @@ def test_patch_override_is_trained_recorded_and_reloaded(painted_data, tmp_path)
     assert model.cfg.patch == 1 and model.cfg.positions == GRID[0] * GRID[1]
     with pytest.raises(ConfigError, match="not divisible by patch 3"):
         train(tiny_cfg(steps=1, patch=3), painted_data, tmp_path / "p3")
+
+
+def test_token_noise_replaces_visible_tokens_only_and_leaves_other_draws_alone():
+    from worldmodel.latte import Latte, model_config
+    from worldmodel.objective import MaskFlowObjective, ObjectiveConfig, draw_step
+    from worldmodel.train_data import ClipBatch
+
+    plain, noisy_cfg = ObjectiveConfig(), ObjectiveConfig(token_noise=0.4)
+    a = draw_step(64, 4, GRID, plain, torch.Generator().manual_seed(3))
+    b = draw_step(64, 4, GRID, noisy_cfg, torch.Generator().manual_seed(3), vocab_size=V)
+    assert a.noise is None and all(torch.equal(getattr(a, k), getattr(b, k)) for k in ("t", "uniform", "drop"))
+    hit = b.noise >= 0
+    assert b.noise.max() < V and 0.15 < hit.float().mean() < 0.25          # level ~ U(0, 0.4): mean 0.2
+    with pytest.raises(ConfigError, match="token_noise"):
+        ObjectiveConfig(token_noise=1.0)
+    with pytest.raises(ConfigError, match="vocabulary size"):
+        draw_step(2, 4, GRID, noisy_cfg, torch.Generator())
+
+    model = Latte(model_config("tiny", vocab_size=V, token_grid=GRID, max_frames=4, num_actions=len(ACTIONS)))
+    objective = MaskFlowObjective(model, noisy_cfg)
+    seen, features = {}, objective.features
+
+    def spy(tokens, t, actions):            # what the backbone is given
+        seen["x"] = tokens
+        return features(tokens, t, actions)
+
+    objective.features = spy
+    ep = painted_episodes(64, 4, 5)
+    batch = ClipBatch(tokens=torch.as_tensor(np.stack([e["tokens"] for e in ep])).long(),
+                      actions=torch.as_tensor(np.stack([e["actions"] for e in ep])).long().clamp_min(0),
+                      rewards=torch.zeros(64, 4), terminated=torch.zeros(64, 4, dtype=torch.bool))
+    loss, _ = objective(batch, b, objective.global_counts(b))
+    x, masked = seen["x"], seen["x"] == model.cfg.mask_id
+    assert torch.isfinite(loss) and masked.any()
+    swapped = hit & ~masked
+    assert torch.equal(x[swapped], b.noise[swapped])                         # visible + hit: the random id
+    assert torch.equal(x[~hit & ~masked], batch.tokens[~hit & ~masked])      # the rest of the visible: real
+    clean = draw_step(64, 4, GRID, plain, torch.Generator().manual_seed(3))
+    objective(batch, clean, objective.global_counts(clean))
+    assert torch.equal(seen["x"] == model.cfg.mask_id, masked)               # noise never unmasks a token
+
+
+def test_init_fine_tunes_from_a_checkpoint_and_checks_that_it_fits(painted_data, tmp_path):
+    from worldmodel.fileio import sha256_file
+
+    data, _ = _with_tokenizer(painted_data, tmp_path)
+    base = tmp_path / "base"
+    train(tiny_cfg(steps=20), data, base)
+    # lr ~ 0: one fine-tuning step keeps the checkpoint's weights, so the start really is the checkpoint
+    ft = tmp_path / "ft"
+    train(tiny_cfg(steps=1, init=str(base), lr=1e-12, token_noise=0.2, size="small"), data, ft)
+    wa, wb = load_weights(base / "model.safetensors"), load_weights(ft / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    fresh = tmp_path / "fresh"
+    train(tiny_cfg(steps=1, lr=1e-12), data, fresh)
+    assert not all(torch.allclose(wa[k], w, atol=1e-3) for k, w in load_weights(fresh / "model.safetensors").items())
+    meta = json.loads((ft / "model.json").read_text())
+    assert meta["model"] == json.loads((base / "model.json").read_text())["model"]     # its architecture, not size=
+    assert meta["init"]["weights_sha256"] == sha256_file(base / "model.safetensors")
+    assert meta["init"]["train_step"] == 20
+    # the fine-tune resumes like any run
+    train(tiny_cfg(steps=3, init=str(base)), data, ft)
+    assert [r["step"] for r in rows(ft)] == [1, 2, 3]
+
+    with pytest.raises(ConfigError, match="fixes the architecture; drop dim="):
+        train(tiny_cfg(steps=1, init=str(base), dim=32), data, tmp_path / "e1")
+    with pytest.raises(ConfigError, match="window 4 frames vs clip_len=3"):
+        train(tiny_cfg(steps=1, init=str(base), clip_len=3), data, tmp_path / "e2")
+    other, _ = _with_tokenizer(painted_data, tmp_path, seed=1)
+    with pytest.raises(ConfigError, match="not the one that made this dataset"):
+        train(tiny_cfg(steps=1, init=str(base)), other, tmp_path / "e3")
+    renamed = tmp_path / "renamed"
+    write_dataset(renamed, painted_episodes(4, 8, 0), "train", "tokens", "synthetic", ["noop", "a", "b", "c"])
+    with pytest.raises(ConfigError, match="actions"):
+        train(tiny_cfg(steps=1, init=str(base)), renamed, tmp_path / "e4")
+    with pytest.raises(CheckpointError, match="no world model"):
+        train(tiny_cfg(steps=1, init=str(tmp_path / "nothing")), data, tmp_path / "e5")

@@ -2,6 +2,12 @@
 
 Axis letters: b batch, f frames, h w token grid.
 
+Optional token noise (``token_noise`` > 0) fights exposure bias: a dream conditions on its own
+frames, whose tokens are partly wrong, while training only ever shows the model real ones. Each
+frame draws a level n_f ~ U(0, token_noise) and each of its *visible* tokens is replaced by a
+uniformly random id with probability n_f; the loss still covers the masked tokens only, so the
+model learns to predict the truth from a corrupted past (GameNGen's noise augmentation, in tokens).
+
 The randomness of a step is drawn once for the *global* batch from a generator seeded by
 (seed, step), and every data-parallel rank slices its rows. Loss denominators (masked tokens,
 clean frames) are therefore global counts known on every rank without communication, and the
@@ -18,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from worldmodel.errors import ConfigError
 from worldmodel.latte import Latte
 from worldmodel.masking import MaskingConfig, corrupt, frame_weights, sample_times
 from worldmodel.schedules import get_scheduler
@@ -32,30 +39,51 @@ class ObjectiveConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     action_dropout: float = 0.1                      # fraction of frames whose action is replaced by "none"
     reward_weight: float = 0.1                       # weight of the reward + termination BCE terms
+    token_noise: float = 0.0                         # max fraction of visible tokens per frame made random ids
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.token_noise < 1.0:
+            raise ConfigError(f"token_noise={self.token_noise} must lie in [0, 1) (the largest fraction of a "
+                              "frame's visible tokens replaced by random ids; 0 = off)")
 
 
 @dataclass
 class StepDraws:
-    """The randomness of one step: t (b f), uniform (b f h w), drop (b f) bool."""
+    """The randomness of one step: t (b f), uniform (b f h w), drop (b f) bool, and with token noise
+    noise (b f h w) long: the random id that replaces a visible token there, −1 where none does."""
 
     t: torch.Tensor
     uniform: torch.Tensor
     drop: torch.Tensor
+    noise: torch.Tensor | None = None
 
     def rows(self, start: int, stop: int) -> StepDraws:
-        return StepDraws(self.t[start:stop], self.uniform[start:stop], self.drop[start:stop])
+        return StepDraws(self.t[start:stop], self.uniform[start:stop], self.drop[start:stop],
+                         None if self.noise is None else self.noise[start:stop])
 
     def to(self, device: torch.device | str) -> StepDraws:
-        return StepDraws(self.t.to(device), self.uniform.to(device), self.drop.to(device))
+        return StepDraws(self.t.to(device), self.uniform.to(device), self.drop.to(device),
+                         None if self.noise is None else self.noise.to(device))
 
 
 def draw_step(batch: int, frames: int, grid: tuple[int, int], cfg: ObjectiveConfig,
-              generator: torch.Generator) -> StepDraws:
-    """Draw per-frame times, corruption uniforms and action-dropout flags for a global batch."""
+              generator: torch.Generator, vocab_size: int = 0) -> StepDraws:
+    """Draw per-frame times, corruption uniforms and action-dropout flags for a global batch, and with
+    ``cfg.token_noise`` > 0 the random ids of token noise (``vocab_size`` real ids to draw from).
+
+    Token-noise draws come after the others, so runs without it see exactly the same randomness."""
     t = sample_times(batch, frames, cfg.masking, generator)
     uniform = torch.rand(batch, frames, *grid, generator=generator)
     drop = torch.rand(batch, frames, generator=generator) < cfg.action_dropout
-    return StepDraws(t, uniform, drop)
+    noise = None
+    if cfg.token_noise > 0:
+        if vocab_size < 1:
+            raise ConfigError("token noise needs the vocabulary size to draw random token ids")
+        level = torch.rand(batch, frames, 1, 1, generator=generator) * cfg.token_noise
+        hit = torch.rand(batch, frames, *grid, generator=generator) < level
+        ids = torch.randint(0, vocab_size, (batch, frames, *grid), generator=generator)
+        noise = torch.where(hit, ids, torch.full_like(ids, -1))
+    return StepDraws(t, uniform, drop, noise)
 
 
 class MaskFlowObjective(nn.Module):
@@ -84,6 +112,8 @@ class MaskFlowObjective(nn.Module):
         """
         mcfg = self.model.cfg
         noisy, masked = corrupt(batch.tokens, draws.t, self.scheduler, mcfg.mask_id, draws.uniform)
+        if draws.noise is not None:             # random ids on visible tokens only: masked stay masked
+            noisy = torch.where((draws.noise >= 0) & ~masked, draws.noise, noisy)
         actions = torch.where(draws.drop, torch.full_like(batch.actions, -1), batch.actions)
         ctx = torch.autocast(batch.tokens.device.type, dtype=autocast) if autocast else contextlib.nullcontext()
         with ctx:

@@ -9,6 +9,9 @@ by torchrun (gloo on CPU, nccl on GPU). Every ``ckpt_every`` steps the full stat
 ``OUT/state/`` (resumable: rerun the same command) and the EMA model is exported as a
 self-contained checkpoint directory in ``OUT`` (``model.safetensors`` + ``model.json`` +
 ``tokenizer/``), so ``checkpoint=OUT`` works for dream/eval even while training continues.
+
+Fine-tuning: ``init=default`` (or ``init=DIR``) starts from a checkpoint's weights and architecture
+instead of a fresh model, for tokens of the same tokenizer; resuming works as for any run.
 """
 
 from __future__ import annotations
@@ -27,10 +30,16 @@ import torch
 import torch.distributed as dist
 
 from worldmodel.errors import ConfigError, DatasetError
-from worldmodel.fileio import write_json
+from worldmodel.fileio import sha256_file, write_json
 from worldmodel.latte import Latte, describe, model_config
 from worldmodel.masking import MaskingConfig
-from worldmodel.model_io import save_world_model
+from worldmodel.model_io import (
+    WEIGHTS_NAME,
+    load_world_model,
+    read_world_model_meta,
+    resolve_checkpoint,
+    save_world_model,
+)
 from worldmodel.objective import MaskFlowObjective, ObjectiveConfig, draw_step
 from worldmodel.seeding import seed_everything
 from worldmodel.train_data import ShardedSampler, TokenClips
@@ -64,6 +73,7 @@ class TrainConfig:
     scheduler: str = "sigmoid"      # sigmoid | cosine | linear
     loss_weighting: str = "fused_snr"   # fused_snr | min_snr | none
     clean_context_prob: float = 0.0     # chance that a clip keeps a random number of leading frames clean
+    token_noise: float = 0.0            # max fraction of visible tokens per frame replaced by random ids
     action_dropout: float = 0.1
     reward_weight: float = 0.1
     eval_every: int = 500
@@ -83,11 +93,12 @@ class TrainConfig:
     progress: bool = True
     vocab_size: int = 0             # 0 = from the dataset's tokenizer (needed only for tokenizer-less data)
     tokenizer: str = ""             # override the tokenizer directory recorded in the dataset
+    init: str = ""                  # fine-tune: start from this checkpoint's weights (default | DIR)
 
     def objective(self) -> ObjectiveConfig:
         return ObjectiveConfig(self.scheduler, MaskingConfig(mode=self.masking, weighting=self.loss_weighting,
                                                              clean_context_prob=self.clean_context_prob),
-                               self.action_dropout, self.reward_weight)
+                               self.action_dropout, self.reward_weight, self.token_noise)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -150,7 +161,9 @@ def _tokenizer_dir(cfg: TrainConfig, manifest: dict) -> Path | None:
     return p
 
 
-def _build(cfg: TrainConfig, clips: TokenClips) -> Latte:
+def _build(cfg: TrainConfig, clips: TokenClips, data: Path) -> Latte:
+    if cfg.init:
+        return _build_from(cfg, clips, data)
     rec = clips.manifest.get("tokenizer") or {}
     vocab = cfg.vocab_size or rec.get("vocab_size") or 0
     if not vocab:
@@ -162,6 +175,50 @@ def _build(cfg: TrainConfig, clips: TokenClips) -> Latte:
     mcfg = model_config(cfg.size, vocab_size=int(vocab), token_grid=clips.token_grid, max_frames=cfg.clip_len,
                         num_actions=clips.num_actions, temporal=cfg.temporal, **over)
     return Latte(mcfg)
+
+
+def _build_from(cfg: TrainConfig, clips: TokenClips, data: Path) -> Latte:
+    """The model of checkpoint ``cfg.init`` (its architecture and weights), checked against the dataset.
+
+    The weights only make sense on tokens of the same tokenizer and actions of the same action space,
+    so every mismatch is an error that names it; the architecture is the checkpoint's.
+    """
+    over = [k for k in ("dim", "depth", "heads", "patch") if getattr(cfg, k) > 0]
+    if over:
+        raise ConfigError(f"init={cfg.init} fixes the architecture; drop {', '.join(f'{k}=' for k in over)} "
+                          "(the model is the checkpoint's)")
+    model, _, meta = load_world_model(cfg.init)
+    src, mcfg = meta["path"], model.cfg
+    rec = clips.manifest.get("tokenizer") or {}
+    problems = []
+    if mcfg.temporal != cfg.temporal:
+        problems.append(f"temporal {mcfg.temporal} vs temporal={cfg.temporal}")
+    if mcfg.max_frames != cfg.clip_len:
+        problems.append(f"window {mcfg.max_frames} frames vs clip_len={cfg.clip_len}")
+    if list(mcfg.token_grid) != list(clips.token_grid):
+        problems.append(f"token grid {list(mcfg.token_grid)} vs the dataset's {list(clips.token_grid)}")
+    if rec.get("vocab_size") and mcfg.vocab_size != rec["vocab_size"]:
+        problems.append(f"vocabulary {mcfg.vocab_size} vs the dataset's {rec['vocab_size']}")
+    if list(meta.get("action_space", {}).get("meanings", [])) != list(clips.action_meanings):
+        problems.append(f"actions {meta.get('action_space', {}).get('meanings')} vs the dataset's "
+                        f"{list(clips.action_meanings)}")
+    tok_sha = (meta.get("tokenizer") or {}).get("weights_sha256")
+    if tok_sha and rec.get("weights_sha256") and tok_sha != rec["weights_sha256"]:
+        problems.append("its tokenizer is not the one that made this dataset (weights sha256 differ), so the "
+                        "token ids mean different things")
+    if problems:
+        raise ConfigError(f"init={cfg.init} ({src}) does not fit data={data}: " + "; ".join(problems))
+    return model.float().train()
+
+
+def _init_record(cfg: TrainConfig) -> dict[str, Any]:
+    """Where a fine-tuned model started: recorded in its model.json."""
+    if not cfg.init:
+        return {}
+    p = resolve_checkpoint(cfg.init)
+    meta = read_world_model_meta(p)
+    return {"init": {"checkpoint": cfg.init, "path": str(p), "weights_sha256": sha256_file(p / WEIGHTS_NAME),
+                     "train_step": meta.get("train_step")}}
 
 
 def train(cfg: TrainConfig, data_root: str | os.PathLike | None = None,
@@ -190,7 +247,8 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None = None,
         print(f"no held-out evaluation: {e}")
         test = None
     tok_dir = _tokenizer_dir(cfg, clips.manifest)
-    model = _build(cfg, clips).to(device)
+    model = _build(cfg, clips, data).to(device)
+    init_record = _init_record(cfg)
     ema = Latte(model.cfg).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     ocfg = cfg.objective()
@@ -234,7 +292,8 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None = None,
                          env_id=clips.manifest.get("env_id", ""), tokenizer_dir=tok_dir,
                          train_config=dataclasses.asdict(cfg),
                          extra={"train_step": step, "train_elapsed_s": round(elapsed, 1), "eval": last_eval,
-                                "env_kwargs": clips.manifest.get("source", {}).get("env_kwargs", {})})
+                                "env_kwargs": clips.manifest.get("source", {}).get("env_kwargs", {}),
+                                **init_record})
         logger.plot()
 
     model.train()
@@ -242,7 +301,8 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None = None,
         t0 = time.time()
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        draws = draw_step(cfg.batch_size, cfg.clip_len, grid, ocfg, _step_generator(cfg.seed, step))
+        draws = draw_step(cfg.batch_size, cfg.clip_len, grid, ocfg, _step_generator(cfg.seed, step),
+                          model.cfg.vocab_size)
         counts = objective.global_counts(draws)
         batch = clips.batch(sampler.indices(step)).to(device)
         want = rank == 0 and (step + 1) % cfg.log_every == 0

@@ -53,3 +53,16 @@ def test_tampering_and_overwrite_are_refused(tiny_world_checkpoint, tmp_path):
     (rel / "stray.txt").write_text("x")
     with pytest.raises(CheckpointError, match="not in " + SUMS_NAME):
         verify_release(rel)
+
+
+def test_reexporting_the_shipped_release_keeps_its_weight_files_byte_for_byte(tmp_path):
+    # token datasets record the tokenizer's sha256, and `init=default` checks it: a fine-tune of the
+    # shipped model, exported again, must keep the tokenizer file (already float16) unchanged
+    from worldmodel.fileio import sha256_file
+    from worldmodel.model_io import resolve_checkpoint
+
+    src = resolve_checkpoint("default")
+    rel = export_checkpoint(src, tmp_path / "again")
+    for name in ("model.safetensors", "tokenizer/tokenizer.safetensors"):
+        assert sha256_file(rel / name) == sha256_file(src / name), name
+    verify_release(rel)

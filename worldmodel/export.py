@@ -33,6 +33,10 @@ def _half(path: Path, dst: Path) -> None:
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
     state = load_weights(path)
+    if not any(v.dtype == torch.float32 for v in state.values()):
+        # already half: keep the bytes, so its sha256 (which token datasets record) stays the same
+        shutil.copy2(path, dst)
+        return
     save_weights(dst, {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}, metadata)
 
 

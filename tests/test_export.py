@@ -9,7 +9,8 @@ import torch
 from worldmodel.dream import DreamConfig, dream
 from worldmodel.errors import CheckpointError
 from worldmodel.export import SUMS_NAME, export_checkpoint, verify_release
-from worldmodel.model_io import load_world_model
+from worldmodel.fileio import sha256_file
+from worldmodel.model_io import load_world_model, resolve_checkpoint
 
 
 def _dream_tokens(ckpt, data, out) -> np.ndarray:
@@ -58,9 +59,6 @@ def test_tampering_and_overwrite_are_refused(tiny_world_checkpoint, tmp_path):
 def test_reexporting_the_shipped_release_keeps_its_weight_files_byte_for_byte(tmp_path):
     # token datasets record the tokenizer's sha256, and `init=default` checks it: a fine-tune of the
     # shipped model, exported again, must keep the tokenizer file (already float16) unchanged
-    from worldmodel.fileio import sha256_file
-    from worldmodel.model_io import resolve_checkpoint
-
     src = resolve_checkpoint("default")
     rel = export_checkpoint(src, tmp_path / "again")
     for name in ("model.safetensors", "tokenizer/tokenizer.safetensors"):

@@ -32,11 +32,12 @@ def _half(path: Path, dst: Path) -> None:
 
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
-    state = load_weights(path)
-    if not any(v.dtype == torch.float32 for v in state.values()):
+        has_fp32 = any(f.get_slice(k).get_dtype() == "F32" for k in f.keys())
+    if not has_fp32:
         # already half: keep the bytes, so its sha256 (which token datasets record) stays the same
         shutil.copy2(path, dst)
         return
+    state = load_weights(path)
     save_weights(dst, {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}, metadata)
 
 

@@ -7,6 +7,11 @@ The release holds ``model.safetensors`` + ``model.json`` and ``tokenizer/`` exac
 (halves the size; loading casts back to float32), plus ``SHA256SUMS.json`` recording every file's
 sha256 and where the release came from. :func:`verify_release` checks a release against that record.
 The release is built in a temporary directory beside ``dst`` and renamed into place.
+
+Provenance paths in ``model.json`` (where the release, its init and its tokenizer came from, the
+training run's data and out) are stored relative to the working directory, or as the bare folder
+name when outside it: a release is read on other machines, where this machine's absolute paths mean
+nothing and would only leak its layout. Nothing reads them on load.
 """
 
 from __future__ import annotations
@@ -41,6 +46,30 @@ def _half(path: Path, dst: Path) -> None:
     save_weights(dst, {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}, metadata)
 
 
+def portable_path(path: str | os.PathLike) -> str:
+    """``path`` as a release records it: relative to the working directory when inside it (POSIX
+    separators), else just its last component; relative paths are kept as they are."""
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    try:
+        return p.resolve().relative_to(Path.cwd().resolve()).as_posix() or "."
+    except ValueError:
+        return p.name
+
+
+def _portable_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with every provenance path made :func:`portable_path`."""
+    meta = dict(meta)
+    for section, keys in (("init", ("path",)), ("tokenizer", ("source",)),
+                          ("train_config", ("data", "out", "init", "tokenizer"))):
+        rec = meta.get(section)
+        if isinstance(rec, dict):
+            meta[section] = {k: portable_path(v) if k in keys and isinstance(v, str) and v else v
+                             for k, v in rec.items()}
+    return meta
+
+
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool = True,
                       overwrite: bool = False, notes: dict[str, Any] | None = None) -> Path:
     """Write a release of checkpoint ``src`` to ``dst``; returns ``dst``. Loads it back to check it."""
@@ -65,7 +94,8 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool
         meta["tokenizer"] = {**meta["tokenizer"], "weights_sha256": sha256_file(tmp / TOKENIZER_DIR / TOK_WEIGHTS)}
         if "env_kwargs" not in meta:
             meta["env_kwargs"] = recorded_env_kwargs(meta)
-        meta["release"] = {"source": str(src.resolve()), "dtype": "float16" if half else "float32",
+        meta = _portable_meta(meta)
+        meta["release"] = {"source": portable_path(src.resolve()), "dtype": "float16" if half else "float32",
                            **dict(notes or {})}
         write_json(tmp / CONFIG_NAME, meta)
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())

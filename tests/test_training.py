@@ -319,3 +319,32 @@ def test_init_fine_tunes_from_a_checkpoint_and_checks_that_it_fits(painted_data,
         train(tiny_cfg(steps=1, init=str(base)), renamed, tmp_path / "e4")
     with pytest.raises(CheckpointError, match="no world model"):
         train(tiny_cfg(steps=1, init=str(tmp_path / "nothing")), data, tmp_path / "e5")
+
+
+def test_several_token_datasets_train_as_one_and_must_agree(painted_data, tmp_path):
+    from worldmodel.cli import run
+    from worldmodel.train_data import TokenClips
+
+    more = tmp_path / "more"                                    # a second collection: train split only
+    write_dataset(more, painted_episodes(6, 20, 2, first_id=200), "train", "tokens", "synthetic", ACTIONS)
+    one, two = TokenClips(painted_data, "train", 4), TokenClips(more, "train", 4)
+    both = TokenClips([painted_data, more], "train", 4)
+    assert len(both) == len(one) + len(two) == 12 * 21 + 6 * 17
+    assert np.array_equal(both.batch(np.array([len(one)])).tokens, two.batch(np.array([0])).tokens)
+    assert len(TokenClips([painted_data, more], "test", 4)) == len(TokenClips(painted_data, "test", 4))
+    out = tmp_path / "run"
+    run("train", [f"data=[{painted_data},{more}]", f"out={out}", "size=tiny", "steps=2", "clip_len=4",
+                  "batch_size=4", "vocab_size=16", "threads=1", "progress=false", "tensorboard=false",
+                  "eval_every=1"])
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["train_config"]["data"] == [str(painted_data), str(more)] and meta["eval"]["acc_next"] >= 0
+    with pytest.raises(ConfigError, match="twice"):
+        train(tiny_cfg(steps=1), [painted_data, painted_data], tmp_path / "twice")
+    other = tmp_path / "other_actions"
+    write_dataset(other, painted_episodes(2, 20, 3), "train", "tokens", "synthetic", ["a", "b", "c", "d"])
+    with pytest.raises(DatasetError, match="cannot be trained on together: actions"):
+        TokenClips([painted_data, other], "train", 4)
+    a, _ = _with_tokenizer(painted_data, tmp_path, seed=0)
+    b, _ = _with_tokenizer(painted_data, tmp_path, seed=1)
+    with pytest.raises(DatasetError, match="different tokenizers"):
+        train(tiny_cfg(steps=1), [a, b], tmp_path / "mixed")

@@ -58,6 +58,12 @@ def portable_path(path: str | os.PathLike) -> str:
         return p.name
 
 
+def _portable(v: Any) -> Any:
+    if isinstance(v, str) and v:
+        return portable_path(v)
+    return [_portable(x) for x in v] if isinstance(v, list) else v
+
+
 def _portable_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """``meta`` with every provenance path made :func:`portable_path`."""
     meta = dict(meta)
@@ -65,8 +71,7 @@ def _portable_meta(meta: dict[str, Any]) -> dict[str, Any]:
                           ("train_config", ("data", "out", "init", "tokenizer"))):
         rec = meta.get(section)
         if isinstance(rec, dict):
-            meta[section] = {k: portable_path(v) if k in keys and isinstance(v, str) and v else v
-                             for k, v in rec.items()}
+            meta[section] = {k: _portable(v) if k in keys else v for k, v in rec.items()}
     return meta
 
 
@@ -118,7 +123,8 @@ def recorded_env_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
     from envs.dataset import load_manifest
 
     try:
-        tokens = load_manifest(meta["train_config"]["data"])
+        data = meta["train_config"]["data"]
+        tokens = load_manifest(data if isinstance(data, str) else data[0])
         source = tokens.get("source", {})
         if "env_kwargs" in source:
             return dict(source["env_kwargs"])

@@ -14,7 +14,9 @@ A batch therefore depends only on (seed, step), which makes resuming and multi-p
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,16 +41,43 @@ class ClipBatch:
 
 
 class TokenClips:
-    """All k-frame windows of one split of a token dataset, held in memory."""
+    """All k-frame windows of one split of one token dataset, or of several trained on as one.
 
-    def __init__(self, root: str | os.PathLike, split: str, clip_len: int):
-        ds = EpisodeDataset(root, split)
-        if ds.kind != "tokens":
-            raise DatasetError(f"{root} is a {ds.kind!r} dataset; `maskflow train` needs a token dataset "
-                               "(make one with `maskflow tokenize data=FRAMES checkpoint=TOKENIZER out=...`)")
-        eps = [ds.episode(i) for i in range(len(ds))]
-        ds.close()
+    Several datasets must share what gives tokens and actions their meaning: the tokenizer (weights
+    sha256), the token grid, the env and its action list; a mismatch is a :class:`DatasetError` naming
+    both datasets. A dataset without episodes in ``split`` is skipped when others have some.
+    """
+
+    def __init__(self, root: str | os.PathLike | Sequence[str | os.PathLike], split: str, clip_len: int):
+        roots = [Path(r) for r in ([root] if isinstance(root, (str, os.PathLike)) else root)]
+        if not roots:
+            raise DatasetError("no token dataset given")
+        eps, firsts, skipped = [], [], []
+        for r in roots:
+            try:
+                ds = EpisodeDataset(r, split)
+            except DatasetError:
+                if len(roots) == 1:
+                    raise
+                skipped.append(r)
+                continue
+            if ds.kind != "tokens":
+                raise DatasetError(f"{r} is a {ds.kind!r} dataset; `maskflow train` needs a token dataset "
+                                   "(make one with `maskflow tokenize data=FRAMES checkpoint=TOKENIZER out=...`)")
+            got = [ds.episode(i) for i in range(len(ds))]
+            ds.close()
+            if firsts:
+                _check_compatible(firsts[0], eps[0]["tokens"].shape[1:], ds, got[0]["tokens"].shape[1:])
+            firsts.append(ds)
+            eps += got
+        if not firsts:
+            raise DatasetError(f"none of {[str(r) for r in roots]} has episodes in split {split!r}")
+        ds = firsts[0]
+        self.roots = [d.root for d in firsts]
         self.manifest = ds.manifest
+        kwargs = [d.manifest.get("source", {}).get("env_kwargs", {}) for d in firsts]
+        # the live maze settings a dream env should use: known only when every dataset agrees
+        self.env_kwargs = dict(kwargs[0]) if all(k == kwargs[0] for k in kwargs) else {}
         self.num_actions = ds.num_actions
         self.action_meanings = ds.action_meanings
         self.clip_len = clip_len
@@ -63,7 +92,8 @@ class TokenClips:
         assert len(self.actions) == n
         if len(self.starts) == 0:
             longest = max(len(e["tokens"]) for e in eps)
-            raise DatasetError(f"no episode of {root} ({split}) has {clip_len} frames (longest: {longest}); "
+            names = ", ".join(str(r) for r in self.roots)
+            raise DatasetError(f"no episode of {names} ({split}) has {clip_len} frames (longest: {longest}); "
                                f"use a shorter clip_len")
 
     @property
@@ -81,6 +111,23 @@ class TokenClips:
         idx = self.starts[windows][:, None] + np.arange(self.clip_len)[None]
         return ClipBatch(torch.from_numpy(self.tokens[idx].astype(np.int64)), torch.from_numpy(self.actions[idx]),
                          torch.from_numpy(self.rewards[idx]), torch.from_numpy(self.terminated[idx]))
+
+
+def _check_compatible(a: EpisodeDataset, grid_a: tuple, b: EpisodeDataset, grid_b: tuple) -> None:
+    """Raise :class:`DatasetError` unless token datasets ``a`` and ``b`` can be trained on together."""
+    problems = []
+    if a.env_id != b.env_id:
+        problems.append(f"env {a.env_id!r} vs {b.env_id!r}")
+    if a.action_meanings != b.action_meanings:
+        problems.append(f"actions {list(a.action_meanings)} vs {list(b.action_meanings)}")
+    if tuple(grid_a) != tuple(grid_b):
+        problems.append(f"token grid {list(grid_a)} vs {list(grid_b)}")
+    ta, tb = (d.manifest.get("tokenizer") or {} for d in (a, b))
+    if ta.get("weights_sha256") != tb.get("weights_sha256") or ta.get("vocab_size") != tb.get("vocab_size"):
+        problems.append("different tokenizers (weights sha256 differ), so the same token id means different things")
+    if problems:
+        raise DatasetError(f"token datasets {a.root} and {b.root} cannot be trained on together: "
+                           + "; ".join(problems))
 
 
 def _field(ep: dict, key: str, fill, dtype) -> np.ndarray:

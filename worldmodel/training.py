@@ -21,6 +21,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,8 @@ from worldmodel.train_state import load_state, save_state
 class TrainConfig:
     """Settings of one training run (the keys of ``configs/train.yaml``)."""
 
-    data: str = ""                  # token dataset directory (from `maskflow tokenize`)
+    data: Any = ""                  # token dataset directory (from `maskflow tokenize`), or a list of them
+                                    # trained on as one (same tokenizer and actions)
     out: str = "runs/world"         # run directory: model export, state/, logs, curves.png
     size: str = "small"             # tiny | small | base (see worldmodel.latte.PRESETS)
     dim: int = 0                    # > 0 overrides the preset's width / depth pairs / heads
@@ -161,7 +163,18 @@ def _tokenizer_dir(cfg: TrainConfig, manifest: dict) -> Path | None:
     return p
 
 
-def _build(cfg: TrainConfig, clips: TokenClips, data: Path) -> Latte:
+def data_roots(data: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The token dataset directories of ``data=``: one directory or a list of them."""
+    items = [data] if isinstance(data, (str, os.PathLike)) else list(data or [])
+    roots = [Path(d) for d in items if str(d)]
+    if not roots:
+        raise ConfigError("train needs data=DIR (a token dataset) or data=[DIR,DIR,...]")
+    if len({r.resolve() for r in roots}) != len(roots):
+        raise ConfigError(f"data= names a dataset twice: {[str(r) for r in roots]}")
+    return roots
+
+
+def _build(cfg: TrainConfig, clips: TokenClips, data: str) -> Latte:
     if cfg.init:
         return _build_from(cfg, clips, data)
     rec = clips.manifest.get("tokenizer") or {}
@@ -177,7 +190,7 @@ def _build(cfg: TrainConfig, clips: TokenClips, data: Path) -> Latte:
     return Latte(mcfg)
 
 
-def _build_from(cfg: TrainConfig, clips: TokenClips, data: Path) -> Latte:
+def _build_from(cfg: TrainConfig, clips: TokenClips, data: str) -> Latte:
     """The model of checkpoint ``cfg.init`` (its architecture and weights), checked against the dataset.
 
     The weights only make sense on tokens of the same tokenizer and actions of the same action space,
@@ -221,13 +234,12 @@ def _init_record(cfg: TrainConfig) -> dict[str, Any]:
                      "train_step": meta.get("train_step")}}
 
 
-def train(cfg: TrainConfig, data_root: str | os.PathLike | None = None,
+def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
           out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train (or resume) a world model; returns a summary dict (also written to ``OUT/summary.json``)."""
     rank, world, local_rank = _dist_env()
-    data, out = Path(data_root or cfg.data), Path(out_dir or cfg.out)
-    if not str(data):
-        raise ConfigError("train needs data=DIR (a token dataset)")
+    roots, out = data_roots(data_root or cfg.data), Path(out_dir or cfg.out)
+    data = ",".join(str(r) for r in roots)          # for messages
     if not 0 <= cfg.cooldown_steps <= cfg.steps:
         raise ConfigError(f"cooldown_steps={cfg.cooldown_steps} must lie in [0, steps={cfg.steps}]")
     device = _device(cfg.device, local_rank)
@@ -240,9 +252,9 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None = None,
         os.nice(cfg.nice)
     amp = _autocast_dtype(cfg.precision, device)
     seed_everything(cfg.seed)                       # same init on every rank (DDP also broadcasts)
-    clips = TokenClips(data, "train", cfg.clip_len)
+    clips = TokenClips(roots, "train", cfg.clip_len)
     try:
-        test = TokenClips(data, "test", cfg.clip_len) if cfg.eval_every > 0 and rank == 0 else None
+        test = TokenClips(roots, "test", cfg.clip_len) if cfg.eval_every > 0 and rank == 0 else None
     except DatasetError as e:
         print(f"no held-out evaluation: {e}")
         test = None
@@ -262,7 +274,8 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None = None,
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         resumed = f"; resumed at step {step}" if meta else ""
-        print(f"{describe(model)}; {len(clips)} train clips; device {device}, "
+        sets = f" from {len(clips.roots)} datasets" if len(clips.roots) > 1 else ""
+        print(f"{describe(model)}; {len(clips)} train clips{sets}; device {device}, "
               f"{'bf16 autocast' if amp else 'fp32'}, {world} process(es){resumed}")
     if cfg.compile:
         objective.features = torch.compile(model.features)
@@ -292,7 +305,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | None = None,
                          env_id=clips.manifest.get("env_id", ""), tokenizer_dir=tok_dir,
                          train_config=dataclasses.asdict(cfg),
                          extra={"train_step": step, "train_elapsed_s": round(elapsed, 1), "eval": last_eval,
-                                "env_kwargs": clips.manifest.get("source", {}).get("env_kwargs", {}),
+                                "env_kwargs": clips.env_kwargs,
                                 **init_record})
         logger.plot()
 

@@ -52,15 +52,14 @@ class TokenClips:
         roots = [Path(r) for r in ([root] if isinstance(root, (str, os.PathLike)) else root)]
         if not roots:
             raise DatasetError("no token dataset given")
-        eps, firsts, skipped = [], [], []
+        eps, firsts = [], []
         for r in roots:
             try:
                 ds = EpisodeDataset(r, split)
             except DatasetError:
                 if len(roots) == 1:
                     raise
-                skipped.append(r)
-                continue
+                continue                                    # no episodes in this split: others may have some
             if ds.kind != "tokens":
                 raise DatasetError(f"{r} is a {ds.kind!r} dataset; `maskflow train` needs a token dataset "
                                    "(make one with `maskflow tokenize data=FRAMES checkpoint=TOKENIZER out=...`)")

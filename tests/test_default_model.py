@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -14,6 +16,18 @@ def test_shipped_files_match_their_recorded_sha256_and_fit_the_size_limit():
     files = verify_release(DEFAULT_CHECKPOINT)
     total = sum((DEFAULT_CHECKPOINT / f).stat().st_size for f in files)
     assert total <= 25 * 2**20, f"shipped model is {total / 2**20:.1f} MiB"
+
+
+def test_shipped_model_json_records_no_absolute_paths_of_the_machine_that_made_it():
+    def strings(x):
+        if isinstance(x, dict):
+            return [s for v in x.values() for s in strings(v)]
+        if isinstance(x, list):
+            return [s for v in x for s in strings(v)]
+        return [x] if isinstance(x, str) else []
+
+    meta = json.loads((DEFAULT_CHECKPOINT / "model.json").read_text())
+    assert [s for s in strings(meta) if s.startswith(("/", "~")) or s[1:3] == ":\\"] == []
 
 
 def test_default_loads_as_a_causal_action_conditioned_model(monkeypatch):

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from tests.json_paths import absolute_paths
 from worldmodel.dream import DreamConfig, dream
 from worldmodel.export import verify_release
 from worldmodel.model_io import DEFAULT_CHECKPOINT, load_world_model, resolve_checkpoint
@@ -19,15 +20,8 @@ def test_shipped_files_match_their_recorded_sha256_and_fit_the_size_limit():
 
 
 def test_shipped_model_json_records_no_absolute_paths_of_the_machine_that_made_it():
-    def strings(x):
-        if isinstance(x, dict):
-            return [s for v in x.values() for s in strings(v)]
-        if isinstance(x, list):
-            return [s for v in x for s in strings(v)]
-        return [x] if isinstance(x, str) else []
-
     meta = json.loads((DEFAULT_CHECKPOINT / "model.json").read_text())
-    assert [s for s in strings(meta) if s.startswith(("/", "~")) or s[1:3] == ":\\"] == []
+    assert absolute_paths(meta) == []
 
 
 def test_default_loads_as_a_causal_action_conditioned_model(monkeypatch):

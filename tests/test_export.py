@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.json_paths import absolute_paths
 from worldmodel.dream import DreamConfig, dream
 from worldmodel.errors import CheckpointError
 from worldmodel.export import SUMS_NAME, export_checkpoint, portable_path, verify_release
@@ -68,26 +69,15 @@ def test_reexporting_the_shipped_release_keeps_its_weight_files_byte_for_byte(tm
     verify_release(rel)
 
 
-def _strings(x):
-    if isinstance(x, dict):
-        for v in x.values():
-            yield from _strings(v)
-    elif isinstance(x, list):
-        for v in x:
-            yield from _strings(v)
-    elif isinstance(x, str):
-        yield x
-
-
 def test_release_records_no_absolute_paths_of_the_exporting_machine(tiny_world_checkpoint, tmp_path, monkeypatch):
     # a release is read on other machines: provenance paths are relative to where it was exported, or
     # bare folder names when outside it, never this machine's absolute layout
     src_meta = read_json(tiny_world_checkpoint / "model.json")
-    assert any(s.startswith("/") for s in _strings(src_meta))       # the training run records absolute paths
+    assert absolute_paths(src_meta)                                  # the training run records absolute paths
     monkeypatch.chdir(tmp_path)
     rel = export_checkpoint(tiny_world_checkpoint, tmp_path / "releases" / "rel")
     meta = read_json(rel / "model.json")
-    assert [s for s in _strings(meta) if s.startswith("/")] == []
+    assert absolute_paths(meta) == []
     assert meta["release"]["source"] == tiny_world_checkpoint.name      # outside the working directory
     assert meta["tokenizer"]["source"] == Path(src_meta["tokenizer"]["source"]).name
     assert portable_path(tmp_path / "releases" / "rel") == "releases/rel"   # inside it: relative

@@ -53,7 +53,7 @@ def portable_path(path: str | os.PathLike) -> str:
     if not p.is_absolute():
         return p.as_posix()
     try:
-        return p.resolve().relative_to(Path.cwd().resolve()).as_posix() or "."
+        return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
     except ValueError:
         return p.name
 

@@ -52,10 +52,10 @@ class TokenClips:
         roots = [Path(r) for r in ([root] if isinstance(root, (str, os.PathLike)) else root)]
         if not roots:
             raise DatasetError("no token dataset given")
-        eps, firsts = [], []
+        firsts = []
         for r in roots:
             try:
-                ds = EpisodeDataset(r, split)
+                ds = EpisodeDataset(r, split)                       # reads the manifest only
             except DatasetError:
                 if len(roots) == 1:
                     raise
@@ -63,14 +63,15 @@ class TokenClips:
             if ds.kind != "tokens":
                 raise DatasetError(f"{r} is a {ds.kind!r} dataset; `maskflow train` needs a token dataset "
                                    "(make one with `maskflow tokenize data=FRAMES checkpoint=TOKENIZER out=...`)")
-            got = [ds.episode(i) for i in range(len(ds))]
-            ds.close()
             if firsts:
-                _check_compatible(firsts[0], eps[0]["tokens"].shape[1:], ds, got[0]["tokens"].shape[1:])
+                _check_compatible(firsts[0], ds)                    # before any episode is read
             firsts.append(ds)
-            eps += got
         if not firsts:
             raise DatasetError(f"none of {[str(r) for r in roots]} has episodes in split {split!r}")
+        eps = []
+        for d in firsts:
+            eps += [d.episode(i) for i in range(len(d))]
+            d.close()
         ds = firsts[0]
         self.roots = [d.root for d in firsts]
         self.manifest = ds.manifest
@@ -112,15 +113,16 @@ class TokenClips:
                          torch.from_numpy(self.rewards[idx]), torch.from_numpy(self.terminated[idx]))
 
 
-def _check_compatible(a: EpisodeDataset, grid_a: tuple, b: EpisodeDataset, grid_b: tuple) -> None:
+def _check_compatible(a: EpisodeDataset, b: EpisodeDataset) -> None:
     """Raise :class:`DatasetError` unless token datasets ``a`` and ``b`` can be trained on together."""
     problems = []
     if a.env_id != b.env_id:
         problems.append(f"env {a.env_id!r} vs {b.env_id!r}")
     if a.action_meanings != b.action_meanings:
         problems.append(f"actions {list(a.action_meanings)} vs {list(b.action_meanings)}")
-    if tuple(grid_a) != tuple(grid_b):
-        problems.append(f"token grid {list(grid_a)} vs {list(grid_b)}")
+    grid_a, grid_b = (list(d.manifest.get("obs_shape") or []) for d in (a, b))
+    if grid_a != grid_b:
+        problems.append(f"token grid {grid_a} vs {grid_b}")
     ta, tb = (d.manifest.get("tokenizer") or {} for d in (a, b))
     if ta.get("weights_sha256") != tb.get("weights_sha256") or ta.get("vocab_size") != tb.get("vocab_size"):
         problems.append("different tokenizers (weights sha256 differ), so the same token id means different things")

@@ -338,6 +338,13 @@ def test_several_token_datasets_train_as_one_and_must_agree(painted_data, tmp_pa
                   "eval_every=1"])
     meta = json.loads((out / "model.json").read_text())
     assert meta["train_config"]["data"] == [str(painted_data), str(more)] and meta["eval"]["acc_next"] >= 0
+    # resuming needs the same datasets in the same order (the batch order refers to their clips)
+    for wrong in ([painted_data], [more, painted_data]):
+        with pytest.raises(ConfigError, match=r"trained on \[tokens \(12 episodes, 288 frames\), more \(6 episodes"):
+            train(tiny_cfg(steps=3, clip_len=4, batch_size=4, eval_every=0), wrong, out)
+    assert json.loads((out / "state" / "latest.json").read_text())["step"] == 2     # nothing was overwritten
+    train(tiny_cfg(steps=3, clip_len=4, batch_size=4, eval_every=0), [painted_data, more], out)
+    assert json.loads((out / "state" / "latest.json").read_text())["step"] == 3
     with pytest.raises(ConfigError, match="twice"):
         train(tiny_cfg(steps=1), [painted_data, painted_data], tmp_path / "twice")
     other = tmp_path / "other_actions"

@@ -13,6 +13,7 @@ A batch therefore depends only on (seed, step), which makes resuming and multi-p
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,17 @@ class ClipBatch:
     def to(self, device: torch.device | str) -> ClipBatch:
         return ClipBatch(*(x.to(device, non_blocking=True) for x in
                            (self.tokens, self.actions, self.rewards, self.terminated)))
+
+
+def _fingerprint(root: Path, episodes: list[dict]) -> dict:
+    """What identifies one dataset's split for a resumed run: its folder name, size, and a sha256 of its
+    tokens and actions in order (the clip indices a run's batch order refers to depend on all three)."""
+    h = hashlib.sha256()
+    for e in episodes:
+        h.update(np.ascontiguousarray(e["tokens"]).tobytes())
+        h.update(np.ascontiguousarray(_field(e, "actions", -1, np.int64)).tobytes())
+    return {"dataset": root.name, "episodes": len(episodes), "frames": int(sum(len(e["tokens"]) for e in episodes)),
+            "sha256": h.hexdigest()}
 
 
 class TokenClips:
@@ -68,10 +80,12 @@ class TokenClips:
             firsts.append(ds)
         if not firsts:
             raise DatasetError(f"none of {[str(r) for r in roots]} has episodes in split {split!r}")
-        eps = []
+        eps, self.fingerprint = [], []
         for d in firsts:
-            eps += [d.episode(i) for i in range(len(d))]
+            mine = [d.episode(i) for i in range(len(d))]
             d.close()
+            eps += mine
+            self.fingerprint.append(_fingerprint(d.root, mine))
         ds = firsts[0]
         self.roots = [d.root for d in firsts]
         self.manifest = ds.manifest

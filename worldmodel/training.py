@@ -234,6 +234,21 @@ def _init_record(cfg: TrainConfig) -> dict[str, Any]:
                      "train_step": meta.get("train_step")}}
 
 
+def _check_same_data(out: Path, meta: dict, clips: TokenClips) -> None:
+    """A resumed run must see the training clips it started with (same datasets, same order): its batch
+    order and learning-rate schedule refer to them. States written before this check carry no record."""
+    saved = meta.get("data")
+    if saved is None or [d["sha256"] for d in saved] == [d["sha256"] for d in clips.fingerprint]:
+        return
+
+    def names(sets: list[dict]) -> str:
+        return "[" + ", ".join(f"{d['dataset']} ({d['episodes']} episodes, {d['frames']} frames)" for d in sets) + "]"
+
+    raise ConfigError(f"{out} was trained on {names(saved)} but this run was given {names(clips.fingerprint)}; "
+                      "resume with the same data= (same datasets, same order), or train on new data in a new "
+                      f"out= with init={out}")
+
+
 def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
           out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train (or resume) a world model; returns a summary dict (also written to ``OUT/summary.json``)."""
@@ -270,6 +285,8 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
                             fused=True)
     ema_state = ema.state_dict()
     meta = load_state(out, model, ema_state, opt, model.cfg.to_dict()) if cfg.resume else None
+    if meta:
+        _check_same_data(out, meta, clips)
     step, elapsed = (int(meta["step"]), float(meta["elapsed_s"])) if meta else (0, 0.0)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -299,7 +316,8 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
 
     def checkpoint() -> None:
         saved["step"] = step
-        info = {"elapsed_s": elapsed, "model": model.cfg.to_dict(), "config": dataclasses.asdict(cfg)}
+        info = {"elapsed_s": elapsed, "model": model.cfg.to_dict(), "config": dataclasses.asdict(cfg),
+                "data": clips.fingerprint}
         save_state(out, step, model, ema_state, opt, info, keep=cfg.keep_states)
         save_world_model(out, model.cfg, ema.state_dict(), action_meanings=list(clips.action_meanings),
                          env_id=clips.manifest.get("env_id", ""), tokenizer_dir=tok_dir,

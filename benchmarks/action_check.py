@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--gumbel", type=float, default=None,
                    help="MGM confidence annealing strength (default: the dream's, DEFAULT_FRAME_GUMBEL)")
     p.add_argument("--schedule", default="arccos", help="MGM unmask-count schedule")
+    p.add_argument("--action-guidance", type=float, default=0.0,
+                   help="classifier-free guidance on the action (0 = off)")
+    p.add_argument("--history-guidance", type=float, default=0.0, help="guidance towards the history (0 = off)")
     p.add_argument("--context-length", type=int, default=None, help="real context frames (default window - 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -42,7 +45,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     r = action_check(a.checkpoint, data=a.data, split=a.split, episodes=a.episodes, frames=a.frames, seed=a.seed,
                      steps_per_frame=a.steps_per_frame, temperature=a.temperature, sampler=a.sampler,
-                     device=a.device, gumbel=a.gumbel, schedule=a.schedule, context_length=a.context_length)
+                     device=a.device, gumbel=a.gumbel, schedule=a.schedule, context_length=a.context_length,
+                     action_guidance=a.action_guidance, history_guidance=a.history_guidance)
     if a.json:
         print(json.dumps(r, indent=1))
     else:

@@ -5,7 +5,8 @@
 
 Speed: frames/s, NFE per frame and ms per model call of :class:`CachedRollout` and :class:`WindowRollout`
 at batch 1 and 16 (window k = 36 by default, the DMLab setting), on the CPU and on CUDA when present;
-then the wall-clock of a 360-frame dream of the default model at the default steps per frame.
+then the wall-clock of a 360-frame dream of the default model at the default steps per frame, and the
+cost of history guidance on that model (frames/s with and without, its passes batched or not).
 Quality: next-frame token accuracy and PSNR (decoded prediction vs decoded ground-truth tokens) of a
 trained checkpoint, teacher-forced on held-out episodes, for 1, 2, 4, 8, 12, 20 steps per frame; the
 suggested default is the smallest count within ``--tol-acc`` / ``--tol-psnr`` of the best.
@@ -17,12 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from worldmodel.latte import Latte, model_config
+from worldmodel.latte_cache import LatteCache
 from worldmodel.sampling import SamplerConfig
 from worldmodel.sampling.rollout import DEFAULT_FRAME_STEPS, CachedRollout, WindowRollout
 
@@ -38,9 +41,9 @@ def random_model(size: str, window: int, seed: int = 0) -> Latte:
 
 
 def time_rollout(model: Latte, sampler: SamplerConfig, batch: int, frames: int, cached: bool,
-                 device: str = "cpu", compile: bool = False, warmup: int = 1) -> dict:
+                 device: str = "cpu", compile: bool = False, warmup: int = 1, cls: type | None = None) -> dict:
     """Frames/s, NFE/frame and ms per call of a rollout from a full (k − 1)-frame context."""
-    cls = CachedRollout if cached else WindowRollout
+    cls = cls or (CachedRollout if cached else WindowRollout)
     kwargs = {"compile": compile} if cached else {}
     ro = cls(model, sampler, batch, device=device, **kwargs)
     cfg = model.cfg
@@ -68,6 +71,41 @@ def dream_seconds(model: Latte, sampler: SamplerConfig, frames: int = 360, compi
     r = time_rollout(model, sampler, 1, frames, cached=True, compile=compile)
     return {"frames": frames, "steps": sampler.num_steps, "window": model.cfg.max_frames, "compile": compile,
             "seconds": r["seconds"], "frames_per_s": r["frames_per_s"]}
+
+
+class BatchedPassRollout(CachedRollout):
+    """The alternative to the shipped guidance (one model call per pass): all passes of a step as one batch
+    against a per-pass copy of the cache, the no-history rows with every slot marked empty."""
+
+    def _guided_frame_logits(self, tokens, t, actions):
+        if self.passes == 1:
+            return super()._guided_frame_logits(tokens, t, actions)
+        branches, c = self._branches(actions), self.cache
+        n = len(branches)
+        copy = LatteCache([k.repeat(n, 1, 1, 1, 1) for k in c.keys], [v.repeat(n, 1, 1, 1, 1) for v in c.values],
+                          torch.cat([c.valid if h else torch.zeros_like(c.valid) for _, h in branches]))
+        logits = self._new_frame(tokens.repeat(n, 1, 1), t.repeat(n), torch.cat([a for a, _ in branches]),
+                                 copy).logits[:, 0]
+        return self._guide(list(logits.chunk(n)))
+
+
+def guidance_cost(model: Latte, sampler: SamplerConfig, batches: list[int], frames: int) -> list[dict]:
+    """Frames/s of history guidance (weight 1) relative to no guidance, as shipped (one call per pass) and with
+    the passes batched, at each batch size; every row from the same context and seed."""
+    rows = []
+    guided = replace(sampler, history_guidance=1.0)
+    for b in batches:
+        base = time_rollout(model, sampler, b, frames, cached=True)
+        shipped = time_rollout(model, guided, b, frames, cached=True)
+        batched = time_rollout(model, guided, b, frames, cached=True, cls=BatchedPassRollout)
+        row = {"batch": b, "steps": sampler.num_steps, "frames_per_s": base["frames_per_s"],
+               "guided_frames_per_s": shipped["frames_per_s"], "guided_batched_frames_per_s": batched["frames_per_s"],
+               "slowdown": base["frames_per_s"] / shipped["frames_per_s"],
+               "slowdown_batched": base["frames_per_s"] / batched["frames_per_s"]}
+        print(f"history guidance at batch {b}: {row['slowdown']:.2f}x the time per frame (one call per pass), "
+              f"{row['slowdown_batched']:.2f}x with the passes batched", flush=True)
+        rows.append(row)
+    return rows
 
 
 def teacher_forced_cases(episodes: list[dict], context: int, samples: int, seed: int) -> dict:
@@ -161,6 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tol-acc", type=float, default=0.005)
     p.add_argument("--tol-psnr", type=float, default=0.1)
     p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--guidance-batches", type=int, nargs="*", default=[1, 8],
+                   help="batch sizes of the history-guidance cost (on the dream model; none to skip)")
     p.add_argument("--out", default="", help="write the results as JSON here")
     args = p.parse_args(argv)
     if args.threads:
@@ -198,6 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"dream: {d['frames']} frames, k={d['window']}, {d['steps']} steps/frame, compile={compile}: "
               f"{d['seconds']:.1f} s ({d['frames_per_s']:.2f} frames/s) on {result['threads']} threads")
         result.setdefault("dream", []).append(d)
+    if args.guidance_batches:
+        result["guidance_cost"] = guidance_cost(model, sampler, args.guidance_batches, args.frames)
 
     if args.checkpoint and args.data:
         from envs.dataset import EpisodeDataset

@@ -77,6 +77,15 @@ def test_chunkwise_stride_uses_the_driver_with_exact_nfe(tiny_world_checkpoint, 
     assert s["mode"].startswith("chunkwise") and s["nfe"] == 3 * 3
 
 
+def test_guided_dream_counts_its_extra_passes_and_chunkwise_refuses_guidance(tiny_world_checkpoint,
+                                                                             tiny_frames_dataset, tmp_path):
+    data = str(tiny_frames_dataset)
+    s = dream(cfg(tiny_world_checkpoint, tmp_path / "g", data=data, frames=3, action_guidance=2.0))
+    assert s["nfe"] == 3 * (2 * 3 + 1) and s["settings"]["action_guidance"] == 2.0
+    with pytest.raises(SamplerSettingsError, match="frame-by-frame rollout only"):
+        dream(cfg(tiny_world_checkpoint, tmp_path / "gc", data=data, stride=2, frames=6, history_guidance=1.0))
+
+
 def test_errors_name_the_problem(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
     dream(cfg(tiny_world_checkpoint, tmp_path / "o", data=str(tiny_frames_dataset)))
     with pytest.raises(ConfigError, match="overwrite=true"):

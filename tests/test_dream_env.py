@@ -97,6 +97,10 @@ def test_step_info_reward_and_render(ckpt, data):
     env.close()                                                   # closing twice is allowed
     with pytest.raises(DreamEnvError, match="closed"):
         env.step(0)
+    guided = make(ckpt, data, action_guidance=1.0, history_guidance=2.0)
+    guided.reset(seed=1)
+    assert guided.step(5)[4]["nfe"] == 2 * 3 + 1                 # each guidance term adds a pass per step
+    guided.close()
     prob = make(ckpt, data, reward_mode="probability")
     prob.reset(seed=1)
     _, reward, _, _, info = prob.step(5)

@@ -192,6 +192,7 @@ def test_cli_eval_and_overwrite(tiny_world_checkpoint, tiny_frames_dataset, tmp_
     (dict(fvd_frames=4), r"fvd_frames=4"),
     (dict(steps_fm=0), r"steps_fm must be >= 1"),
     (dict(full_context=4), r"full_context=4 must be below the window k=4"),
+    (dict(action_guidance=-0.5), r"action_guidance must be >= 0"),
 ])
 def test_bad_settings_are_config_errors_naming_the_key(kw, match, tiny_world_checkpoint, tiny_frames_dataset,
                                                        tmp_path):
@@ -251,3 +252,18 @@ def test_separate_horizons_and_a_bidirectional_model(tiny_world_checkpoint, tiny
                                         ChunkConfig(K, K - 1, K - 1 + 4 * f, 1)) == 4 * f * STEPS["steps_frame"]
         assert rows[f"full_mgm@{f}x"]["nfe_counted_longest"] == rows[f"full_mgm@{f}x"]["nfe"]
     assert "Each horizon was dreamed separately" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_guidance_applies_to_frame_by_frame_rows_only(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
+    """Guided frame-by-frame rows cost (T × 3 passes + 1) per frame and say so in results and report;
+    full-sequence rows in the same run are unguided (chunkwise cannot guide)."""
+    kw = dict(experiments=["fbf_mgm", "full_mgm"], long_experiments=["fbf_mgm"], fvd=False, num_videos=1,
+              action_guidance=1.5, history_guidance=0.5)
+    res = evaluate(make_cfg(tiny_world_checkpoint, tiny_frames_dataset, tmp_path / "g", **kw))
+    rows = {r["id"]: r for r in res["rows"]}
+    fbf, full = rows["fbf_mgm@3x"], rows["full_mgm@1x"]
+    assert fbf["nfe"] == fbf["nfe_counted_longest"] == 12 * (3 * STEPS["steps_frame"] + 1)
+    assert fbf["action_guidance"] == 1.5 and fbf["history_guidance"] == 0.5
+    assert "action_guidance" not in full and full["nfe"] == full["nfe_counted_longest"]
+    assert res["settings"]["action_guidance"] == 1.5
+    assert "action guidance 1.5, history guidance 0.5" in (tmp_path / "g" / "report.md").read_text()

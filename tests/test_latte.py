@@ -164,6 +164,14 @@ def test_cache_reset_of_one_rollout_matches_a_fresh_cache():
     torch.testing.assert_close(after[1, ..., :V], before[1, ..., :V], atol=1e-5, rtol=0)
     assert (after[0, ..., :V] - before[0, ..., :V]).abs().max() > 1e-3
     assert cache.num_frames.tolist() == [0, 3]
+    # a cache without slots is a history-free one: the same logits as an emptied cache, and it stays empty
+    none = m.new_cache(2, slots=0)
+    alone = m.forward_new_frame(tok[:, 0], torch.ones(2), a[:, 0], none).logits
+    torch.testing.assert_close(alone[..., :V], fresh[..., :V], atol=1e-5, rtol=0)
+    m.commit_frame(tok[:, 1], a[:, 1], none)
+    assert none.slots == 0 and none.nbytes() == 0
+    with pytest.raises(MaskFlowError, match=r"slots must lie in \[0, 3\]"):
+        m.new_cache(1, slots=K)
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -43,14 +43,15 @@ def pair(model: Latte, sampler: SamplerConfig, b: int, context: torch.Tensor, ac
     return cached, window
 
 
-@pytest.mark.parametrize("name", ["mgm", "mgm_tfree", "fm", "df"])
-def test_cached_equals_uncached(name):
+@pytest.mark.parametrize("name,guidance", [("mgm", (0, 0)), ("mgm_tfree", (0, 0)), ("fm", (0, 0)), ("df", (0, 0)),
+                                            ("mgm", (1.5, 0)), ("mgm", (0, 0.7)), ("fm", (0.5, 2.0))])
+def test_cached_equals_uncached(name, guidance):
     """Same logits (1e-4) for arbitrary probe frames, same frames and heads from the same seed, through
-    cache eviction (3 × the window) and a partial reset."""
+    cache eviction (3 × the window) and a partial reset; with and without guidance."""
     model, b, k = tiny_model(window=4), 3, 4
     g = torch.Generator().manual_seed(0)
     ctx, ctx_a = torch.randint(0, V, (b, 2, 4, 4), generator=g), torch.randint(-1, 3, (b, 2), generator=g)
-    sc = SamplerConfig(name=name, steps=3)
+    sc = SamplerConfig(name=name, steps=3, action_guidance=guidance[0], history_guidance=guidance[1])
     cached, window = pair(model, sc, b, ctx, ctx_a)
     gc, gw = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     for i in range(3 * k):
@@ -178,12 +179,22 @@ def test_benchmark_smoke():
     assert cached["path"] == "cached" and uncached["path"] == "uncached"
     assert cached["nfe_per_frame"] == uncached["nfe_per_frame"] == 3
     assert res["dream"][0]["frames"] == 3 and res["dream"][0]["seconds"] > 0
+    assert [r["batch"] for r in res["guidance_cost"]] == [1, 8]
+    assert all(r["slowdown"] > 0 and r["slowdown_batched"] > 0 for r in res["guidance_cost"])
+    # the benchmark's batched alternative samples what the shipped rollout samples
+    sc = SamplerConfig(steps=2, history_guidance=1.0, action_guidance=0.5)
+    ctx = torch.randint(0, V, (2, 2, 4, 4), generator=torch.Generator().manual_seed(4))
+    separate, batched = CachedRollout(model := tiny_model(window=3), sc, 2), bench.BatchedPassRollout(model, sc, 2)
+    for ro in (batched, separate):
+        ro.reset(ctx)
+    a = torch.tensor([0, 1])
+    assert torch.equal(batched.step(a, torch.Generator().manual_seed(1)).tokens,
+                       separate.step(a, torch.Generator().manual_seed(1)).tokens)
     rows = [{"steps": 1, "accuracy": 0.30, "psnr": 20.0}, {"steps": 2, "accuracy": 0.40, "psnr": 21.0},
             {"steps": 4, "accuracy": 0.449, "psnr": 21.95}, {"steps": 8, "accuracy": 0.452, "psnr": 22.0}]
     assert bench.saturation_steps(rows, 0.005, 0.1) == 4
     assert bench.saturation_steps(rows, 0.0, 0.0) == 8
     # the quality sweep itself, on random episodes without a tokenizer (accuracy only)
-    model = tiny_model(window=3)
     eps = [{"tokens": torch.randint(0, V, (6, 4, 4)).numpy(), "actions": torch.randint(0, 3, (6,)).numpy()}
            for _ in range(2)]
     cases = bench.teacher_forced_cases(eps, 2, 5, seed=0)
@@ -226,3 +237,49 @@ def test_benchmark_quality_sweep_on_a_saved_checkpoint(tmp_path):
     assert [r["steps"] for r in res["quality"]] == [1, 2]
     assert res["saturation_steps"]["mgm/cosine"] in (1, 2)
     assert (tmp_path / "bench.json").is_file()
+
+
+def test_guidance_mixes_the_conditional_action_free_and_history_free_predictions():
+    """Guided log-probabilities are exactly log p + γa (log p − log p_none) + γh (log p − log p_alone), built
+    here from three unguided rollouts; guidance changes the frames; each term costs one pass per step."""
+    model, b, steps = tiny_model(window=4), 2, 3
+    g = torch.Generator().manual_seed(3)
+    ctx, ctx_a = torch.randint(0, V, (b, 3, 4, 4), generator=g), torch.randint(0, 3, (b, 3), generator=g)
+    plain = CachedRollout(model, SamplerConfig(steps=steps), b)
+    alone = CachedRollout(model, SamplerConfig(steps=steps), b)          # no history: never reset with context
+    guided = CachedRollout(model, SamplerConfig(steps=steps, action_guidance=1.5, history_guidance=0.5), b)
+    plain.reset(ctx, ctx_a)
+    guided.reset(ctx, ctx_a)
+    probe, t = torch.randint(0, V + 1, (b, 4, 4), generator=g), torch.rand(b, generator=g)
+    a = torch.tensor([0, 2])
+
+    def logp(ro, act):
+        return torch.log_softmax(ro.frame_logits(probe, t, act)[..., :V].float(), dim=-1)
+
+    cond, none, solo = logp(plain, a), logp(plain, torch.full_like(a, -1)), logp(alone, a)
+    assert (cond - none).abs().max() > 1e-3 and (cond - solo).abs().max() > 1e-3    # both terms carry signal
+    want = cond + 1.5 * (cond - none) + 0.5 * (cond - solo)
+    got = guided.frame_logits(probe, t, a)
+    assert torch.allclose(got[..., :V], want, atol=1e-4)
+    assert bool(torch.isneginf(got[..., V]).all())                                # the mask class is never drawn
+
+    out_plain = plain.step(a, torch.Generator().manual_seed(9))
+    out_guided = guided.step(a, torch.Generator().manual_seed(9))
+    assert out_plain.nfe == steps + 1 and out_guided.nfe == 3 * steps + 1
+    assert guided.nfe == out_guided.nfe
+    assert not torch.equal(out_plain.tokens, out_guided.tokens)
+    only_action = CachedRollout(model, SamplerConfig(steps=steps, action_guidance=1.0), b)
+    only_action.reset(ctx, ctx_a)
+    assert only_action.step(a, torch.Generator().manual_seed(9)).nfe == 2 * steps + 1
+
+
+def test_guidance_settings_are_checked():
+    with pytest.raises(SamplerSettingsError, match="action_guidance must be >= 0"):
+        SamplerConfig(action_guidance=-1.0)
+    with pytest.raises(SamplerSettingsError, match="history_guidance must be >= 0"):
+        SamplerConfig(history_guidance=float("nan"))
+    free = Latte(model_config("tiny", vocab_size=V, token_grid=(4, 4), max_frames=4, num_actions=0,
+                              temporal="causal")).eval()
+    with pytest.raises(SamplerSettingsError, match="action-conditioned"):
+        CachedRollout(free, SamplerConfig(steps=2, action_guidance=1.0), 1)
+    CachedRollout(free, SamplerConfig(steps=2, history_guidance=1.0), 1)     # history guidance needs no actions

@@ -308,6 +308,9 @@ def test_bad_sampler_settings_give_clear_errors():
     with pytest.raises(SamplerSettingsError, match="actions"):
         generate(fast, make_sampler(SamplerConfig(steps=2)), torch.zeros(1, 1, 1, 1).long(), ChunkConfig(4, 1, 6),
                  V, torch.Generator(), actions=torch.zeros(1, 5).long())
+    with pytest.raises(SamplerSettingsError, match="frame-by-frame rollout only"):
+        generate(fast, make_sampler(SamplerConfig(steps=2, action_guidance=1.0)), torch.zeros(1, 1, 1, 1).long(),
+                 ChunkConfig(4, 1, 6), V, torch.Generator())
 
 
 def test_real_model_through_the_adapter():

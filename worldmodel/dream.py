@@ -57,6 +57,8 @@ class DreamConfig:
     temperature: float = 1.0
     gumbel: float | None = None       # None: DEFAULT_FRAME_GUMBEL frame by frame, 0 chunkwise (by measurement)
     schedule: str = "arccos"
+    action_guidance: float = 0.0      # classifier-free guidance, frame by frame only (see SamplerConfig)
+    history_guidance: float = 0.0
     seed: int = 0
     policy: str = "random_walk"
     env_kwargs: dict = field(default_factory=dict)
@@ -164,7 +166,8 @@ def sampler_config(cfg: DreamConfig, masking: str) -> SamplerConfig:
     steps = cfg.steps if cfg.steps > 0 else (DEFAULT_FRAME_STEPS if cfg.stride == 1 else None)
     gumbel = cfg.gumbel if cfg.gumbel is not None else (DEFAULT_FRAME_GUMBEL if cfg.stride == 1 else 0.0)
     return SamplerConfig(cfg.sampler, steps=steps, temperature=cfg.temperature, gumbel=gumbel,
-                         schedule=cfg.schedule, masking=masking, seed=cfg.seed)
+                         schedule=cfg.schedule, masking=masking, seed=cfg.seed,
+                         action_guidance=cfg.action_guidance, history_guidance=cfg.history_guidance)
 
 
 def check_out(out: Path, overwrite: bool) -> None:
@@ -339,8 +342,11 @@ def plot_psnr(path: Path, summary: dict[str, Any]) -> None:
     ax.set_xlabel("frames after the context")
     ax.set_ylabel("PSNR vs real (dB)")
     s = summary["settings"]
+    guided = "".join(f", {name} guidance {s.get(key, 0):g}" for name, key in (("action", "action_guidance"),
+                                                                             ("history", "history_guidance"))
+                     if s.get(key, 0) > 0)
     ax.set_title(f"{s['sampler']} {s['sampler_steps']} steps, T={s['temperature']}, gumbel {s['gumbel']}, "
-                 f"context {s['context']}",
+                 f"context {s['context']}{guided}",
                  fontsize=9)
     finite = [v for v in pf["psnr_recon"] if v < 100]
     ax.set_ylim(bottom=max(0, min(pf["psnr_copy_last"] + pf["psnr_dream"]) - 1),

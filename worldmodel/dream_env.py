@@ -143,7 +143,7 @@ class DreamCore:
                  schedule: str = "arccos", context_length: int | None = None, obs_type: str = "rgb",
                  reward_mode: str = "binary", reward_threshold: float = 0.5, done_threshold: float = 0.5,
                  policy: str = "random_walk", env_kwargs: dict | None = None, device: str = "cpu",
-                 compile: bool = False):
+                 compile: bool = False, action_guidance: float = 0.0, history_guidance: float = 0.0):
         from worldmodel.model_io import load_world_model
         from worldmodel.tokenizer import resolve_device
 
@@ -170,7 +170,8 @@ class DreamCore:
         masking = str(self.meta.get("train_config", {}).get("scheduler", "sigmoid"))
         self.sampler = SamplerConfig(sampler, steps=steps_per_frame or DEFAULT_FRAME_STEPS, temperature=temperature,
                                      gumbel=DEFAULT_FRAME_GUMBEL if gumbel is None else gumbel, schedule=schedule,
-                                     masking=masking)
+                                     masking=masking, action_guidance=action_guidance,
+                                     history_guidance=history_guidance)
         self.rollout = CachedRollout(self.model, self.sampler, batch_size, device=self.device, compile=compile)
         self.batch_size = batch_size
         self.source_name = ("dataset" if data else "live") if context == "auto" else context
@@ -306,7 +307,9 @@ class MaskFlowDreamEnv(gym.Env):
     ``"given"`` (only ``reset(options=...)``), or ``"auto"`` (dataset when ``data`` is set, else live).
     Drift controls: ``sampler`` (mgm | mgm_tfree | fm | df), ``steps_per_frame`` (default 20),
     ``temperature``, ``gumbel`` (None = ``DEFAULT_FRAME_GUMBEL``, 8), ``schedule``,
-    ``context_length`` (frames of real context, default window − 1, the most the model can see).
+    ``context_length`` (frames of real context, default window − 1, the most the model can see),
+    ``action_guidance`` / ``history_guidance`` (classifier-free guidance weights, 0 = off; each one on
+    adds a model pass per unmasking step, see ``SamplerConfig``).
     ``max_episode_steps`` (None = never truncate), ``device``, ``render_mode`` (None | "rgb_array"),
     ``compile`` (torch.compile the rollout).
 
@@ -346,7 +349,8 @@ class MaskFlowDreamEnv(gym.Env):
                  context_length: int | None = None, max_episode_steps: int | None = 300, obs_type: str = "rgb",
                  reward_mode: str = "binary", reward_threshold: float = 0.5, done_threshold: float = 0.5,
                  policy: str = "random_walk", env_kwargs: dict | None = None, device: str = "cpu",
-                 render_mode: str | None = None, timing_info: bool = True, compile: bool = False):
+                 render_mode: str | None = None, timing_info: bool = True, compile: bool = False,
+                 action_guidance: float = 0.0, history_guidance: float = 0.0):
         if render_mode not in (None, "rgb_array"):
             raise ConfigError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         if max_episode_steps is not None and max_episode_steps < 1:
@@ -356,7 +360,7 @@ class MaskFlowDreamEnv(gym.Env):
                               schedule=schedule, context_length=context_length, obs_type=obs_type,
                               reward_mode=reward_mode, reward_threshold=reward_threshold,
                               done_threshold=done_threshold, policy=policy, env_kwargs=env_kwargs, device=device,
-                              compile=compile)
+                              compile=compile, action_guidance=action_guidance, history_guidance=history_guidance)
         self.observation_space = self.core.observation_space()
         self.action_space = self.core.action_space()
         self.action_meanings = self.core.meanings

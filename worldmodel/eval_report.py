@@ -141,7 +141,10 @@ def sampler_label(row: dict) -> str:
     note = f" (paper {paper})" if paper is not None and paper != row["steps"] else ""
     if row["sampler"] == "rolling":
         return f"rolling S={row['steps']}{note}"
-    return f"{row['sampler']} {row['steps']}{'/frame' if row['mode'] == 'frame-by-frame' else '/chunk'}{note}"
+    guided = "".join(f", {name} guidance {row[key]:g}" for name, key in (("action", "action_guidance"),
+                                                                         ("history", "history_guidance"))
+                      if row.get(key, 0) > 0)
+    return f"{row['sampler']} {row['steps']}{'/frame' if row['mode'] == 'frame-by-frame' else '/chunk'}{note}{guided}"
 
 
 def row_name(row: dict) -> str:

@@ -42,7 +42,7 @@ from worldmodel.metrics import PROTOCOL
 from worldmodel.sampling import SAMPLER_NAMES, SamplerConfig, make_sampler
 from worldmodel.sampling.base import ModelDenoiser, make_generator
 from worldmodel.sampling.chunkwise import ChunkConfig, expected_nfe, generate
-from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, CachedRollout
+from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, CachedRollout, frame_nfe
 from worldmodel.seeding import seed_everything
 
 MODES = {"fbf": "frame-by-frame", "full": "full-sequence"}
@@ -80,6 +80,8 @@ class EvalConfig:
     temperature: float = 1.0
     gumbel: float = 0.0
     gumbel_frame: float = DEFAULT_FRAME_GUMBEL
+    action_guidance: float = 0.0
+    history_guidance: float = 0.0
     schedule: str = "arccos"
     fvd: bool = True
     fvd_frames: int = 16
@@ -114,6 +116,9 @@ class EvalConfig:
         if self.fvd_frames < MIN_FVD_FRAMES:
             raise ConfigError(f"fvd_frames={self.fvd_frames}: I3D needs clips of >= {MIN_FVD_FRAMES} frames (16 is "
                               "the standard protocol)")
+        for key in ("action_guidance", "history_guidance"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"{key} must be >= 0 (0 = off), got {getattr(self, key)}")
         if self.full_context < 0:
             raise ConfigError(f"full_context must be >= 0 (0 = window/2), got {self.full_context}")
 
@@ -272,7 +277,7 @@ def formula_nfe(ckpt: Checkpoint, exp: Experiment, scfg: SamplerConfig, frames: 
     """NFE per video of a ``frames``-frame dream: (T_frame + 1 commit pass) per frame for the cached rollout,
     :func:`expected_nfe` of the chunk plan otherwise."""
     if cached_rollout(ckpt, exp):
-        return frames * (make_sampler(scfg).nfe_per_chunk(1) + 1)
+        return frames * frame_nfe(scfg)
     return expected_nfe(scfg, ChunkConfig(ckpt.window, exp.context, exp.context + frames, exp.stride))
 
 
@@ -320,13 +325,21 @@ def dream_videos(ckpt: Checkpoint, exp: Experiment, scfg: SamplerConfig, tokens:
     return torch.cat(out), expected, stamps
 
 
+def guidance(cfg: EvalConfig, ckpt: Checkpoint, exp: Experiment) -> dict[str, float]:
+    """The guidance weights of one experiment: only cached frame-by-frame rows can guide (chunkwise rows
+    and non-causal models run without)."""
+    if not cached_rollout(ckpt, exp):
+        return {}
+    return {"action_guidance": cfg.action_guidance, "history_guidance": cfg.history_guidance}
+
+
 def run_experiment(cfg: EvalConfig, ckpt: Checkpoint, exp: Experiment, real: RealVideos, tokens: torch.Tensor,
                    bank: FVDBank, device: torch.device) -> list[dict]:
     """Dream, decode and score one experiment at each of its horizons."""
     k, start = ckpt.window, real.dream_start
     scfg = SamplerConfig(exp.sampler, steps=exp.steps, temperature=cfg.temperature,
                          gumbel=cfg.gumbel_frame if exp.mode == "fbf" else cfg.gumbel,
-                         schedule=cfg.schedule,
+                         schedule=cfg.schedule, **guidance(cfg, ckpt, exp),
                          masking=ckpt.scheduler, seed=cfg.seed + zlib.crc32(f"{exp.role}:{exp.name}".encode()))
     gen = make_generator(scfg, device)
     actions = torch.as_tensor(real.actions, device=device)
@@ -334,7 +347,7 @@ def run_experiment(cfg: EvalConfig, ckpt: Checkpoint, exp: Experiment, real: Rea
     base = {"key": key, "experiment": exp.name, "checkpoint": exp.role, "model": ckpt.label,
             "training_masking": ckpt.masking, "mode": MODES[exp.mode], "sampler": exp.sampler, "steps": exp.steps,
             "context": exp.context, "stride": exp.stride, "kv_cache": cached_rollout(ckpt, exp),
-            "nfe_context": exp.context if cached_rollout(ckpt, exp) else 0}
+            "nfe_context": exp.context if cached_rollout(ckpt, exp) else 0, **guidance(cfg, ckpt, exp)}
     runs = [(h,) for h in exp.horizons] if cfg.separate_horizons else [exp.horizons]
     rows = []
     for hs in runs:

@@ -268,13 +268,17 @@ class Latte(nn.Module):
 
     # ------------------------------------------------------------------ cached frame-by-frame rollout
     def new_cache(self, batch_size: int, device: torch.device | str = "cpu",
-                  dtype: torch.dtype = torch.float32) -> LatteCache:
-        """An empty KV cache holding the last (max_frames − 1) finished frames of ``batch_size`` rollouts."""
+                  dtype: torch.dtype = torch.float32, slots: int | None = None) -> LatteCache:
+        """An empty KV cache holding the last (max_frames − 1) finished frames of ``batch_size`` rollouts;
+        ``slots=0`` gives a history-free cache (a new frame then attends to itself only)."""
         if self.cfg.temporal != "causal":
             raise MaskFlowError("a KV cache needs a causal model (temporal='causal'); this model is bidirectional")
         cfg = self.cfg
+        n = cfg.max_frames - 1 if slots is None else int(slots)
+        if not 0 <= n <= cfg.max_frames - 1:
+            raise MaskFlowError(f"slots must lie in [0, {cfg.max_frames - 1}], got {slots}")
         return LatteCache.empty(cfg.depth, batch_size, cfg.positions, cfg.heads, cfg.dim // cfg.heads,
-                                cfg.max_frames - 1, torch.device(device), dtype)
+                                n, torch.device(device), dtype)
 
     def _frame_pass(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor,
                     cache: LatteCache) -> tuple[LatteOutput, list[tuple[torch.Tensor, torch.Tensor]]]:

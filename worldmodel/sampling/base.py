@@ -47,6 +47,12 @@ class SamplerConfig:
             ``square`` | ``root``, see ``unmask_schedule.py``.
         masking: the κ scheduler the model was trained with (``sigmoid`` | ``cosine`` | ``linear``).
         seed: seed of the generator that entry points build with :func:`make_generator`.
+        action_guidance: classifier-free guidance on the new frame's action, frame-by-frame rollout only:
+            log p + γ·(log p − log p(action = none)); 0 = off (one extra model pass per step when on).
+            The model learned the action-free branch from its action dropout.
+        history_guidance: the same against the new frame predicted with no history at all (the model
+            saw that case as the first frame of every causal training clip); it pushes the frame towards
+            what the remembered frames imply; 0 = off (one extra, cheap, pass per step when on).
     """
 
     name: str = "mgm"
@@ -56,6 +62,8 @@ class SamplerConfig:
     schedule: str = "arccos"
     masking: str = "sigmoid"
     seed: int = 0
+    action_guidance: float = 0.0
+    history_guidance: float = 0.0
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLER_NAMES:
@@ -66,6 +74,10 @@ class SamplerConfig:
             raise SamplerSettingsError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if self.gumbel < 0:
             raise SamplerSettingsError(f"gumbel annealing strength must be >= 0, got {self.gumbel}")
+        for name in ("action_guidance", "history_guidance"):
+            value = getattr(self, name)
+            if not value >= 0:                                   # also refuses NaN
+                raise SamplerSettingsError(f"{name} must be >= 0 (0 = off), got {value}")
         if self.schedule not in COUNT_MODES:
             raise SamplerSettingsError(f"unknown unmask-count schedule {self.schedule!r}; choose one of "
                                        f"{', '.join(COUNT_MODES)}")
@@ -77,6 +89,11 @@ class SamplerConfig:
     def num_steps(self) -> int:
         """``steps`` with the paper's default filled in."""
         return int(self.steps) if self.steps is not None else DEFAULT_STEPS[self.name]
+
+    @property
+    def guided(self) -> bool:
+        """Whether any classifier-free guidance is on (only the frame-by-frame rollout applies it)."""
+        return self.action_guidance > 0 or self.history_guidance > 0
 
 
 def make_generator(cfg: SamplerConfig, device: torch.device | str = "cpu") -> torch.Generator:

@@ -130,6 +130,9 @@ def generate(denoise: Denoiser, sampler: ChunkSampler | RollingSampler, context:
     action that led to each frame (-1 = none; default all -1). Returns a :class:`Generation` whose
     ``tokens`` (b N h w) begin with the context frames unchanged.
     """
+    if sampler.config.guided:
+        raise SamplerSettingsError("action_guidance / history_guidance are applied by the frame-by-frame rollout "
+                                   "only (stride 1 with a causal model); set them to 0 for chunkwise sampling")
     chunks = plan_chunks(chunking)
     b, m, h, w = context.shape
     n = chunking.total

@@ -14,6 +14,14 @@ is actually at (the model was trained on exactly that); ``mgm_tfree`` shows t = 
 paper's training-free trick, best when the model is time-independent); ``fm`` and ``df`` follow their
 own time grids. Rolling diffusion needs several partially masked frames and cannot run here.
 
+Classifier-free guidance (``SamplerConfig.action_guidance`` / ``history_guidance``, frame by frame only)
+mixes the new frame's log-probabilities with those of one or two extra passes: the same frame with its
+action replaced by "none", and the same frame with no history (an empty cache / a one-frame window):
+log p + γ_a·(log p − log p_no-action) + γ_h·(log p − log p_no-history). Each extra pass is one more NFE
+per step; the cached rollout runs the no-history pass against a cache without slots.
+Vanilla history guidance is the idea of Song et al. 2025 ("History-Guided Video Diffusion"); here the
+history-free prediction is the one every causal training clip teaches on its first frame.
+
 Both rollouts hold ``batch_size`` independent rollouts and reset any subset of them (``rows``), so a
 vector env can restart one episode without disturbing the others.
 
@@ -42,6 +50,12 @@ DEFAULT_FRAME_STEPS = 20
 # 2212 / 13.6 at 12; benchmarks/results/eval_gumbel_sweep.jsonl). Chunkwise it made FVD worse, so chunkwise dreams
 # and eval rows keep 0.
 DEFAULT_FRAME_GUMBEL = 8.0
+
+
+def frame_nfe(config: SamplerConfig) -> int:
+    """Denoiser calls per imagined frame: T steps × (1 + one pass per guidance term on) + 1 commit pass."""
+    passes = 1 + (config.action_guidance > 0) + (config.history_guidance > 0)
+    return frame_sampler(config).nfe_per_chunk(1) * passes + 1
 
 
 @dataclass
@@ -87,6 +101,36 @@ class _RolloutBase:
         self.grid = tuple(model.cfg.token_grid)
         self.history_len = int(model.cfg.max_frames) - 1          # k − 1 finished frames are remembered
         self.nfe = 0                                               # denoiser calls so far, all frames
+        cfg = self.sampler.config
+        self.action_guidance, self.history_guidance = float(cfg.action_guidance), float(cfg.history_guidance)
+        if self.action_guidance > 0 and int(getattr(model.cfg, "num_actions", 0)) == 0:
+            raise SamplerSettingsError("action_guidance needs an action-conditioned model; this one has no actions")
+        # model passes per unmasking step: the conditional one plus one per guidance term that is on
+        self.passes = 1 + (self.action_guidance > 0) + (self.history_guidance > 0)
+
+    def _branches(self, actions: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
+        """(actions, with history) of each pass a step makes: conditional, then action-free, then no-history."""
+        out = [(actions, True)]
+        if self.action_guidance > 0:
+            out.append((torch.full_like(actions, -1), True))
+        if self.history_guidance > 0:
+            out.append((actions, False))
+        return out
+
+    def _guide(self, logits: list[torch.Tensor]) -> torch.Tensor:
+        """Mix the passes' logits (each b h w v, in :meth:`_branches` order) into the guided logits.
+
+        Guidance works in log-probability space over the real classes; the mask class (last) gets −inf."""
+        if len(logits) == 1:
+            return logits[0]
+        logp = [torch.log_softmax(x[..., :self.mask_id].float(), dim=-1) for x in logits]
+        cond, rest = logp[0], iter(logp[1:])
+        out = cond.clone()
+        if self.action_guidance > 0:
+            out += self.action_guidance * (cond - next(rest))
+        if self.history_guidance > 0:
+            out += self.history_guidance * (cond - next(rest))
+        return torch.cat([out, out.new_full((*out.shape[:-1], 1), float("-inf"))], dim=-1)
 
     def _rows(self, rows: torch.Tensor | None) -> torch.Tensor:
         if rows is None:
@@ -124,7 +168,7 @@ class _RolloutBase:
         calls = [0]
 
         def counted(tokens, t, a):
-            calls[0] += 1
+            calls[0] += self.passes
             return denoise(tokens, t, a)
 
         start = torch.full((self.batch_size, 1, *self.grid), self.mask_id, dtype=torch.long, device=self.device)
@@ -152,6 +196,14 @@ class CachedRollout(_RolloutBase):
         # the first call of each pass kind then takes tens of seconds to compile
         self._new_frame = torch.compile(model.forward_new_frame) if compile else model.forward_new_frame
         self._commit = torch.compile(model.commit_frame) if compile else model.commit_frame
+        # the no-history pass of history guidance: a cache without slots (the frame attends to itself only)
+        self._no_history = model.new_cache(batch_size, self.device, slots=0) if self.history_guidance > 0 else None
+
+    def _guided_frame_logits(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Guided logits (b h w v) of the new frame (b h w) at times t (b,) given actions (b,): one model
+        call per pass (batching the passes measured slower on the CPU, benchmarks/rollout.py)."""
+        return self._guide([self._new_frame(tokens, t, a, self.cache if history else self._no_history).logits[:, 0]
+                            for a, history in self._branches(actions)])
 
     @torch.inference_mode()
     def reset(self, context: torch.Tensor, actions: torch.Tensor | None = None,
@@ -175,20 +227,20 @@ class CachedRollout(_RolloutBase):
     def step(self, actions: torch.Tensor, generator: torch.Generator) -> FrameOutput:
         """Imagine the next frame of every rollout given its action (b,) long; returns :class:`FrameOutput`."""
         actions = self._check_actions(actions)
-        cache, new_frame = self.cache, self._new_frame
 
         def denoise(tokens, t, a):                                 # (b 1 h w), (b 1), (b 1) -> (b 1 h w v)
-            return new_frame(tokens[:, 0], t[:, 0], a[:, 0], cache).logits
+            return self._guided_frame_logits(tokens[:, 0], t[:, 0], a[:, 0])[:, None]
 
         tokens, calls = self._sample_frame(denoise, actions, generator)
-        out = self._commit(tokens, actions, cache)
+        out = self._commit(tokens, actions, self.cache)
         self.nfe += 1
         return FrameOutput(tokens, out.reward_logits[:, 0], out.done_logits[:, 0], calls + 1)
 
     def frame_logits(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Logits (b h w v) of a candidate new frame (b h w) at times t (b,) given actions (b,); no state change."""
+        """Logits (b h w v) of a candidate new frame (b h w) at times t (b,) given actions (b,), guided as the
+        rollout samples (log-probabilities when guidance is on); no state change."""
         with torch.inference_mode():
-            return self.model.forward_new_frame(tokens, t, actions, self.cache).logits[:, 0]
+            return self._guided_frame_logits(tokens, t, actions)
 
     def memory_bytes(self) -> int:
         """Bytes held by the KV cache (constant over any rollout length)."""
@@ -222,11 +274,13 @@ class WindowRollout(_RolloutBase):
             self.history_actions[idx, n - m:] = actions
             self.valid[idx, n - m:] = True
 
-    def _window_logits(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def _window_logits(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor,
+                       history: bool = True) -> torch.Tensor:
         """Recompute the window for a new frame: tokens (b h w), t (b,), actions (b,) -> logits (b h w v).
 
-        Rollouts with different history lengths (after a partial reset) are run in groups."""
-        counts = self.valid.sum(1)
+        Rollouts with different history lengths (after a partial reset) are run in groups; ``history=False``
+        runs the new frame alone."""
+        counts = self.valid.sum(1) if history else torch.zeros_like(self.valid[:, 0], dtype=torch.long)
         logits = None
         for c in counts.unique().tolist():
             idx = (counts == c).nonzero()[:, 0]
@@ -240,13 +294,17 @@ class WindowRollout(_RolloutBase):
             logits[idx] = out
         return logits
 
+    def _guided_window_logits(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Guided logits (b h w v): each pass recomputed separately (the reference for the batched cache)."""
+        return self._guide([self._window_logits(tokens, t, a, h) for a, h in self._branches(actions)])
+
     @torch.inference_mode()
     def step(self, actions: torch.Tensor, generator: torch.Generator) -> FrameOutput:
         """Same contract as :meth:`CachedRollout.step`."""
         actions = self._check_actions(actions)
 
         def denoise(tokens, t, a):
-            return self._window_logits(tokens[:, 0], t[:, 0], a[:, 0])[:, None]
+            return self._guided_window_logits(tokens[:, 0], t[:, 0], a[:, 0])[:, None]
 
         tokens, calls = self._sample_frame(denoise, actions, generator)
         heads = self._window_heads(tokens, actions)
@@ -271,9 +329,10 @@ class WindowRollout(_RolloutBase):
         return reward, done
 
     def frame_logits(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Logits (b h w v) of a candidate new frame, recomputing the window; no state change."""
+        """Logits (b h w v) of a candidate new frame, recomputing the window and guided as in
+        :meth:`CachedRollout.frame_logits`; no state change."""
         with torch.inference_mode():
-            return self._window_logits(tokens, t, actions)
+            return self._guided_window_logits(tokens, t, actions)
 
     def memory_bytes(self) -> int:
         """Bytes of the token history (constant; the model's activations are recomputed each call)."""

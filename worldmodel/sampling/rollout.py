@@ -52,10 +52,14 @@ DEFAULT_FRAME_STEPS = 20
 DEFAULT_FRAME_GUMBEL = 8.0
 
 
+def guidance_passes(config: SamplerConfig) -> int:
+    """Model passes per unmasking step: the conditional one plus one per guidance term that is on."""
+    return 1 + (config.action_guidance > 0) + (config.history_guidance > 0)
+
+
 def frame_nfe(config: SamplerConfig) -> int:
-    """Denoiser calls per imagined frame: T steps × (1 + one pass per guidance term on) + 1 commit pass."""
-    passes = 1 + (config.action_guidance > 0) + (config.history_guidance > 0)
-    return frame_sampler(config).nfe_per_chunk(1) * passes + 1
+    """Denoiser calls per imagined frame: T steps × :func:`guidance_passes` + 1 commit pass."""
+    return frame_sampler(config).nfe_per_chunk(1) * guidance_passes(config) + 1
 
 
 @dataclass
@@ -105,8 +109,7 @@ class _RolloutBase:
         self.action_guidance, self.history_guidance = float(cfg.action_guidance), float(cfg.history_guidance)
         if self.action_guidance > 0 and int(getattr(model.cfg, "num_actions", 0)) == 0:
             raise SamplerSettingsError("action_guidance needs an action-conditioned model; this one has no actions")
-        # model passes per unmasking step: the conditional one plus one per guidance term that is on
-        self.passes = 1 + (self.action_guidance > 0) + (self.history_guidance > 0)
+        self.passes = guidance_passes(cfg)
 
     def _branches(self, actions: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
         """(actions, with history) of each pass a step makes: conditional, then action-free, then no-history."""
@@ -295,7 +298,7 @@ class WindowRollout(_RolloutBase):
         return logits
 
     def _guided_window_logits(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Guided logits (b h w v): each pass recomputed separately (the reference for the batched cache)."""
+        """Guided logits (b h w v): each pass recomputes its window (the reference for the cached rollout)."""
         return self._guide([self._window_logits(tokens, t, a, h) for a, h in self._branches(actions)])
 
     @torch.inference_mode()

@@ -266,4 +266,5 @@ def test_guidance_applies_to_frame_by_frame_rows_only(tiny_world_checkpoint, tin
     assert fbf["action_guidance"] == 1.5 and fbf["history_guidance"] == 0.5
     assert "action_guidance" not in full and full["nfe"] == full["nfe_counted_longest"]
     assert res["settings"]["action_guidance"] == 1.5
+    assert any("ran unguided: main:full_mgm" in note for note in res["notes"])
     assert "action guidance 1.5, history guidance 0.5" in (tmp_path / "g" / "report.md").read_text()

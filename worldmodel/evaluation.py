@@ -403,6 +403,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if m_full >= k:
         raise ConfigError(f"full_context={m_full} must be below the window k={k} (full sequence keeps s = k - m >= 1)")
     plan = plan_experiments(cfg, k, m_full, compare is not None)
+    if cfg.action_guidance > 0 or cfg.history_guidance > 0:
+        unguided = [f"{e.role}:{e.name}" for e in plan if not cached_rollout(main if e.role == "main" else compare, e)]
+        if unguided:
+            notes.append("guidance applies to cached frame-by-frame rows of causal models only; these rows ran "
+                         f"unguided: {', '.join(unguided)}")
     real = load_videos(cfg, plan, k, main.tokenizer)
     start = real.dream_start
     horizons = sorted({h for e in plan for h in e.horizons})

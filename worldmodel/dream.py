@@ -34,7 +34,7 @@ import torch
 from worldmodel.errors import ConfigError
 from worldmodel.fileio import atomic_write, write_json
 from worldmodel.sampling import SamplerConfig, make_sampler
-from worldmodel.sampling.base import ModelDenoiser, make_generator
+from worldmodel.sampling.base import ModelDenoiser, guidance_label, make_generator
 from worldmodel.sampling.chunkwise import ChunkConfig, expected_nfe, generate
 from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, DEFAULT_FRAME_STEPS, CachedRollout
 
@@ -342,11 +342,8 @@ def plot_psnr(path: Path, summary: dict[str, Any]) -> None:
     ax.set_xlabel("frames after the context")
     ax.set_ylabel("PSNR vs real (dB)")
     s = summary["settings"]
-    guided = "".join(f", {name} guidance {s.get(key, 0):g}" for name, key in (("action", "action_guidance"),
-                                                                             ("history", "history_guidance"))
-                     if s.get(key, 0) > 0)
     ax.set_title(f"{s['sampler']} {s['sampler_steps']} steps, T={s['temperature']}, gumbel {s['gumbel']}, "
-                 f"context {s['context']}{guided}",
+                 f"context {s['context']}{guidance_label(s)}",
                  fontsize=9)
     finite = [v for v in pf["psnr_recon"] if v < 100]
     ax.set_ylim(bottom=max(0, min(pf["psnr_copy_last"] + pf["psnr_dream"]) - 1),

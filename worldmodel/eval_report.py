@@ -25,6 +25,7 @@ from worldmodel.dream import decode_tokens
 from worldmodel.fileio import atomic_write, write_json
 from worldmodel.metrics import frechet_distance, i3d_features
 from worldmodel.metrics import fvd_stats as gaussian_fit
+from worldmodel.sampling.base import guidance_label
 
 if TYPE_CHECKING:
     from worldmodel.evaluation import Checkpoint, RealVideos
@@ -141,10 +142,8 @@ def sampler_label(row: dict) -> str:
     note = f" (paper {paper})" if paper is not None and paper != row["steps"] else ""
     if row["sampler"] == "rolling":
         return f"rolling S={row['steps']}{note}"
-    guided = "".join(f", {name} guidance {row[key]:g}" for name, key in (("action", "action_guidance"),
-                                                                         ("history", "history_guidance"))
-                      if row.get(key, 0) > 0)
-    return f"{row['sampler']} {row['steps']}{'/frame' if row['mode'] == 'frame-by-frame' else '/chunk'}{note}{guided}"
+    per = '/frame' if row['mode'] == 'frame-by-frame' else '/chunk'
+    return f"{row['sampler']} {row['steps']}{per}{note}{guidance_label(row)}"
 
 
 def row_name(row: dict) -> str:

@@ -13,6 +13,7 @@ A batch therefore depends only on (seed, step), which makes resuming and multi-p
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Sequence
@@ -39,17 +40,6 @@ class ClipBatch:
     def to(self, device: torch.device | str) -> ClipBatch:
         return ClipBatch(*(x.to(device, non_blocking=True) for x in
                            (self.tokens, self.actions, self.rewards, self.terminated)))
-
-
-def _fingerprint(root: Path, episodes: list[dict]) -> dict:
-    """What identifies one dataset's split for a resumed run: its folder name, size, and a sha256 of its
-    tokens and actions in order (the clip indices a run's batch order refers to depend on all three)."""
-    h = hashlib.sha256()
-    for e in episodes:
-        h.update(np.ascontiguousarray(e["tokens"]).tobytes())
-        h.update(np.ascontiguousarray(_field(e, "actions", -1, np.int64)).tobytes())
-    return {"dataset": root.name, "episodes": len(episodes), "frames": int(sum(len(e["tokens"]) for e in episodes)),
-            "sha256": h.hexdigest()}
 
 
 class TokenClips:
@@ -80,12 +70,12 @@ class TokenClips:
             firsts.append(ds)
         if not firsts:
             raise DatasetError(f"none of {[str(r) for r in roots]} has episodes in split {split!r}")
-        eps, self.fingerprint = [], []
+        eps, self._spans = [], []                  # (dataset, its episodes, its frames) in concatenation order
         for d in firsts:
             mine = [d.episode(i) for i in range(len(d))]
             d.close()
             eps += mine
-            self.fingerprint.append(_fingerprint(d.root, mine))
+            self._spans.append((d.root.name, len(mine), sum(len(e["tokens"]) for e in mine)))
         ds = firsts[0]
         self.roots = [d.root for d in firsts]
         self.manifest = ds.manifest
@@ -109,6 +99,19 @@ class TokenClips:
             names = ", ".join(str(r) for r in self.roots)
             raise DatasetError(f"no episode of {names} ({split}) has {clip_len} frames (longest: {longest}); "
                                f"use a shorter clip_len")
+
+    @functools.cached_property
+    def fingerprint(self) -> list[dict]:
+        """What identifies each dataset's split for a resumed run: folder name, size, and a sha256 of its
+        tokens and actions in order (the clip indices a run's batch order refers to depend on all three).
+        Computed on first use (the training set's, once per run)."""
+        out, start = [], 0
+        for name, episodes, frames in self._spans:
+            h = hashlib.sha256(np.ascontiguousarray(self.tokens[start:start + frames]).tobytes())
+            h.update(np.ascontiguousarray(self.actions[start:start + frames]).tobytes())
+            out.append({"dataset": name, "episodes": episodes, "frames": frames, "sha256": h.hexdigest()})
+            start += frames
+        return out
 
     @property
     def token_grid(self) -> tuple[int, int]:

@@ -91,9 +91,22 @@ class SamplerConfig:
         return int(self.steps) if self.steps is not None else DEFAULT_STEPS[self.name]
 
     @property
+    def passes(self) -> int:
+        """Model passes per unmasking step: the conditional one plus one per guidance term that is on."""
+        return 1 + (self.action_guidance > 0) + (self.history_guidance > 0)
+
+    @property
     def guided(self) -> bool:
         """Whether any classifier-free guidance is on (only the frame-by-frame rollout applies it)."""
-        return self.action_guidance > 0 or self.history_guidance > 0
+        return self.passes > 1
+
+
+def guidance_label(settings: dict) -> str:
+    """``", action guidance 1, history guidance 0.5"`` for the guidance weights in a settings or row dict
+    (``""`` when none is on): the suffix of plot titles and report sampler labels."""
+    return "".join(f", {name} guidance {settings[key]:g}"
+                   for name, key in (("action", "action_guidance"), ("history", "history_guidance"))
+                   if settings.get(key, 0) > 0)
 
 
 def make_generator(cfg: SamplerConfig, device: torch.device | str = "cpu") -> torch.Generator:

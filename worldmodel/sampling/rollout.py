@@ -52,14 +52,9 @@ DEFAULT_FRAME_STEPS = 20
 DEFAULT_FRAME_GUMBEL = 8.0
 
 
-def guidance_passes(config: SamplerConfig) -> int:
-    """Model passes per unmasking step: the conditional one plus one per guidance term that is on."""
-    return 1 + (config.action_guidance > 0) + (config.history_guidance > 0)
-
-
 def frame_nfe(config: SamplerConfig) -> int:
-    """Denoiser calls per imagined frame: T steps × :func:`guidance_passes` + 1 commit pass."""
-    return frame_sampler(config).nfe_per_chunk(1) * guidance_passes(config) + 1
+    """Denoiser calls per imagined frame: T steps × ``config.passes`` (1 + one per guidance term) + 1 commit."""
+    return frame_sampler(config).nfe_per_chunk(1) * config.passes + 1
 
 
 @dataclass
@@ -109,7 +104,7 @@ class _RolloutBase:
         self.action_guidance, self.history_guidance = float(cfg.action_guidance), float(cfg.history_guidance)
         if self.action_guidance > 0 and int(getattr(model.cfg, "num_actions", 0)) == 0:
             raise SamplerSettingsError("action_guidance needs an action-conditioned model; this one has no actions")
-        self.passes = guidance_passes(cfg)
+        self.passes = cfg.passes
 
     def _branches(self, actions: torch.Tensor) -> list[tuple[torch.Tensor, bool]]:
         """(actions, with history) of each pass a step makes: conditional, then action-free, then no-history."""

@@ -268,3 +268,69 @@ def test_guidance_applies_to_frame_by_frame_rows_only(tiny_world_checkpoint, tin
     assert res["settings"]["action_guidance"] == 1.5
     assert any("ran unguided: main:full_mgm" in note for note in res["notes"])
     assert "action guidance 1.5, history guidance 0.5" in (tmp_path / "g" / "report.md").read_text()
+
+
+def test_rows_keep_per_video_bands_and_pair_with_copy_and_compare(full_eval, tiny_frames_dataset):
+    """Per-video band means average to the curve; every dreamed row is paired with copy-the-last-frame
+    (and the main row with the compare checkpoint's) over the same videos, and the report shows it."""
+    _, results, out = full_eval
+    rows = {r["id"]: r for r in results["rows"]}
+    fbf, copy = rows["fbf_mgm@3x"], rows["copy_last@3x"]
+    assert list(fbf["psnr_bands"]) == ["1-4", "5-12"]                          # 1x k, then up to 4x k
+    assert list(rows["fbf_mgm@1x"]["psnr_bands"]) == ["1-4"]
+    for band, (a, b) in (("1-4", (0, 4)), ("5-12", (4, 12))):
+        assert len(fbf["psnr_bands"][band]) == 2
+        assert np.mean(fbf["psnr_bands"][band]) == pytest.approx(np.mean(fbf["psnr_curve"][a:b]), abs=2e-3)
+    paired = {(m["row"], m["against"], m["band"]): m for m in results["paired"]}
+    m = paired["fbf_mgm", "copy_last", "5-12"]
+    want = np.subtract(fbf["psnr_bands"]["5-12"], copy["psnr_bands"]["5-12"])
+    assert m["mean"] == pytest.approx(want.mean()) and m["n"] == 2
+    assert min(want) - 1e-9 <= m["ci_low"] <= m["mean"] <= m["ci_high"] <= max(want) + 1e-9
+    assert m["wins"] == np.mean(want > 0)
+    assert ("full_mgm", "compare:full_mgm", "1-4") in paired               # main vs compare, same videos
+    assert ("compare:full_mgm", "copy_last", "1-4") in paired
+    assert not any(k[0] in ("copy_last", "reconstruction") for k in paired)
+    # no real frame of these clips repeats the last context frame, so the new-view margins are the same
+    real = real_videos(tiny_frames_dataset, results, 12)
+    repeats = sum(int((v[1:] == v[0]).all(axis=(1, 2, 3)).sum()) for v in real)
+    assert results["repeated_views"] == repeats == 0
+    assert fbf["psnr_bands_new_view"] == fbf["psnr_bands"]
+    assert m["new_view"] == {k: v for k, v in m.items() if k in m["new_view"]}
+    report = (out / "report.md").read_text()
+    assert "## Paired margins" in report and "| `fbf_mgm` | `copy_last` | 5-12 |" in report
+
+
+def test_pair_with_an_earlier_eval_of_the_same_videos(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
+    import json
+
+    kw = dict(experiments=["fbf_mgm"], fvd=False)
+    first = tmp_path / "first"
+    evaluate(make_cfg(tiny_world_checkpoint, tiny_frames_dataset, first, **kw))
+    # the same settings dream the same frames: every paired margin is exactly 0
+    again = evaluate(make_cfg(tiny_world_checkpoint, tiny_frames_dataset, tmp_path / "again", pair_with=str(first),
+                              **kw))
+    mine = [m for m in again["paired"] if m["against"] == "pair_with:fbf_mgm"]
+    assert [m["band"] for m in mine] == ["1-4", "5-12"]
+    assert all(m["mean"] == m["ci_low"] == m["ci_high"] == 0 and m["wins"] == 0 for m in mine)
+    # other sampling settings, same videos: margins against the earlier row are computed and reported
+    other = evaluate(make_cfg(tiny_world_checkpoint, tiny_frames_dataset, tmp_path / "other",
+                              pair_with=str(first / "results.json"), temperature=0.0, **kw))
+    diffs = [m["mean"] for m in other["paired"] if m["against"] == "pair_with:fbf_mgm"]
+    assert len(diffs) == 2 and any(d != 0 for d in diffs)
+    assert "`pair_with:fbf_mgm`" in (tmp_path / "other" / "report.md").read_text()
+    # different videos, a missing or foreign file, and results without per-video scores are refused up front
+    bad = [(dict(seed=1), r"scored different videos"),
+           (dict(horizons=[1]), r"scored different videos .* longest horizon"),
+           (dict(pair_with=str(tmp_path / "nowhere")), r"pair_with=.*nowhere: no eval results there")]
+    (tmp_path / "junk.json").write_text("{not json")
+    bad.append((dict(pair_with=str(tmp_path / "junk.json")), r"not a readable results.json"))
+    old = json.loads((first / "results.json").read_text())
+    for r in old["rows"]:
+        del r["psnr_bands"], r["psnr_bands_new_view"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    bad.append((dict(pair_with=str(tmp_path / "old.json")), r"no per-video scores .* re-run"))
+    for extra, match in bad:
+        settings = {**kw, "pair_with": str(first), **extra}
+        with pytest.raises(ConfigError, match=match):
+            evaluate(make_cfg(tiny_world_checkpoint, tiny_frames_dataset, tmp_path / "bad", **settings))
+        assert not (tmp_path / "bad" / "report.md").exists()

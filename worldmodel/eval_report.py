@@ -22,6 +22,7 @@ import torch
 from einops import rearrange
 
 from worldmodel.dream import decode_tokens
+from worldmodel.eval_stats import CONFIDENCE, band_means, format_margin
 from worldmodel.fileio import atomic_write, write_json
 from worldmodel.metrics import frechet_distance, i3d_features
 from worldmodel.metrics import fvd_stats as gaussian_fit
@@ -91,9 +92,19 @@ def frame_scores(pred: np.ndarray, real: np.ndarray, chunk: int = 256) -> tuple[
     return (rearrange(p, "(n f) -> n f", n=len(pred)), rearrange(s, "(n f) -> n f", n=len(pred)))
 
 
+def new_views(real: RealVideos, frames: int) -> np.ndarray:
+    """(n f) bool: the real future frame is not the last context frame repeated exactly.
+
+    With a deterministic renderer, turning back and forth returns the very same view; copy-the-last-frame
+    then scores the PSNR cap (100 dB), which no dream decoded through the tokenizer can."""
+    start = real.dream_start
+    return ~(real.frames[:, start:start + frames] == real.frames[:, start - 1:start]).all(axis=(2, 3, 4))
+
+
 def make_row(base: dict, horizon: int, k: int, psnr: np.ndarray, ssim: np.ndarray, bank: FVDBank, source: str,
-             pred: np.ndarray, nfe: int, seconds: float, constant: bool = False) -> dict:
-    """One table row: an experiment (or baseline) at one horizon; ``pred`` (n ≥ horizon frames)."""
+             pred: np.ndarray, nfe: int, seconds: float, new_view: np.ndarray, constant: bool = False) -> dict:
+    """One table row: an experiment (or baseline) at one horizon; ``pred`` (n ≥ horizon frames); ``new_view``
+    (n ≥ horizon) marks the real frames that are not the last context frame repeated (:func:`new_views`)."""
     curve_p, curve_s = psnr[:, :horizon].mean(0), ssim[:, :horizon].mean(0)
     first = bank.score(source, pred, 0, constant) if horizon > bank.clip else None
     return {**base, "id": f"{base['key']}@{horizon // k}x", "horizon_factor": horizon // k, "frames": horizon,
@@ -101,7 +112,9 @@ def make_row(base: dict, horizon: int, k: int, psnr: np.ndarray, ssim: np.ndarra
             "fvd_last": bank.score(source, pred, horizon - bank.clip, constant), "fvd_first": first,
             "psnr_mean": float(curve_p.mean()), "ssim_mean": float(curve_s.mean()),
             "psnr_last": float(curve_p[-1]), "ssim_last": float(curve_s[-1]),
-            "psnr_curve": curve_p.round(3).tolist(), "ssim_curve": curve_s.round(4).tolist()}
+            "psnr_curve": curve_p.round(3).tolist(), "ssim_curve": curve_s.round(4).tolist(),
+            "psnr_bands": band_means(psnr[:, :horizon], k),
+            "psnr_bands_new_view": band_means(psnr[:, :horizon], k, new_view[:, :horizon])}
 
 
 def baseline_rows(real: RealVideos, ckpt: Checkpoint, tokens: torch.Tensor, encode_s: float,
@@ -122,7 +135,8 @@ def baseline_rows(real: RealVideos, ckpt: Checkpoint, tokens: torch.Tensor, enco
         base = {"key": key, "experiment": key, "checkpoint": "baseline", "model": label, "training_masking": "",
                 "mode": "baseline", "sampler": "", "steps": 0, "context": 1 if key == "copy_last" else 0,
                 "stride": 0, "kv_cache": False, "nfe_context": 0}
-        rows += [make_row(base, h, k, psnr, ssim, bank, key, pred, 0, cost * h, constant=key == "copy_last")
+        rows += [make_row(base, h, k, psnr, ssim, bank, key, pred, 0, cost * h, new_views(real, h_max),
+                          constant=key == "copy_last")
                  for h in horizons]
     return rows
 
@@ -144,6 +158,10 @@ def sampler_label(row: dict) -> str:
         return f"rolling S={row['steps']}{note}"
     per = '/frame' if row['mode'] == 'frame-by-frame' else '/chunk'
     return f"{row['sampler']} {row['steps']}{per}{note}{guidance_label(row)}"
+
+
+def wins(m: dict) -> str:
+    return f"{round(m['wins'] * m['n'])} / {m['n']}"
 
 
 def row_name(row: dict) -> str:
@@ -250,6 +268,21 @@ def build_markdown(results: dict[str, Any]) -> str:
            "a dream must beat; tokenizer reconstruction of the real video: the ceiling).", ""]
     md += table(("comparison", "horizon", *FULL_HEADER), comp)
     md += [""] + [f"- {x}" for x in comp_notes + results["notes"]]
+    if results.get("paired"):
+        md += ["", "## Paired margins (per video, 95 % bootstrap CI)", "",
+               f"Mean PSNR of each row minus the row it is set against, over the same {n} videos, per frame band; "
+               f"[low, high] is a percentile-bootstrap {CONFIDENCE:.0%} interval over the videos; 'better on' counts "
+               "the videos on which the row wins. A margin whose interval spans 0 is not resolved at this N.", ""]
+        repeats = results.get("repeated_views", 0)
+        if repeats:
+            md += [f"{repeats} of the {n} x {max(r['frames'] for r in rows)} real future frames repeat their video's "
+                   "last context frame exactly (with a deterministic renderer, turning back and forth returns the very "
+                   "same view). Copy-the-last-frame scores those at the PSNR cap of "
+                   f"{PSNR_CAP:.0f} dB, which no dream decoded through the tokenizer can, so the last two columns "
+                   "leave them out of both rows (videos with no other frame in a band drop out of it).", ""]
+        md += table(("row", "against", "frames", "PSNR margin", "better on", "margin, new views only", "better on"),
+                    [[f"`{m['row']}`", f"`{m['against']}`", m["band"], format_margin(m), wins(m),
+                      format_margin(m["new_view"]), wins(m["new_view"])] for m in results["paired"]])
     md += ["", "## All rows", ""]
     md += table(("horizon", *FULL_HEADER), [[f"{r['horizon_factor']}x ({r['frames']} f)", *full_line(r)]
                                             for r in sorted(rows, key=lambda r: r["frames"])])

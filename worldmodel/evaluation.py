@@ -37,7 +37,8 @@ from einops import rearrange
 
 from worldmodel.dream import decode_tokens, encode_frames
 from worldmodel.errors import ConfigError
-from worldmodel.eval_report import FVDBank, baseline_rows, frame_scores, make_row, write_report
+from worldmodel.eval_report import FVDBank, baseline_rows, frame_scores, make_row, new_views, write_report
+from worldmodel.eval_stats import longest_rows, pair_rows, paired_margins, same_videos
 from worldmodel.metrics import PROTOCOL
 from worldmodel.sampling import SAMPLER_NAMES, SamplerConfig, make_sampler
 from worldmodel.sampling.base import ModelDenoiser, make_generator
@@ -71,6 +72,7 @@ class EvalConfig:
     compare_checkpoint: str = ""
     compare_label: str = ""
     compare_experiments: list[str] = field(default_factory=lambda: ["full_mgm", "full_fm"])
+    pair_with: str = ""
     full_context: int = 0
     steps_frame: int = 20
     steps_mgm: int = 20
@@ -359,14 +361,36 @@ def run_experiment(cfg: EvalConfig, ckpt: Checkpoint, exp: Experiment, real: Rea
         psnr, ssim = frame_scores(pred, truth)
         acc = (dreamed == tokens[:, start:start + hs[-1]]).float().mean(dim=(2, 3))      # (n f) token accuracy
         source = key if len(hs) > 1 else f"{key}@{hs[0]}"
+        new_view = new_views(real, hs[-1])
         for h in hs:
             nfe = formula_nfe(ckpt, exp, scfg, h)
             # seconds of the first frames / NFE of the longest dream = what a dream of h frames costs
             at = (h if base["kv_cache"] else nfe) - 1
             seconds = stamps[min(at, len(stamps) - 1)] / len(dreamed)
-            rows.append({**make_row(base, h, k, psnr, ssim, bank, source, pred, nfe, seconds),
+            rows.append({**make_row(base, h, k, psnr, ssim, bank, source, pred, nfe, seconds, new_view),
                          "token_accuracy": acc[:, :h].mean().item(), "nfe_counted_longest": nfe_max})
     return rows
+
+
+def load_earlier(path: str) -> dict | None:
+    """The results of an earlier eval to pair with (``pair_with``): its results.json, or the folder holding it."""
+    if not path:
+        return None
+    f = Path(path)
+    f = f / "results.json" if f.is_dir() else f
+    try:
+        earlier = json.loads(f.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"pair_with={path}: no eval results there (give an eval's out= folder or its results.json)") \
+            from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"pair_with={path}: {f} is not a readable results.json ({e})") from None
+    if not isinstance(earlier, dict) or not {"settings", "videos", "rows"} <= earlier.keys():
+        raise ConfigError(f"pair_with={path}: {f} is not a `maskflow eval` results.json")
+    if not any("psnr_bands_new_view" in r for r in earlier["rows"]):
+        raise ConfigError(f"pair_with={path}: its rows carry no per-video scores (written by an older version); "
+                          "re-run that eval to pair with it")
+    return earlier
 
 
 def resolve_device(name: str) -> torch.device:
@@ -408,7 +432,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         if unguided:
             notes.append("guidance applies to cached frame-by-frame rows of causal models only; these rows ran "
                          f"unguided: {', '.join(unguided)}")
+    earlier = load_earlier(cfg.pair_with)
     real = load_videos(cfg, plan, k, main.tokenizer)
+    if earlier is not None:       # before any dreaming: a mismatch costs nothing
+        same_videos({"settings": dataclasses.asdict(cfg), "videos": real.picks}, earlier, ("this eval", "pair_with"))
     start = real.dream_start
     horizons = sorted({h for e in plan for h in e.horizons})
     bank = FVDBank(real.frames[:, start:], cfg.fvd_frames, cfg.fvd, device, cfg.progress)
@@ -426,12 +453,20 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if real.kind == "tokens":
         notes.append("data is a token dataset: the real frames are the tokenizer's decode of its tokens, so the "
                      "reconstruction row is a decode -> encode -> decode round trip, not the tokenizer's ceiling")
+    paired = paired_margins(rows, cfg.seed)
+    if earlier is not None:
+        mine, theirs = longest_rows(rows), longest_rows(earlier["rows"])
+        for key, r in mine.items():
+            if r["mode"] != "baseline" and key in theirs:
+                paired += [{**m, "against": f"pair_with:{key}"} for m in pair_rows(r, theirs[key], cfg.seed)]
+        notes.append(f"pair_with: `pair_with:ROW` is ROW of the earlier eval {cfg.pair_with} (same videos)")
     results = {
         "settings": {**dataclasses.asdict(cfg), "window": k, "full_context_used": m_full,
                      "fbf_context": k - 1, "device_used": str(device), "torch_threads": torch.get_num_threads()},
         "models": {ck.role: describe(ck) for ck in (main, compare) if ck is not None},
         "videos": real.picks, "data_kind": real.kind, "num_videos": len(real.frames),
-        "fvd_protocol": PROTOCOL, "rows": rows, "notes": notes,
+        "fvd_protocol": PROTOCOL, "rows": rows, "paired": paired, "notes": notes,
+        "repeated_views": int((~new_views(real, max(horizons))).sum()),
         "seconds_total": round(time.perf_counter() - t_start, 1),
     }
     write_report(out, results)

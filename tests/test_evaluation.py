@@ -73,7 +73,10 @@ def test_eval_writes_report_plots_and_json(full_eval):
     for key in ("fbf_mgm", "full_mgm", "full_mgm_tfree", "full_fm", "full_df", "full_rolling", "copy_last",
                 "reconstruction", "compare:full_mgm", "compare:full_fm"):
         assert f"`{key}`" in report, key
-    for title in ("frame-level vs constant masking", "MGM vs FM", "timestep-dependent vs timestep-free",
+    # the stand-in compare model was trained with frame-level masking too, so it is not labelled paper Table 3
+    assert "main vs compare checkpoint (main (frame masking) vs constant masking (stand-in))" in report
+    assert "| frame-level vs constant masking (paper Table 3) |" not in report
+    for title in ("MGM vs FM", "timestep-dependent vs timestep-free",
                   "Diffusion-Forcing pyramid vs Rolling", "frame-by-frame vs full-sequence"):
         assert title in report, title
     assert "constant masking (stand-in)" in report
@@ -334,3 +337,15 @@ def test_pair_with_an_earlier_eval_of_the_same_videos(tiny_world_checkpoint, tin
         with pytest.raises(ConfigError, match=match):
             evaluate(make_cfg(tiny_world_checkpoint, tiny_frames_dataset, tmp_path / "bad", **settings))
         assert not (tmp_path / "bad" / "report.md").exists()
+
+
+def test_main_vs_compare_is_paper_table_3_only_for_frame_vs_constant_masking():
+    from worldmodel.eval_report import COMPARISONS, group_title
+
+    title = COMPARISONS[0][0]
+    rows = [{"training_masking": "frame", "model": "main (frame masking)"},
+            {"training_masking": "constant", "model": "compare (constant masking)"}]
+    assert group_title(title, rows) == title == "frame-level vs constant masking (paper Table 3)"
+    rows[1] = {"training_masking": "frame", "model": "release"}
+    assert group_title(title, rows) == "main vs compare checkpoint (main (frame masking) vs release)"
+    assert group_title("MGM vs FM sampling", rows) == "MGM vs FM sampling"

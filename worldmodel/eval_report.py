@@ -187,6 +187,14 @@ FULL_HEADER = ("row", "model", "mode", "sampler (steps)", "m / s", "NFE per vide
                "FVD last clip", "FVD first clip", "PSNR mean (dB)", "SSIM mean", "PSNR last frame")
 
 
+def group_title(title: str, rows: list[dict]) -> str:
+    """The comparison's title; a main-vs-compare group is paper Table 3 only when the two models' training
+    masking is frame-level vs constant (any other compare checkpoint is just the second model)."""
+    if title.startswith("frame-level") and sorted(r["training_masking"] for r in rows) != ["constant", "frame"]:
+        return f"main vs compare checkpoint ({' vs '.join(r['model'] for r in rows)})"
+    return title
+
+
 def comparison_lines(rows: list[dict]) -> tuple[list[list[Any]], list[str]]:
     """Lines of the side-by-side table (per horizon: each comparison's groups, then the baselines) and notes."""
     by = {(r["key"], r["frames"]): r for r in rows}
@@ -201,7 +209,8 @@ def comparison_lines(rows: list[dict]) -> tuple[list[list[Any]], list[str]]:
             for group in groups:
                 here = [by[(k, h)] for k in group if (k, h) in by]
                 if len(here) >= 2:
-                    lines += [[title, f"{r['horizon_factor']}x ({h} f)", *full_line(r)] for r in here]
+                    lines += [[group_title(title, here), f"{r['horizon_factor']}x ({h} f)", *full_line(r)]
+                              for r in here]
         lines += [["baseline", f"{by[(k, h)]['horizon_factor']}x ({h} f)", *full_line(by[(k, h)])]
                   for k in ("copy_last", "reconstruction") if (k, h) in by]
     return lines, notes

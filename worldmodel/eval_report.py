@@ -95,8 +95,9 @@ def frame_scores(pred: np.ndarray, real: np.ndarray, chunk: int = 256) -> tuple[
 def new_views(real: RealVideos, frames: int) -> np.ndarray:
     """(n f) bool: the real future frame is not the last context frame repeated exactly.
 
-    With a deterministic renderer, turning back and forth returns the very same view; copy-the-last-frame
-    then scores the PSNR cap (100 dB), which no dream decoded through the tokenizer can."""
+    With a deterministic renderer, turning back and forth (or walking into a wall) returns the very same
+    view; copy-the-last-frame then scores the PSNR cap (100 dB), which no dream decoded through the
+    tokenizer can."""
     start = real.dream_start
     return ~(real.frames[:, start:start + frames] == real.frames[:, start - 1:start]).all(axis=(2, 3, 4))
 
@@ -285,8 +286,8 @@ def build_markdown(results: dict[str, Any]) -> str:
         repeats = results.get("repeated_views", 0)
         if repeats:
             md += [f"{repeats} of the {n} x {max(r['frames'] for r in rows)} real future frames repeat their video's "
-                   "last context frame exactly (with a deterministic renderer, turning back and forth returns the very "
-                   "same view). Copy-the-last-frame scores those at the PSNR cap of "
+                   "last context frame exactly (with a deterministic renderer, turning back and forth or walking "
+                   "into a wall returns the very same view). Copy-the-last-frame scores those at the PSNR cap of "
                    f"{PSNR_CAP:.0f} dB, which no dream decoded through the tokenizer can, so the last two columns "
                    "leave them out of both rows (videos with no other frame in a band drop out of it).", ""]
         md += table(("row", "against", "frames", "PSNR margin", "better on", "margin, new views only", "better on"),

@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 PSNR_CAP = 100.0            # identical frames: report 100 dB instead of inf
 PAPER_STEPS = {"mgm": 20, "mgm_tfree": 20, "fm": 250, "df": 250, "rolling": 250}
 # The paper's comparisons: (title, groups of row keys shown side by side when >= 2 of a group ran)
+MASKING_TITLE = "frame-level vs constant masking (paper Table 3)"
 COMPARISONS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
-    ("frame-level vs constant masking (paper Table 3)",
+    (MASKING_TITLE,
      tuple((k, f"compare:{k}") for k in ("full_mgm", "full_fm", "full_mgm_tfree", "full_df", "full_rolling",
                                          "fbf_mgm", "fbf_mgm_tfree", "fbf_fm", "fbf_df"))),
     ("MGM vs FM sampling (quality and NFE; paper Tables 1, 3)", (("full_mgm", "full_fm"), ("fbf_mgm", "fbf_fm"))),
@@ -119,8 +120,9 @@ def make_row(base: dict, horizon: int, k: int, psnr: np.ndarray, ssim: np.ndarra
 
 
 def baseline_rows(real: RealVideos, ckpt: Checkpoint, tokens: torch.Tensor, encode_s: float,
-                  horizons: list[int], bank: FVDBank, k: int) -> list[dict]:
-    """Copy-the-last-context-frame and tokenizer-reconstruction rows at every horizon."""
+                  horizons: list[int], bank: FVDBank, k: int, new_view: np.ndarray) -> list[dict]:
+    """Copy-the-last-context-frame and tokenizer-reconstruction rows at every horizon; ``new_view`` as in
+    :func:`make_row`, over the longest horizon."""
     start, h_max, n = real.dream_start, max(horizons), len(real.frames)
     truth = real.frames[:, start:start + h_max]
     t0 = time.perf_counter()
@@ -136,8 +138,7 @@ def baseline_rows(real: RealVideos, ckpt: Checkpoint, tokens: torch.Tensor, enco
         base = {"key": key, "experiment": key, "checkpoint": "baseline", "model": label, "training_masking": "",
                 "mode": "baseline", "sampler": "", "steps": 0, "context": 1 if key == "copy_last" else 0,
                 "stride": 0, "kv_cache": False, "nfe_context": 0}
-        rows += [make_row(base, h, k, psnr, ssim, bank, key, pred, 0, cost * h, new_views(real, h_max),
-                          constant=key == "copy_last")
+        rows += [make_row(base, h, k, psnr, ssim, bank, key, pred, 0, cost * h, new_view, constant=key == "copy_last")
                  for h in horizons]
     return rows
 
@@ -191,7 +192,7 @@ FULL_HEADER = ("row", "model", "mode", "sampler (steps)", "m / s", "NFE per vide
 def group_title(title: str, rows: list[dict]) -> str:
     """The comparison's title; a main-vs-compare group is paper Table 3 only when the two models' training
     masking is frame-level vs constant (any other compare checkpoint is just the second model)."""
-    if title.startswith("frame-level") and sorted(r["training_masking"] for r in rows) != ["constant", "frame"]:
+    if title == MASKING_TITLE and sorted(r["training_masking"] for r in rows) != ["constant", "frame"]:
         return f"main vs compare checkpoint ({' vs '.join(r['model'] for r in rows)})"
     return title
 
@@ -202,7 +203,7 @@ def comparison_lines(rows: list[dict]) -> tuple[list[list[Any]], list[str]]:
     present = {r["key"] for r in rows}
     lines, notes = [], []
     for title, groups in COMPARISONS:
-        if not any(len(present.intersection(g)) >= 2 for g in groups) and not title.startswith("frame-level"):
+        if not any(len(present.intersection(g)) >= 2 for g in groups) and title != MASKING_TITLE:
             # (no compare_checkpoint: the evaluation's own note says so)
             notes.append(f"{title}: not run (needs the experiments {' + '.join(groups[0])})")
     for h in sorted({r["frames"] for r in rows}):

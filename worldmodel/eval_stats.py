@@ -100,9 +100,12 @@ def pair_rows(a: dict, b: dict, seed: int) -> list[dict]:
     return out
 
 
-def paired_margins(rows: list[dict], seed: int = 0) -> list[dict]:
-    """Every dreamed row against copy-the-last-frame, and main rows against the compare checkpoint's same row."""
+def paired_margins(rows: list[dict], seed: int = 0, earlier: list[dict] | None = None) -> list[dict]:
+    """Every dreamed row against copy-the-last-frame, main rows against the compare checkpoint's same row, and
+    (``earlier``: the rows of an eval of the same videos) every dreamed row against its earlier self, labelled
+    ``pair_with:KEY``."""
     by = longest_rows(rows)
+    before = longest_rows(earlier or [])
     out = []
     for key, r in by.items():
         if r["mode"] == "baseline":
@@ -112,6 +115,8 @@ def paired_margins(rows: list[dict], seed: int = 0) -> list[dict]:
             out += pair_rows(r, by["copy_last"], seed)
         if f"compare:{key}" in by:
             out += pair_rows(r, by[f"compare:{key}"], seed)
+        if key in before:
+            out += [{**m, "against": f"pair_with:{key}"} for m in pair_rows(r, before[key], seed)]
     return out
 
 

@@ -38,7 +38,7 @@ from einops import rearrange
 from worldmodel.dream import decode_tokens, encode_frames
 from worldmodel.errors import ConfigError
 from worldmodel.eval_report import FVDBank, baseline_rows, frame_scores, make_row, new_views, write_report
-from worldmodel.eval_stats import longest_rows, pair_rows, paired_margins, same_videos
+from worldmodel.eval_stats import paired_margins, same_videos
 from worldmodel.metrics import PROTOCOL
 from worldmodel.sampling import SAMPLER_NAMES, SamplerConfig, make_sampler
 from worldmodel.sampling.base import ModelDenoiser, make_generator
@@ -336,8 +336,8 @@ def guidance(cfg: EvalConfig, ckpt: Checkpoint, exp: Experiment) -> dict[str, fl
 
 
 def run_experiment(cfg: EvalConfig, ckpt: Checkpoint, exp: Experiment, real: RealVideos, tokens: torch.Tensor,
-                   bank: FVDBank, device: torch.device) -> list[dict]:
-    """Dream, decode and score one experiment at each of its horizons."""
+                   bank: FVDBank, device: torch.device, new_view: np.ndarray) -> list[dict]:
+    """Dream, decode and score one experiment at each of its horizons (``new_view``: see ``make_row``)."""
     k, start = ckpt.window, real.dream_start
     scfg = SamplerConfig(exp.sampler, steps=exp.steps, temperature=cfg.temperature,
                          gumbel=cfg.gumbel_frame if exp.mode == "fbf" else cfg.gumbel,
@@ -361,7 +361,6 @@ def run_experiment(cfg: EvalConfig, ckpt: Checkpoint, exp: Experiment, real: Rea
         psnr, ssim = frame_scores(pred, truth)
         acc = (dreamed == tokens[:, start:start + hs[-1]]).float().mean(dim=(2, 3))      # (n f) token accuracy
         source = key if len(hs) > 1 else f"{key}@{hs[0]}"
-        new_view = new_views(real, hs[-1])
         for h in hs:
             nfe = formula_nfe(ckpt, exp, scfg, h)
             # seconds of the first frames / NFE of the longest dream = what a dream of h frames costs
@@ -446,19 +445,16 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             t0 = time.perf_counter()
             tokens[ck.role] = rearrange(encode_frames(ck.tokenizer, flat), "(n f) h w -> n f h w", n=len(real.frames))
             enc_s = enc_s or (time.perf_counter() - t0) / len(flat)
-    rows = baseline_rows(real, main, tokens["main"], enc_s, horizons, bank, k)
+    new_view = new_views(real, max(horizons))                  # (n f): once for every row
+    rows = baseline_rows(real, main, tokens["main"], enc_s, horizons, bank, k, new_view)
     for exp in tqdm(plan, desc="experiments", disable=not cfg.progress, dynamic_ncols=True):
         ck = main if exp.role == "main" else compare
-        rows += run_experiment(cfg, ck, exp, real, tokens[exp.role], bank, device)
+        rows += run_experiment(cfg, ck, exp, real, tokens[exp.role], bank, device, new_view)
     if real.kind == "tokens":
         notes.append("data is a token dataset: the real frames are the tokenizer's decode of its tokens, so the "
                      "reconstruction row is a decode -> encode -> decode round trip, not the tokenizer's ceiling")
-    paired = paired_margins(rows, cfg.seed)
+    paired = paired_margins(rows, cfg.seed, earlier["rows"] if earlier is not None else None)
     if earlier is not None:
-        mine, theirs = longest_rows(rows), longest_rows(earlier["rows"])
-        for key, r in mine.items():
-            if r["mode"] != "baseline" and key in theirs:
-                paired += [{**m, "against": f"pair_with:{key}"} for m in pair_rows(r, theirs[key], cfg.seed)]
         notes.append(f"pair_with: `pair_with:ROW` is ROW of the earlier eval {cfg.pair_with} (same videos)")
     results = {
         "settings": {**dataclasses.asdict(cfg), "window": k, "full_context_used": m_full,
@@ -466,7 +462,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "models": {ck.role: describe(ck) for ck in (main, compare) if ck is not None},
         "videos": real.picks, "data_kind": real.kind, "num_videos": len(real.frames),
         "fvd_protocol": PROTOCOL, "rows": rows, "paired": paired, "notes": notes,
-        "repeated_views": int((~new_views(real, max(horizons))).sum()),
+        "repeated_views": int((~new_view).sum()),
         "seconds_total": round(time.perf_counter() - t_start, 1),
     }
     write_report(out, results)

@@ -21,9 +21,11 @@ for _id, (_entry, _kwargs) in _IDS.items():
     if _id not in registry:
         register(id=_id, entry_point=_entry, kwargs=_kwargs)
 
-# The dream env (worldmodel.dream_env), imported only when made; not a real env, so not in ENV_IDS.
+# The dream env (worldmodel.dream_env), imported only when made; not a real env, so not in ENV_IDS. Its time
+# limit is gymnasium's: 300 steps (dream_env.DEFAULT_MAX_EPISODE_STEPS) or make's max_episode_steps=N, which
+# env.spec reports; make_dream_env turns the env's own limit off, make_vec passes the limit to the vector env.
 if "MaskFlowDream-v0" not in registry:
-    register(id="MaskFlowDream-v0", entry_point="worldmodel.dream_env:MaskFlowDreamEnv",
+    register(id="MaskFlowDream-v0", entry_point="worldmodel.dream_env:make_dream_env", max_episode_steps=300,
              vector_entry_point="worldmodel.dream_vector_env:MaskFlowDreamVectorEnv")
 
 ENV_IDS = tuple(_IDS)

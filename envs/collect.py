@@ -11,17 +11,31 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import time
 from pathlib import Path
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 
-from agents.exploration import coverage, make_policy
-from envs.dataset import add_shard, load_manifest, new_manifest, shard_is_valid, shard_name, write_shard
+from agents.exploration import POLICIES, coverage, make_policy
+from envs.dataset import (
+    DATASET_ENTRIES,
+    add_shard,
+    is_dataset,
+    load_manifest,
+    new_manifest,
+    shard_is_valid,
+    shard_name,
+    write_manifest,
+    write_shard,
+)
+from worldmodel.config_check import SEED, Check, at_least, check_config, one_of, within
 from worldmodel.errors import ConfigError, DatasetError
-from worldmodel.fileio import write_json
+from worldmodel.fileio import check_replaceable, is_temp_name, remove_entries, write_json
+
+# what `maskflow collect` writes in out=: only these may `overwrite=true` delete
+COLLECT_OUTPUTS = (*DATASET_ENTRIES, "summary.json", "contact_sheet.png", "episode_000.mp4")
 
 
 @dataclasses.dataclass
@@ -52,6 +66,19 @@ class CollectConfig:
     episodes_per_shard: int = 8
     overwrite: bool = False
     env_kwargs: dict = dataclasses.field(default_factory=dict)
+
+    # keys `maskflow collect` reads beside the fields (outputs only: not part of the dataset's identity)
+    CLI_KEYS: ClassVar[dict[str, Any]] = {"video": bool}
+    # allowed ranges and choices (types come from the annotations above; see worldmodel.config_check)
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "policy": one_of(*POLICIES), "episodes": at_least(1), "steps": at_least(1), "workers": at_least(1),
+        "seed": SEED, "test_fraction": within(0, 1, note="1 = a test-only set of held-out mazes"),
+        "episodes_per_shard": at_least(1),
+    }
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first key of a wrong type or out of its range."""
+        check_config(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,15 +214,16 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
 
     import envs  # noqa: F401
 
+    cfg.validate()
     if cfg.env not in gym.registry:
         raise ConfigError(f"unknown env {cfg.env!r}; registered maze envs: {', '.join(envs.ENV_IDS)}")
-    if cfg.episodes < 1 or cfg.steps < 1 or cfg.workers < 1 or cfg.episodes_per_shard < 1:
-        raise ConfigError("episodes, steps, workers and episodes_per_shard must all be >= 1")
     out = Path(cfg.out)
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "workers", "overwrite")}
     manifest = _check_existing(out, cfg, settings)
-    if manifest is None and out.exists() and cfg.overwrite:
-        shutil.rmtree(out)
+    if manifest is None and out.exists() and cfg.overwrite:     # replace only a dataset collect wrote
+        check_replaceable(out, own=lambda p: is_dataset(p, "frames"), what="a frames dataset (manifest.json)",
+                          allowed=lambda name: name in COLLECT_OUTPUTS or is_temp_name(name))
+        remove_entries(out, [e.name for e in out.iterdir()])
     kwargs = {"max_episode_steps": cfg.steps, **cfg.env_kwargs}
     probe = _make_env(cfg.env, kwargs)()
     meanings, obs_shape = _action_meanings(probe), probe.observation_space.shape
@@ -230,7 +258,7 @@ def collect(cfg: CollectConfig, progress: bool = True) -> dict:
             bar.close()
             vec.close()
     manifest["complete"] = True
-    write_json(out / "manifest.json", manifest)
+    write_manifest(out, manifest)
     seconds = time.time() - t0
     summary = {"out": str(out), "episodes": cfg.episodes, "frames": total,
                "new_frames": new_frames, "seconds": round(seconds, 2),

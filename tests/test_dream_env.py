@@ -68,7 +68,7 @@ def rollout(env, seed, actions, options=None):
 @pytest.mark.parametrize("source,obs_type", [("live", "rgb"), ("dataset", "rgb"), ("dataset", "tokens")])
 def test_env_checker_passes_on_the_registered_env(ckpt, data, source, obs_type):
     env = gym.make("MaskFlowDream-v0", checkpoint=ckpt, context=source, data=data if source == "dataset" else None,
-                   obs_type=obs_type, steps_per_frame=2, render_mode="rgb_array", timing_info=False)
+                   obs_type=obs_type, steps_per_frame=2, render_mode="rgb_array")   # (no wall clock in info by default)
     try:
         check_env(env.unwrapped)
         obs, info = env.reset(seed=0)
@@ -84,7 +84,7 @@ def test_env_checker_passes_on_the_registered_env(ckpt, data, source, obs_type):
 
 
 def test_step_info_reward_and_render(ckpt, data):
-    env = make(ckpt, data, render_mode="rgb_array")
+    env = make(ckpt, data, render_mode="rgb_array", timing_info=True)
     obs, info = env.reset(seed=1)
     assert info["nfe"] == info["context_frames"] == 3           # window 4 -> context 3, one commit pass each
     assert np.array_equal(env.render(), obs)
@@ -317,6 +317,8 @@ def test_bad_calls_raise_clear_errors(ckpt, data):
 
 def test_checkpoint_for_another_action_space_is_refused(ckpt, data, tmp_path):
     from envs.dataset import EpisodeDataset, write_dataset
+    from worldmodel.fileio import write_sealed_json
+    from worldmodel.model_io import sealed_files
 
     ep = EpisodeDataset(data, "test").episode(0)
     episode = {"id": 0, "attrs": {}, **{k: ep[k] for k in ("frames", "actions", "rewards", "terminated", "truncated")}}
@@ -327,7 +329,7 @@ def test_checkpoint_for_another_action_space_is_refused(ckpt, data, tmp_path):
     moved = Path(shutil.copytree(ckpt, tmp_path / "ckpt3"))
     meta = json.loads((moved / "model.json").read_text())
     meta["action_space"] = {"n": 3, "meanings": ["noop", "forward", "turn_left"]}
-    (moved / "model.json").write_text(json.dumps(meta))
+    write_sealed_json(moved / "model.json", meta, files=sealed_files(moved))     # as if trained so
     for source in ("live", "dataset"):
         with pytest.raises(CheckpointError, match="actions"):
             make(str(moved), data, context=source)

@@ -222,6 +222,11 @@ def test_checkpoint_mismatch_and_corruption_errors(tmp_path, trained_dir):
     other = tmp_path / "other"
     save_tokenizer(build_tokenizer(tokenizer_config("tiny", 4, fsq_levels=(8, 8, 8, 5))), other)
     (other / WEIGHTS_NAME).write_bytes((trained_dir / WEIGHTS_NAME).read_bytes())
+    with pytest.raises(CheckpointError, match="does not match its sha256"):   # the JSON's record of its weights
+        load_tokenizer(other)
+    meta = json.loads((other / CONFIG_NAME).read_text())   # a JSON without that record (older version): the
+    meta.pop("integrity")                                  # config digest inside the weights still catches it
+    (other / CONFIG_NAME).write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="different tokenizer config|do not belong"):
         load_tokenizer(other)
     shape_clash = tmp_path / "shape"

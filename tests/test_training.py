@@ -187,6 +187,7 @@ def test_mismatched_or_corrupt_checkpoints_raise_checkpoint_errors(painted_data,
 
 def _with_tokenizer(data, tmp_path, seed: int = 0):
     """A copy of ``data`` whose manifest records a (tiny, untrained) tokenizer of the same vocabulary/grid."""
+    from envs.dataset import write_manifest
     from worldmodel.tokenize import tokenizer_record
     from worldmodel.tokenizer import build_tokenizer, save_tokenizer, tokenizer_config
 
@@ -197,7 +198,7 @@ def _with_tokenizer(data, tmp_path, seed: int = 0):
     shutil.copytree(data, root)
     manifest = json.loads((root / "manifest.json").read_text())
     manifest["tokenizer"] = tokenizer_record(tok_dir)
-    (root / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(root, manifest)
     return root, tok_dir
 
 

@@ -4,17 +4,21 @@
 
 Every verb reads ``configs/<verb>.yaml`` (found from any working directory because ``configs`` is
 an installed package). Overrides use Hydra's ``key=value`` syntax; an unknown or missing key is
-reported by name with the list of valid keys.
+reported by name with the list of valid keys. Before the verb's function runs, every value is
+checked against the verb's typed config dataclass (type, then range or choices; see
+:mod:`worldmodel.config_check`), so ``frames=abc`` or ``lr=-1`` is a one-line error with exit code 2.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from importlib import resources
 
 from omegaconf import DictConfig, OmegaConf
 
+from worldmodel.config_check import check_mapping
 from worldmodel.errors import ConfigError, MaskFlowError
 
 # verb -> (config name, "module:function", one-line help)
@@ -26,6 +30,16 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "train": ("train", "worldmodel.training:run_train", "train a MaskFlow world model on a token dataset"),
     "dream": ("dream", "worldmodel.dream:run_dream", "imagine frames from real context; writes mp4 + PSNR curve"),
     "eval": ("eval", "worldmodel.evaluation:run_eval", "FVD, PSNR/SSIM and the paper's comparisons; writes a report"),
+}
+
+# verb -> "module:Class" of its typed config dataclass: the types and ranges every key is checked against
+CONFIGS: dict[str, str] = {
+    "collect": "envs.collect:CollectConfig",
+    "train-tokenizer": "worldmodel.tokenizer_training:TokenizerTrainConfig",
+    "tokenize": "worldmodel.tokenize:TokenizeConfig",
+    "train": "worldmodel.training:TrainConfig",
+    "dream": "worldmodel.dream:DreamConfig",
+    "eval": "worldmodel.evaluation:EvalConfig",
 }
 
 
@@ -78,9 +92,22 @@ def compose(verb: str, overrides: list[str]) -> DictConfig:
     return cfg
 
 
+def config_class(verb: str) -> type:
+    """The typed config dataclass of ``verb``."""
+    module, name = CONFIGS[verb].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def check(verb: str, cfg: DictConfig) -> DictConfig:
+    """Check every key of the composed ``cfg`` (type, range, choices) against the verb's config dataclass;
+    returns it normalised (an int given for a float key becomes a float); raises :class:`ConfigError`."""
+    values = check_mapping(config_class(verb), OmegaConf.to_container(cfg, resolve=True))
+    return OmegaConf.create(values)
+
+
 def run(verb: str, overrides: list[str]):
-    """Compose the config of ``verb`` and call its function; returns what the function returns."""
-    cfg = compose(verb, overrides)
+    """Compose and check the config of ``verb``, then call its function; returns what the function returns."""
+    cfg = check(verb, compose(verb, overrides))
     module, func = VERBS[verb][1].split(":")
     return getattr(importlib.import_module(module), func)(cfg)
 
@@ -111,7 +138,21 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``maskflow VERB key=value ...``; returns the exit code (2 for a caller's mistake)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = _main(argv)
+        sys.stdout.flush()              # a closed pipe shows here, not as a traceback at interpreter exit
+        return code
+    except BrokenPipeError:
+        # the reader left (`maskflow train --help | head`): the standard recipe is to point stdout at
+        # devnull, so that Python's final flush cannot fail again, and exit quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0

@@ -26,17 +26,21 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from agents.exploration import POLICIES
+from worldmodel.config_check import DEVICE, SEED, THREADS, Check, at_least, check_config, one_of
 from worldmodel.errors import ConfigError
 from worldmodel.fileio import atomic_write, write_json
-from worldmodel.sampling import SamplerConfig, make_sampler
+from worldmodel.sampling import SAMPLER_NAMES, SamplerConfig, make_sampler
 from worldmodel.sampling.base import ModelDenoiser, guidance_label, make_generator
 from worldmodel.sampling.chunkwise import ChunkConfig, expected_nfe, generate
 from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, DEFAULT_FRAME_STEPS, CachedRollout
+from worldmodel.sampling.unmask_schedule import COUNT_MODES
+from worldmodel.threads import governor
 
 OUTPUTS = ("dream.mp4", "dream.gif", "contact_sheet.png", "psnr.png", "dream.json", "dream_tokens.npy")
 
@@ -71,6 +75,22 @@ class DreamConfig:
     threads: int = 0
     compile: bool = False
     progress: bool = True
+
+    # allowed ranges and choices (types come from the annotations above; see worldmodel.config_check).
+    # context <= window - 1 needs the checkpoint: dream() checks it right after loading the model.
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "split": one_of("train", "test"), "episode": at_least(0), "frames": at_least(1, "frames to imagine"),
+        "context": at_least(0, "0 = window - 1"), "stride": at_least(1, "1 = frame by frame"),
+        "sampler": one_of(*SAMPLER_NAMES), "steps": at_least(0, "0 = the default"),
+        "temperature": at_least(0, "0 = greedy"), "gumbel": at_least(0, "0 = off; null = the default"),
+        "schedule": one_of(*COUNT_MODES), "action_guidance": at_least(0, "0 = off"),
+        "history_guidance": at_least(0, "0 = off"), "seed": SEED, "policy": one_of(*POLICIES),
+        "fps": at_least(1), "scale": at_least(1), "device": DEVICE, "threads": THREADS,
+    }
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first key of a wrong type or out of its range."""
+        check_config(self)
 
 
 @dataclass
@@ -172,20 +192,22 @@ def sampler_config(cfg: DreamConfig, masking: str) -> SamplerConfig:
 
 def check_out(out: Path, overwrite: bool) -> None:
     """Refuse to replace an earlier dream unless asked."""
-    if not overwrite and any((out / name).exists() for name in OUTPUTS):
+    present = [name for name in OUTPUTS if (out / name).exists()]
+    if present and not overwrite:
         raise ConfigError(f"{out} already holds a dream; pass overwrite=true to replace it or choose another out=")
+    if present and not (out / "dream.json").is_file():     # overwrite replaces only a dream this project wrote
+        raise ConfigError(f"{out} holds {', '.join(present)} but no dream.json, so they are not a dream this "
+                          "project wrote; overwrite=true will not replace them: choose another out=")
 
 
 def dream(cfg: DreamConfig) -> dict[str, Any]:
     """Run one dream and write its files to ``cfg.out``; returns the summary written to dream.json."""
     from worldmodel.model_io import load_world_model
 
-    if cfg.frames < 1:
-        raise ConfigError(f"frames must be >= 1 (frames to imagine), got {cfg.frames}")
+    cfg.validate()
     out = Path(cfg.out)
     check_out(out, cfg.overwrite)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    governor(cfg.threads)           # 0: adapt to the cores other processes leave free
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     t_load = time.perf_counter()
@@ -194,11 +216,12 @@ def dream(cfg: DreamConfig) -> dict[str, Any]:
         raise ConfigError(f"checkpoint {meta['path']} carries no tokenizer, so it cannot show frames")
     load_s = time.perf_counter() - t_load
     k = int(model.cfg.max_frames)
+    if cfg.context > k - 1:         # the model sees k frames: at most k - 1 given, one imagined
+        raise ConfigError(f"context must be in [0, {k - 1}] for this checkpoint (window k={k}; 0 = k - 1), "
+                          f"got {cfg.context}")
     causal = model.cfg.temporal == "causal"
     m = cfg.context if cfg.context > 0 else k - 1
     frame_by_frame = causal and cfg.stride == 1
-    if not frame_by_frame and m >= k:
-        raise ConfigError(f"context={m} must be below the window k={k} for chunkwise sampling")
     n_total = m + cfg.frames
     masking = str(meta.get("train_config", {}).get("scheduler", "sigmoid"))
     scfg = sampler_config(cfg, masking)

@@ -15,6 +15,7 @@ Axis letters: b batch (dreams), m context frames, h w token grid, y x pixels, c 
 
 from __future__ import annotations
 
+import difflib
 import gc
 import time
 from dataclasses import dataclass
@@ -34,11 +35,50 @@ from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, DEFAULT_FRAME_STEP
 CONTEXT_SOURCES = ("auto", "dataset", "live", "given")
 OBS_TYPES = ("rgb", "tokens")
 REWARD_MODES = ("binary", "probability")
+RESET_OPTIONS = ("context_frames", "context_tokens", "context_actions")
+DEFAULT_MAX_EPISODE_STEPS = 300         # (also registered in envs/__init__.py, which cannot import this module)
 
 
 class DreamEnvError(MaskFlowError):
-    """A call the dream env cannot serve: an action outside the action space, context frames or actions
-    of the wrong shape/dtype, or stepping before ``reset()`` / after ``close()``."""
+    """A call the dream env cannot serve: an action outside the action space, an unknown or conflicting
+    reset option, context frames or actions of the wrong shape/dtype, or stepping before ``reset()`` /
+    after ``close()``."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _describe(value: Any) -> str:
+    """An option's value, short enough for an error message: an array by its dtype and shape."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"<{value.dtype} array of shape {tuple(value.shape)}>"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_reset_options(options: dict | None, allowed: tuple[str, ...] = RESET_OPTIONS) -> dict[str, Any]:
+    """``reset(options=...)`` as a new dict; refused when a key is not in ``allowed`` (a typo would silently
+    give the source's context instead) or when both context_frames and context_tokens are given."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise DreamEnvError(f"reset options must be a dict with keys among {', '.join(allowed)}; got "
+                            f"{type(options).__name__}")
+    for key, value in options.items():
+        if key not in allowed:
+            near = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise DreamEnvError(f"unknown reset option {key!r}={_describe(value)}{hint}; allowed keys: "
+                                f"{', '.join(allowed)}")
+    frames, tokens, actions = (options.get(k) for k in RESET_OPTIONS)
+    if frames is not None and tokens is not None:
+        raise DreamEnvError(f"reset options give both context_frames={_describe(frames)} and context_tokens="
+                            f"{_describe(tokens)}; give one of them (frames are encoded, tokens used as they are)")
+    if actions is not None and frames is None and tokens is None:
+        raise DreamEnvError(f"reset option context_actions={_describe(actions)} needs context_frames or "
+                            "context_tokens (the frames those actions led to)")
+    return dict(options)
 
 
 @dataclass
@@ -143,23 +183,34 @@ class DreamCore:
                  schedule: str = "arccos", context_length: int | None = None, obs_type: str = "rgb",
                  reward_mode: str = "binary", reward_threshold: float = 0.5, done_threshold: float = 0.5,
                  policy: str = "random_walk", env_kwargs: dict | None = None, device: str = "cpu",
-                 compile: bool = False, action_guidance: float = 0.0, history_guidance: float = 0.0):
+                 compile: bool = False, action_guidance: float = 0.0, history_guidance: float = 0.0,
+                 threads: int | None = 0):
         from worldmodel.model_io import load_world_model
+        from worldmodel.threads import governor
         from worldmodel.tokenizer import resolve_device
+
+        if threads is not None and not (_is_int(threads) and threads >= 0):
+            raise ConfigError(f"threads={threads!r} must be 0 (adapt to the cores other processes leave free), "
+                              "N >= 1 (fixed), or None (leave torch's setting alone)")
+        if threads is not None:
+            governor(threads)
 
         for name, value, valid in (("context", context, CONTEXT_SOURCES), ("obs_type", obs_type, OBS_TYPES),
                                    ("reward_mode", reward_mode, REWARD_MODES)):
             if value not in valid:
                 raise ConfigError(f"{name}={value!r} is not one of {', '.join(valid)}")
+        if steps_per_frame is not None and not (_is_int(steps_per_frame) and steps_per_frame >= 1):
+            raise ConfigError(f"steps_per_frame must be an integer >= 1 (unmasking passes per frame) or None (the "
+                              f"default, {DEFAULT_FRAME_STEPS}); got {steps_per_frame!r}")
         self.device = resolve_device(device)
         self.model, self.tokenizer, self.meta = load_world_model(checkpoint, device=self.device)
         if self.tokenizer is None:
             raise CheckpointError(f"checkpoint {self.meta['path']} carries no tokenizer, so it cannot show frames")
         k = int(self.model.cfg.max_frames)
+        if context_length is not None and not (_is_int(context_length) and 1 <= context_length <= k - 1):
+            raise ConfigError(f"context_length must be an integer in [1, {k - 1}] (the model's window is {k} frames) "
+                              f"or None (= {k - 1}); got {context_length!r}")
         self.context_length = k - 1 if context_length is None else int(context_length)
-        if not 1 <= self.context_length <= k - 1:
-            raise ConfigError(f"context_length must lie in [1, {k - 1}] (the model's window is {k} frames), "
-                              f"got {context_length}")
         self.grid = tuple(int(g) for g in self.model.cfg.token_grid)
         self.vocab_size = int(self.model.cfg.vocab_size)
         self.resolution = int(self.tokenizer.cfg.resolution)
@@ -168,7 +219,8 @@ class DreamCore:
         self.obs_type, self.reward_mode = obs_type, reward_mode
         self.reward_threshold, self.done_threshold = float(reward_threshold), float(done_threshold)
         masking = str(self.meta.get("train_config", {}).get("scheduler", "sigmoid"))
-        self.sampler = SamplerConfig(sampler, steps=steps_per_frame or DEFAULT_FRAME_STEPS, temperature=temperature,
+        steps = DEFAULT_FRAME_STEPS if steps_per_frame is None else int(steps_per_frame)
+        self.sampler = SamplerConfig(sampler, steps=steps, temperature=temperature,
                                      gumbel=DEFAULT_FRAME_GUMBEL if gumbel is None else gumbel, schedule=schedule,
                                      masking=masking, action_guidance=action_guidance,
                                      history_guidance=history_guidance)
@@ -200,9 +252,10 @@ class DreamCore:
     # -- context ----------------------------------------------------------------------------------
     def context(self, rng: np.random.Generator, options: dict | None, row: int = 0) -> Context:
         """Context of dream ``row``: ``options['context_frames'|'context_tokens']`` when given (remembered),
-        else the source; with ``context='given'`` a reset without options reuses the row's last given one."""
+        else the source; with ``context='given'`` a reset without options reuses the row's last given one.
+        ``options`` are checked by :func:`check_reset_options` first."""
         options = options or {}
-        if "context_frames" in options or "context_tokens" in options:
+        if options.get("context_frames") is not None or options.get("context_tokens") is not None:
             self.given[row] = self.given_context(options.get("context_frames"), options.get("context_tokens"),
                                                  options.get("context_actions"))
             return self.given[row]
@@ -310,8 +363,10 @@ class MaskFlowDreamEnv(gym.Env):
     ``context_length`` (frames of real context, default window − 1, the most the model can see),
     ``action_guidance`` / ``history_guidance`` (classifier-free guidance weights, 0 = off; each one on
     adds a model pass per unmasking step, see ``SamplerConfig``).
-    ``max_episode_steps`` (None = never truncate), ``device``, ``render_mode`` (None | "rgb_array"),
-    ``compile`` (torch.compile the rollout).
+    ``max_episode_steps`` (default 300, None = never truncate), ``device``, ``render_mode`` (None |
+    "rgb_array"), ``timing_info`` (add the step's wall clock to ``info``), ``compile`` (torch.compile the
+    rollout), ``threads`` (torch CPU threads: 0 = adapt to the cores other processes leave free, so a
+    dream beside another job is not stalled; N = fixed; None = leave the process's setting alone).
 
     ## Spaces
     Observation ``Box(0, 255, (64, 64, 3), uint8)``, or with ``obs_type="tokens"`` the token grid
@@ -322,8 +377,9 @@ class MaskFlowDreamEnv(gym.Env):
     sigmoid(reward logit) > ``reward_threshold`` (0.5) else 0.0, or the probability itself with
     ``reward_mode="probability"``. ``terminated`` is sigmoid(done logit) > ``done_threshold`` (0.5).
     ``truncated`` is True when the episode reaches ``max_episode_steps`` steps (independently of
-    ``terminated``). Note ``gymnasium.make(..., max_episode_steps=N)`` adds gymnasium's TimeLimit on top
-    instead; the env's own limit (default 300) still applies.
+    ``terminated``). Made by ``gymnasium.make`` the env has no limit of its own: gymnasium's TimeLimit is
+    the limit — the registered 300 steps, or ``gymnasium.make(..., max_episode_steps=N)`` — and
+    ``env.spec.max_episode_steps`` reports it.
 
     ## Reset and seeding
     ``reset(seed=s)`` seeds every random draw: the context (episode and window, or live maze and policy)
@@ -331,14 +387,15 @@ class MaskFlowDreamEnv(gym.Env):
     ``options`` may carry ``context_frames`` (m, 64, 64, 3) uint8 or ``context_tokens`` (m, h, w) and
     ``context_actions`` (m,) (the action that led to each frame, -1 = none); the last
     ``context_length`` frames are used; with ``context="given"`` a reset without them restarts from the
-    last given context (so autoreset works). The returned observation is the last context frame as the
-    model sees it (its tokenizer reconstruction).
+    last given context (so autoreset works). Any other option key, or both frames and tokens, is a
+    :class:`DreamEnvError`. The returned observation is the last context frame as the model sees it (its
+    tokenizer reconstruction).
 
     ## Info
-    ``step``: ``nfe`` (model calls for this frame), ``reward_prob``, ``done_prob``, ``step_time_s`` (wall
-    clock; left out with ``timing_info=False``, e.g. for gymnasium's env checker, which compares the
-    infos of two seeded runs). ``reset``: ``nfe`` (commit passes over the context), ``context_frames``,
-    ``context_source``.
+    ``step``: ``nfe`` (model calls for this frame), ``reward_prob``, ``done_prob``, and with
+    ``timing_info=True`` ``step_time_s`` (wall clock; off by default, as gymnasium's env checker compares
+    the infos of two seeded runs). ``reset``: ``nfe`` (commit passes over the context),
+    ``context_frames``, ``context_source``.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 15}
@@ -346,11 +403,12 @@ class MaskFlowDreamEnv(gym.Env):
     def __init__(self, checkpoint: str = "default", *, context: str = "auto", data: str | None = None,
                  split: str = "test", sampler: str = "mgm", steps_per_frame: int | None = None,
                  temperature: float = 1.0, gumbel: float | None = None, schedule: str = "arccos",
-                 context_length: int | None = None, max_episode_steps: int | None = 300, obs_type: str = "rgb",
+                 context_length: int | None = None, max_episode_steps: int | None = DEFAULT_MAX_EPISODE_STEPS,
+                 obs_type: str = "rgb",
                  reward_mode: str = "binary", reward_threshold: float = 0.5, done_threshold: float = 0.5,
                  policy: str = "random_walk", env_kwargs: dict | None = None, device: str = "cpu",
-                 render_mode: str | None = None, timing_info: bool = True, compile: bool = False,
-                 action_guidance: float = 0.0, history_guidance: float = 0.0):
+                 render_mode: str | None = None, timing_info: bool = False, compile: bool = False,
+                 action_guidance: float = 0.0, history_guidance: float = 0.0, threads: int | None = 0):
         if render_mode not in (None, "rgb_array"):
             raise ConfigError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         if max_episode_steps is not None and max_episode_steps < 1:
@@ -360,7 +418,8 @@ class MaskFlowDreamEnv(gym.Env):
                               schedule=schedule, context_length=context_length, obs_type=obs_type,
                               reward_mode=reward_mode, reward_threshold=reward_threshold,
                               done_threshold=done_threshold, policy=policy, env_kwargs=env_kwargs, device=device,
-                              compile=compile, action_guidance=action_guidance, history_guidance=history_guidance)
+                              compile=compile, action_guidance=action_guidance, history_guidance=history_guidance,
+                              threads=threads)
         self.observation_space = self.core.observation_space()
         self.action_space = self.core.action_space()
         self.action_meanings = self.core.meanings
@@ -373,6 +432,7 @@ class MaskFlowDreamEnv(gym.Env):
         self._elapsed = 0
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        options = check_reset_options(options)
         super().reset(seed=seed)
         if self.core.rollout is None:
             raise DreamEnvError("this env is closed; make a new one")
@@ -426,3 +486,10 @@ class MaskFlowDreamEnv(gym.Env):
             self.core.close()
         self._tokens = self._frame = self._generator = None
         super().close()
+
+
+def make_dream_env(**kwargs: Any) -> MaskFlowDreamEnv:
+    """Entry point of ``gymnasium.make("MaskFlowDream-v0", ...)``: the env without a limit of its own, so that
+    gymnasium's TimeLimit (the registered 300 steps, or ``make(..., max_episode_steps=N)``, a keyword
+    ``make`` keeps for itself) is the one limit and ``env.spec.max_episode_steps`` tells it."""
+    return MaskFlowDreamEnv(**{**kwargs, "max_episode_steps": None})

@@ -20,15 +20,17 @@ Axis letters: b batch (dreams, = num_envs), h w token grid, y x pixels, c colour
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 import numpy as np
 import torch
+from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from worldmodel.dream_env import DreamCore, DreamEnvError
+from worldmodel.dream_env import DEFAULT_MAX_EPISODE_STEPS, RESET_OPTIONS, DreamCore, DreamEnvError, check_reset_options
 from worldmodel.errors import ConfigError
 
 
@@ -44,19 +46,23 @@ class MaskFlowDreamVectorEnv(VectorEnv):
     Keyword arguments are those of :class:`~worldmodel.dream_env.MaskFlowDreamEnv` (checkpoint, context
     source, drift controls, ``max_episode_steps``, ``obs_type``, reward settings, device, render_mode,
     ``timing_info``), plus ``autoreset_mode`` (``AutoresetMode.NEXT_STEP`` default, or ``SAME_STEP``).
+    Through ``gymnasium.make_vec`` the limit is ``max_episode_steps=N`` (default: the registered 300), and
+    ``spec.max_episode_steps`` reports this env's limit.
     ``reset(options=...)`` accepts ``reset_mask`` (N,) bool (reset only those envs) and batched
     ``context_frames`` (r, m, 64, 64, 3) uint8 / ``context_tokens`` (r, m, h, w) with ``context_actions``
-    (r, m), r = envs reset (with ``context="given"``, autoresets reuse each env's last given context).
-    ``info`` holds ``nfe``, ``reward_prob``, ``done_prob`` and ``step_time_s``
-    (the batched step's wall clock) per env; ``render()`` returns a tuple of N frames.
+    (r, m), r = envs reset (with ``context="given"``, autoresets reuse each env's last given context);
+    any other key, or both frames and tokens, is a ``DreamEnvError``.
+    ``info`` holds ``nfe``, ``reward_prob``, ``done_prob`` and, with ``timing_info=True`` (off by default),
+    ``step_time_s`` (the batched step's wall clock) per env; ``render()`` returns a tuple of N frames.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 15, "autoreset_mode": AutoresetMode.NEXT_STEP}
+    _spec: EnvSpec | None = None
 
     def __init__(self, num_envs: int = 16, checkpoint: str = "default", *,
                  autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
-                 max_episode_steps: int | None = 300, render_mode: str | None = None, timing_info: bool = True,
-                 **kwargs: Any):
+                 max_episode_steps: int | None = DEFAULT_MAX_EPISODE_STEPS, render_mode: str | None = None,
+                 timing_info: bool = False, **kwargs: Any):
         if num_envs < 1:
             raise ConfigError(f"num_envs must be >= 1, got {num_envs}")
         mode = AutoresetMode(autoreset_mode)
@@ -83,6 +89,16 @@ class MaskFlowDreamVectorEnv(VectorEnv):
         self._tokens: torch.Tensor | None = None                     # (b h w) current frames
         self._elapsed = np.zeros(num_envs, np.int64)
         self._autoreset = np.zeros(num_envs, bool)
+
+    @property
+    def spec(self) -> EnvSpec | None:
+        """The spec ``gymnasium.make_vec`` sets, its ``max_episode_steps`` this env's own limit."""
+        return self._spec
+
+    @spec.setter
+    def spec(self, spec: EnvSpec | None) -> None:
+        # make_vec copies the registered limit (300) into the spec even when its kwargs set another one
+        self._spec = None if spec is None else dataclasses.replace(spec, max_episode_steps=self.max_episode_steps)
 
     # -- reset ------------------------------------------------------------------------------------
     def _seed_rows(self, seed: int | list[int | None] | None, rows: np.ndarray) -> None:
@@ -140,7 +156,7 @@ class MaskFlowDreamVectorEnv(VectorEnv):
         """Reset every env (or those in ``options['reset_mask']``); returns batched (obs, info)."""
         if self.core.rollout is None:
             raise DreamEnvError("this vector env is closed; make a new one")
-        options = dict(options or {})
+        options = check_reset_options(options, ("reset_mask", *RESET_OPTIONS))
         rows = options.pop("reset_mask", None)
         if rows is None:
             rows = np.ones(self.num_envs, bool)

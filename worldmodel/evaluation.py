@@ -29,12 +29,13 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from einops import rearrange
 
+from worldmodel.config_check import DEVICE, SEED, THREADS, Check, at_least, check_config, each, one_of
 from worldmodel.dream import decode_tokens, encode_frames
 from worldmodel.errors import ConfigError
 from worldmodel.eval_report import FVDBank, baseline_rows, frame_scores, make_row, new_views, write_report
@@ -44,7 +45,9 @@ from worldmodel.sampling import SAMPLER_NAMES, SamplerConfig, make_sampler
 from worldmodel.sampling.base import ModelDenoiser, make_generator
 from worldmodel.sampling.chunkwise import ChunkConfig, expected_nfe, generate
 from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, CachedRollout, frame_nfe
+from worldmodel.sampling.unmask_schedule import COUNT_MODES
 from worldmodel.seeding import seed_everything
+from worldmodel.threads import governor
 
 MODES = {"fbf": "frame-by-frame", "full": "full-sequence"}
 EXPERIMENTS = tuple(f"{m}_{s}" for m in MODES for s in SAMPLER_NAMES if (m, s) != ("fbf", "rolling"))
@@ -92,7 +95,20 @@ class EvalConfig:
     threads: int = 0
     progress: bool = True
 
+    # allowed ranges and choices beyond the rules of validate() (types come from the annotations above)
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "split": one_of("train", "test"), "seed": SEED, "temperature": at_least(0, "0 = greedy"),
+        "gumbel": at_least(0, "0 = off"), "gumbel_frame": at_least(0, "0 = off"), "schedule": one_of(*COUNT_MODES),
+        "device": DEVICE, "threads": THREADS,
+        **{key: each(at_least(1), non_empty=True) for key in ("horizons", "comparison_horizons")},
+    }
+
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first key of a wrong type or out of its range."""
+        check_config(self)
         if not self.data:
             raise ConfigError("data=DIR is required: a frames dataset (its test split holds the held-out mazes)")
         for key in ("experiments", "long_experiments", "compare_experiments"):
@@ -402,11 +418,15 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run the evaluation and write its files to ``cfg.out``; returns what results.json holds."""
     from tqdm.auto import tqdm
 
+    cfg.validate()                      # again: fields may have changed since construction
     out = Path(cfg.out)
-    if not cfg.overwrite and any((out / name).exists() for name in OUTPUTS):
+    present = [name for name in OUTPUTS if (out / name).exists()]
+    if present and not cfg.overwrite:
         raise ConfigError(f"{out} already holds an eval report; pass overwrite=true or choose another out=")
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    if present and not (out / "results.json").is_file():    # overwrite replaces only a report this project wrote
+        raise ConfigError(f"{out} holds {', '.join(present)} but no results.json, so they are not an eval report "
+                          "this project wrote; overwrite=true will not replace them: choose another out=")
+    governor(cfg.threads)           # 0: adapt to the cores other processes leave free
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)

@@ -26,9 +26,21 @@ from typing import Any
 import torch
 
 from worldmodel.errors import CheckpointError
-from worldmodel.fileio import load_weights, read_json, save_weights, sha256_file, write_json
+from worldmodel.fileio import (
+    INTEGRITY_KEY,
+    SUMS_NAME,
+    check_replaceable,
+    is_temp_name,
+    load_weights,
+    read_json,
+    save_weights,
+    sha256_file,
+    verify_sums,
+    write_json,
+    write_sealed_json,
+)
 
-SUMS_NAME = "SHA256SUMS.json"
+RELEASE_ENTRIES = ("model.json", "model.safetensors", "tokenizer", SUMS_NAME)
 
 
 def _half(path: Path, dst: Path) -> None:
@@ -78,7 +90,14 @@ def _portable_meta(meta: dict[str, Any]) -> dict[str, Any]:
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool = True,
                       overwrite: bool = False, notes: dict[str, Any] | None = None) -> Path:
     """Write a release of checkpoint ``src`` to ``dst``; returns ``dst``. Loads it back to check it."""
-    from worldmodel.model_io import CONFIG_NAME, TOKENIZER_DIR, WEIGHTS_NAME, load_world_model, read_world_model_meta
+    from worldmodel.model_io import (
+        CONFIG_NAME,
+        TOKENIZER_DIR,
+        WEIGHTS_NAME,
+        load_world_model,
+        read_world_model_meta,
+        sealed_files,
+    )
     from worldmodel.tokenizer import CONFIG_NAME as TOK_CONFIG
     from worldmodel.tokenizer import WEIGHTS_NAME as TOK_WEIGHTS
 
@@ -86,6 +105,10 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool
     meta = read_world_model_meta(src)
     if dst.exists() and any(dst.iterdir()) and not overwrite:
         raise CheckpointError(f"{dst} is not empty; pass --overwrite to replace it")
+    if overwrite:       # replace only a release this project wrote, and nothing beside it
+        check_replaceable(dst, own=lambda p: (p / SUMS_NAME).is_file() and (p / "model.json").is_file(),
+                          what=f"a release ({SUMS_NAME})", key="dst", inputs=(src,),
+                          allowed=lambda name: name in RELEASE_ENTRIES or is_temp_name(name))
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
     try:
@@ -93,7 +116,12 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool
         copy = _half if half else (lambda a, b: shutil.copy2(a, b))
         copy(src / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
         copy(src / TOKENIZER_DIR / TOK_WEIGHTS, tmp / TOKENIZER_DIR / TOK_WEIGHTS)
-        shutil.copy2(src / TOKENIZER_DIR / TOK_CONFIG, tmp / TOKENIZER_DIR / TOK_CONFIG)
+        tok_meta = read_json(src / TOKENIZER_DIR / TOK_CONFIG, "tokenizer config")
+        if INTEGRITY_KEY in tok_meta:       # its weights may now be halved: record the exported bytes
+            tok_meta.pop(INTEGRITY_KEY)
+            write_sealed_json(tmp / TOKENIZER_DIR / TOK_CONFIG, tok_meta, files=(TOK_WEIGHTS,))
+        else:                               # a release from before sealed JSONs: keep its bytes
+            shutil.copy2(src / TOKENIZER_DIR / TOK_CONFIG, tmp / TOKENIZER_DIR / TOK_CONFIG)
         # the model.json records its tokenizer's sha256: point it at the exported copy
         meta.pop("path", None)
         meta["tokenizer"] = {**meta["tokenizer"], "weights_sha256": sha256_file(tmp / TOKENIZER_DIR / TOK_WEIGHTS)}
@@ -102,7 +130,8 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool
         meta = _portable_meta(meta)
         meta["release"] = {"source": portable_path(src.resolve()), "dtype": "float16" if half else "float32",
                            **dict(notes or {})}
-        write_json(tmp / CONFIG_NAME, meta)
+        meta.pop(INTEGRITY_KEY, None)
+        write_sealed_json(tmp / CONFIG_NAME, meta, files=sealed_files(tmp))
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         write_json(tmp / SUMS_NAME, {"files": {f: sha256_file(tmp / f) for f in files},
                                      "bytes": sum((tmp / f).stat().st_size for f in files)})
@@ -136,23 +165,7 @@ def recorded_env_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
 def verify_release(path: str | os.PathLike) -> dict[str, str]:
     """Check every file of a release against ``SHA256SUMS.json``; raises :class:`CheckpointError` naming a
     changed, missing or unlisted file. Returns the recorded {file: sha256}."""
-    p = Path(path)
-    record = read_json(p / SUMS_NAME, what="release checksums")
-    files = record.get("files") if isinstance(record, dict) else None
-    if not isinstance(files, dict) or not files:
-        raise CheckpointError(f"{p / SUMS_NAME} lists no files")
-    for name, digest in files.items():
-        f = p / name
-        if not f.is_file():
-            raise CheckpointError(f"release file missing: {f}")
-        if sha256_file(f) != digest:
-            raise CheckpointError(f"{f} does not match its recorded sha256 in {p / SUMS_NAME}; the file was "
-                                  f"changed or corrupted (restore it, e.g. `git checkout -- {f}`)")
-    extra = sorted(q.relative_to(p).as_posix() for q in p.rglob("*") if q.is_file()
-                   and q.name != SUMS_NAME and q.relative_to(p).as_posix() not in files)
-    if extra:
-        raise CheckpointError(f"{p} holds files not in {SUMS_NAME}: {extra}")
-    return dict(files)
+    return verify_sums(path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,8 +6,12 @@
     DIR/tokenizer/          a copy of the tokenizer the token dataset was made with
 
 ``model.json`` is written last (atomically), so a directory with a readable ``model.json`` always
-has the weights it describes. ``load_world_model(DIR)`` rebuilds the model and tokenizer from these
-files alone and checks that they belong together.
+has the weights it describes. It records the sha256 of the weights and of the tokenizer's files and a
+digest of its own content (see :func:`worldmodel.fileio.write_sealed_json`); a release also carries
+``SHA256SUMS.json``. ``load_world_model(DIR)`` checks all of these, then rebuilds the model and
+tokenizer from these files alone and checks that they belong together. A checkpoint may name only
+one of this project's registered env ids (``envs.ENV_IDS``): the id is later given to ``gym.make``,
+whose ``module:Env`` form would import any installed module.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +29,18 @@ from typing import Any
 import torch
 
 from worldmodel.errors import CheckpointError, ConfigError
-from worldmodel.fileio import load_state_dict_strict, load_weights, read_json, save_weights, sha256_file, write_json
+from worldmodel.fileio import (
+    INTEGRITY_KEY,
+    SUMS_NAME,
+    load_state_dict_strict,
+    load_weights,
+    read_sealed_json,
+    save_weights,
+    sha256_file,
+    verify_files,
+    verify_sums,
+    write_sealed_json,
+)
 from worldmodel.latte import Latte, ModelConfig
 
 FORMAT = "maskflow-world-model"
@@ -102,26 +118,61 @@ def save_world_model(out_dir: str | os.PathLike, cfg: ModelConfig, weights: Mapp
         tok_record = {"dir": TOKENIZER_DIR, "source": str(tokenizer_dir),
                       "weights_sha256": sha256_file(out / TOKENIZER_DIR / TOK_WEIGHTS)}
     save_weights(out / WEIGHTS_NAME, weights, metadata={"format": FORMAT, "config_sha256": config_digest(cfg)})
-    write_json(out / CONFIG_NAME, {
+    write_sealed_json(out / CONFIG_NAME, {
         "format": FORMAT, "format_version": FORMAT_VERSION, "model": cfg.to_dict(),
         "action_space": {"n": len(action_meanings), "meanings": list(action_meanings)},
         "env_id": env_id, "token_grid": list(cfg.token_grid), "vocab_size": cfg.vocab_size,
         "mask_id": cfg.mask_id, "window": cfg.max_frames, "temporal": cfg.temporal,
         "tokenizer": tok_record, "train_config": dict(train_config or {}), **dict(extra or {}),
-    })
+    }, files=sealed_files(out))
     return out
+
+
+def sealed_files(root: Path) -> tuple[str, ...]:
+    """The files a checkpoint's ``model.json`` records the sha256 of (relative to the checkpoint): the
+    weights. The tokenizer's files are checked by its own ``tokenizer.json`` and, against swaps, by
+    the ``tokenizer.weights_sha256`` that ``model.json`` records."""
+    return (WEIGHTS_NAME,)
+
+
+def check_env_id(env_id: Any, source: Path) -> None:
+    """A checkpoint may name one of this project's registered envs, or none ("" or a dataset label
+    such as "synthetic" that is not a Gymnasium id); never ``module:Env`` or another package's id."""
+    import gymnasium as gym
+
+    import envs
+
+    if env_id in (None, "") or env_id in envs.ENV_IDS:
+        return
+    if not isinstance(env_id, str) or ":" in env_id or "/" in env_id or env_id in gym.registry:
+        raise CheckpointError(f"{source} names env_id {env_id!r}, which is not one of this project's envs "
+                              f"({', '.join(envs.ENV_IDS)}); a checkpoint may name only those")
 
 
 def read_world_model_meta(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check ``model.json`` of a checkpoint directory, without loading weights."""
     p = resolve_checkpoint(path)
-    meta = read_json(p / CONFIG_NAME, what="world-model config")
+    meta = read_sealed_json(p / CONFIG_NAME, what="world-model config", check_files=False)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model" not in meta:
         raise CheckpointError(f"{p / CONFIG_NAME} is not a MaskFlow world-model config (format {FORMAT!r})")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{p / CONFIG_NAME} has format_version {meta.get('format_version')}; this code "
                               f"reads version {FORMAT_VERSION}")
+    check_env_id(meta.get("env_id"), p / CONFIG_NAME)
     return meta
+
+
+def verify_checkpoint(p: Path, meta: dict[str, Any]) -> None:
+    """Check a checkpoint's files against their recorded sha256: a release's ``SHA256SUMS.json``, and the
+    sums in ``model.json``; a checkpoint written before either existed loads with a warning."""
+    if (p / SUMS_NAME).is_file():
+        verify_sums(p)
+    seal = meta.get(INTEGRITY_KEY)
+    if isinstance(seal, dict):
+        verify_files(p, seal.get("files", {}), source=p / CONFIG_NAME)
+    elif not (p / SUMS_NAME).is_file():
+        warnings.warn(f"{p} records no checksums (written by an older version), so corruption cannot be "
+                      "detected; re-export it with this version", stacklevel=3)
 
 
 def load_world_model(path: str | os.PathLike, device: str | torch.device = "cpu"
@@ -134,6 +185,7 @@ def load_world_model(path: str | os.PathLike, device: str | torch.device = "cpu"
 
     p = resolve_checkpoint(path)
     meta = read_world_model_meta(p)
+    verify_checkpoint(p, meta)
     try:
         cfg = ModelConfig(**meta["model"])
     except (ConfigError, TypeError) as e:
@@ -151,13 +203,14 @@ def load_world_model(path: str | os.PathLike, device: str | torch.device = "cpu"
     tokenizer = None
     rec = meta.get("tokenizer")
     if rec is not None:
-        tdir = p / rec.get("dir", TOKENIZER_DIR)
-        tokenizer = load_tokenizer(tdir, expect={"vocab_size": cfg.vocab_size, "token_grid": list(cfg.token_grid)},
-                                   device=device)
         from worldmodel.tokenizer import WEIGHTS_NAME as TOK_WEIGHTS
 
-        if rec.get("weights_sha256") and sha256_file(tdir / TOK_WEIGHTS) != rec["weights_sha256"]:
+        tdir = p / rec.get("dir", TOKENIZER_DIR)
+        if rec.get("weights_sha256") and (tdir / TOK_WEIGHTS).is_file() \
+                and sha256_file(tdir / TOK_WEIGHTS) != rec["weights_sha256"]:
             raise CheckpointError(f"{tdir / TOK_WEIGHTS} is not the tokenizer this model was trained with "
                                   f"(sha256 differs from {p / CONFIG_NAME}); restore the original tokenizer/")
+        tokenizer = load_tokenizer(tdir, expect={"vocab_size": cfg.vocab_size, "token_grid": list(cfg.token_grid)},
+                                   device=device)
     meta["path"] = str(p)
     return model.to(device).eval(), tokenizer, meta

@@ -11,23 +11,29 @@ other frames or by another tokenizer is never overwritten unless ``overwrite=Tru
 from __future__ import annotations
 
 import os
-import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from envs.dataset import (
+    DATASET_ENTRIES,
     EpisodeDataset,
     add_shard,
+    is_dataset,
     load_manifest,
     new_manifest,
     shard_is_valid,
+    write_manifest,
     write_shard,
 )
-from worldmodel.errors import DatasetError
-from worldmodel.fileio import sha256_file, write_json
+from worldmodel import threads
+from worldmodel.config_check import DEVICE, THREADS, Check, at_least, check_config
+from worldmodel.errors import ConfigError, DatasetError
+from worldmodel.fileio import check_replaceable, is_temp_name, remove_entries, sha256_file
+from worldmodel.threads import governor
 from worldmodel.tokenizer import (
     WEIGHTS_NAME,
     FrameTokenizer,
@@ -38,6 +44,26 @@ from worldmodel.tokenizer import (
 )
 
 COPIED = ("actions", "rewards", "terminated", "truncated")
+
+
+@dataclass
+class TokenizeConfig:
+    """Settings of one tokenization (the keys of ``configs/tokenize.yaml``)."""
+
+    data: str                       # frames dataset directory
+    checkpoint: str                 # tokenizer dir, a train-tokenizer run dir, a world-model dir, or default
+    out: str = "runs/tokens"        # token dataset directory
+    batch_size: int = 256           # frames encoded per forward pass
+    device: str = "cpu"             # cpu | cuda[:N] | auto
+    overwrite: bool = False         # replace a token dataset made from other frames or by another tokenizer
+    threads: int = 0                # torch CPU threads (0 = torch default)
+
+    # allowed ranges and choices (types come from the annotations above; see worldmodel.config_check)
+    CHECKS: ClassVar[dict[str, Check]] = {"batch_size": at_least(1), "device": DEVICE, "threads": THREADS}
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first key of a wrong type or out of its range."""
+        check_config(self)
 
 
 def tokenizer_record(tokenizer_dir: str | os.PathLike) -> dict[str, Any]:
@@ -58,14 +84,20 @@ def encode_frames(model: FrameTokenizer, frames: np.ndarray, batch_size: int) ->
     return tokens.astype(np.uint16)
 
 
+def _overlaps(a: Path, b: Path) -> bool:
+    """Whether two paths are the same folder or one lies inside the other."""
+    a, b = a.expanduser().resolve(), b.expanduser().resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
 def _prepare_output(out: Path, src_root: Path, record: dict[str, Any], overwrite: bool) -> dict | None:
     """Return the existing manifest to resume from, None to start fresh; refuse a different output."""
     mpath = out / "manifest.json"
     if not mpath.exists():
         leftovers = [p for p in out.iterdir() if not p.name.startswith(".")] if out.is_dir() else []
-        if leftovers and not overwrite:
+        if leftovers:       # overwrite=true never deletes what tokenize did not write
             raise DatasetError(f"{out} exists and is not a token dataset ({len(leftovers)} entries); "
-                               "choose another out= or pass overwrite=true")
+                               "choose another out= (overwrite=true only replaces a token dataset)")
         return None
     try:
         old = load_manifest(out)
@@ -80,8 +112,10 @@ def _prepare_output(out: Path, src_root: Path, record: dict[str, Any], overwrite
         why = "is not a token dataset" if old is None or old.get("kind") != "tokens" else \
             "was made by another tokenizer or from other frames"
         raise DatasetError(f"{out} already exists and {why}; choose another out= or pass overwrite=true to replace it")
-    mpath.unlink()
-    shutil.rmtree(out / "shards", ignore_errors=True)
+    # replace only a token dataset tokenize wrote, never a frames dataset or anything else
+    check_replaceable(out, own=lambda p: is_dataset(p, "tokens"), what="a token dataset (manifest.json)",
+                      allowed=lambda name: name in DATASET_ENTRIES or is_temp_name(name))
+    remove_entries(out, [e.name for e in out.iterdir()])
     return None
 
 
@@ -91,7 +125,13 @@ def tokenize_dataset(frames_root: str | os.PathLike, tokenizer_dir: str | os.Pat
     """Tokenize every split of a frames dataset into ``out_root``; resumable; returns ``out_root``."""
     from tqdm.auto import tqdm
 
+    TokenizeConfig(frames_root, tokenizer_dir, out_root, batch_size, device, overwrite).validate()
+
     src_root, out = Path(frames_root), Path(out_root)
+    for name, path in (("data", src_root), ("checkpoint", Path(tokenizer_dir))):
+        if _overlaps(out, path):
+            raise ConfigError(f"out={out} overlaps the input {name}={path}; the token dataset needs a folder of "
+                              "its own (outside the frames dataset and the tokenizer)")
     src = load_manifest(src_root)
     if src["kind"] != "frames":
         raise DatasetError(f"{src_root} is a {src['kind']!r} dataset; tokenize needs a frames dataset")
@@ -109,7 +149,7 @@ def tokenize_dataset(frames_root: str | os.PathLike, tokenizer_dir: str | os.Pat
                                                   "env_kwargs": src.get("config", {}).get("env_kwargs", {})})
     manifest["complete"] = False
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "manifest.json", manifest)
+    write_manifest(out, manifest)
     done = {s["file"]: s for s in manifest["shards"]}
     total = sum(s["frames"] for s in src["shards"])
     bar = tqdm(total=total, desc="tokenize", unit="frame", disable=not progress, dynamic_ncols=True)
@@ -123,6 +163,7 @@ def tokenize_dataset(frames_root: str | os.PathLike, tokenizer_dir: str | os.Pat
             episodes = []
             for i in (i for i, (s, _) in enumerate(ds.index) if s == si):
                 ep = ds.episode(i)
+                threads.tick()
                 tokens = encode_frames(model, ep["frames"], batch_size)
                 episodes.append({"id": ep["id"], "tokens": tokens, "attrs": ep["attrs"],
                                  **{k: ep[k] for k in COPIED if k in ep}})
@@ -131,11 +172,11 @@ def tokenize_dataset(frames_root: str | os.PathLike, tokenizer_dir: str | os.Pat
             add_shard(out, manifest, entry["file"], split, episodes)
             # remember which source shard this came from, so a changed source is re-tokenized on resume
             next(s for s in manifest["shards"] if s["file"] == entry["file"])["source_sha256"] = entry["sha256"]
-            write_json(out / "manifest.json", manifest)
+            write_manifest(out, manifest)
         ds.close()
     bar.close()
     manifest["complete"] = True
-    write_json(out / "manifest.json", manifest)
+    write_manifest(out, manifest)
     return out
 
 
@@ -148,8 +189,7 @@ def run_tokenize(cfg: Any) -> Path:
         from worldmodel.model_io import resolve_checkpoint
 
         c["checkpoint"] = str(resolve_checkpoint("default") / "tokenizer")
-    if int(c.get("threads") or 0) > 0:
-        torch.set_num_threads(int(c["threads"]))
+    governor(int(c.get("threads") or 0))      # 0: adapt to the cores other processes leave free
     out = tokenize_dataset(c["data"], c["checkpoint"], c["out"], batch_size=int(c["batch_size"]),
                            device=str(c["device"]), overwrite=bool(c["overwrite"]))
     m = load_manifest(out)

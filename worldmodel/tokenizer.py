@@ -27,7 +27,17 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from worldmodel.errors import CheckpointError, ConfigError
-from worldmodel.fileio import load_state_dict_strict, load_weights, read_json, save_weights, write_json
+from worldmodel.fileio import (
+    INTEGRITY_KEY,
+    SUMS_NAME,
+    load_state_dict_strict,
+    load_weights,
+    read_json,
+    read_sealed_json,
+    save_weights,
+    verify_files,
+    write_sealed_json,
+)
 
 FORMAT = "maskflow-tokenizer"
 FORMAT_VERSION = 1
@@ -363,11 +373,11 @@ def save_tokenizer(model: FrameTokenizer, out_dir: str | os.PathLike,
     prov = dict(model.provenance, **(provenance or {}))
     save_weights(out / WEIGHTS_NAME, model.state_dict(),
                  metadata={"format": FORMAT, "config_sha256": config_digest(cfg)})
-    write_json(out / CONFIG_NAME, {
+    write_sealed_json(out / CONFIG_NAME, {
         "format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_dict(),
         "vocab_size": cfg.vocab_size, "token_grid": list(cfg.token_grid), "resolution": cfg.resolution,
         "provenance": prov,
-    })
+    }, files=(WEIGHTS_NAME,))
     return out
 
 
@@ -385,7 +395,7 @@ def resolve_tokenizer_dir(path: str | os.PathLike) -> Path:
 def read_tokenizer_meta(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check ``tokenizer.json`` without loading weights."""
     p = resolve_tokenizer_dir(path)
-    meta = read_json(p / CONFIG_NAME, what="tokenizer config")
+    meta = read_sealed_json(p / CONFIG_NAME, what="tokenizer config", check_files=False)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
         raise CheckpointError(f"{p / CONFIG_NAME} is not a MaskFlow tokenizer config (format {FORMAT!r} expected)")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -424,12 +434,27 @@ def load_tokenizer(path: str | os.PathLike, expect: Mapping[str, Any] | Tokenize
             if have[key] != v:
                 raise CheckpointError(f"tokenizer at {p} has {key}={have[key]} but {v} is required here "
                                       f"(data or config mismatch); use a tokenizer trained for {key}={v}")
+    verify_tokenizer_files(p, meta)
     state = load_weights(p / WEIGHTS_NAME)
     model = FrameTokenizer(cfg)
     _check_digest(p / WEIGHTS_NAME, cfg)
     load_state_dict_strict(model, state, source=str(p / WEIGHTS_NAME))
     model.provenance = dict(meta.get("provenance") or {})
     return model.to(device).eval()
+
+
+def verify_tokenizer_files(p: Path, meta: Mapping[str, Any]) -> None:
+    """Check the tokenizer's files against the sha256 its JSON records or, for a tokenizer inside a
+    release written before JSONs recorded them, against the release's ``SHA256SUMS.json``."""
+    seal = meta.get(INTEGRITY_KEY)
+    if isinstance(seal, dict):
+        verify_files(p, seal.get("files", {}), source=p / CONFIG_NAME)
+        return
+    sums_path = p.parent / SUMS_NAME
+    if sums_path.is_file():
+        sums = read_json(sums_path, "release checksums").get("files", {})
+        mine = {k.split("/", 1)[1]: v for k, v in sums.items() if k.startswith(p.name + "/")}
+        verify_files(p, mine, source=sums_path)
 
 
 def _check_digest(weights: Path, cfg: TokenizerConfig) -> None:

@@ -24,7 +24,15 @@ import numpy as np
 import torch
 
 from worldmodel.errors import CheckpointError, DatasetError
-from worldmodel.fileio import atomic_write, load_weights, read_json, save_weights, write_json
+from worldmodel.fileio import (
+    atomic_write,
+    load_weights,
+    read_json,
+    read_sealed_json,
+    save_weights,
+    write_json,
+    write_sealed_json,
+)
 
 if TYPE_CHECKING:
     from worldmodel.tokenizer_training import Trainer
@@ -81,7 +89,7 @@ def save_train_state(tr: Trainer, out: Path, rng: np.random.Generator, rows: lis
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=ck))
     try:
         save_weights(tmp / "state.safetensors", tensors)
-        write_json(tmp / "state.json", meta)
+        write_sealed_json(tmp / "state.json", meta, files=("state.safetensors",))
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -130,7 +138,7 @@ def load_train_state(tr: Trainer, out: Path, rng: np.random.Generator) -> list[d
 def _load_one(tr: Trainer, path: Path, rng: np.random.Generator) -> list[dict[str, float]]:
     from worldmodel.fileio import load_state_dict_strict
 
-    meta = read_json(path / "state.json", "training state")
+    meta = read_sealed_json(path / "state.json", "training state")
     if meta.get("format") != STATE_FORMAT or meta.get("format_version") != STATE_VERSION:
         raise CheckpointError(f"{path / 'state.json'} is not a version-{STATE_VERSION} tokenizer training state")
     saved, now = meta["config"], dataclasses.asdict(tr.cfg)

@@ -19,7 +19,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -27,10 +27,31 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from worldmodel import threads
+from worldmodel.config_check import (
+    DEVICE,
+    SEED,
+    THREADS,
+    Check,
+    above,
+    at_least,
+    check_config,
+    each,
+    one_of,
+    within,
+)
 from worldmodel.errors import ConfigError, MaskFlowError
 from worldmodel.fileio import write_json
 from worldmodel.seeding import seed_everything
-from worldmodel.tokenizer import TokenizerConfig, build_tokenizer, resolve_device, save_tokenizer, tokenizer_config
+from worldmodel.threads import governor
+from worldmodel.tokenizer import (
+    TOKENIZER_PRESETS,
+    TokenizerConfig,
+    build_tokenizer,
+    resolve_device,
+    save_tokenizer,
+    tokenizer_config,
+)
 from worldmodel.tokenizer_eval import Episodes, evaluate_tokenizer, preview_frames, save_recon_grid
 from worldmodel.tokenizer_io import (
     catch_stop_signals,
@@ -103,10 +124,33 @@ class TokenizerTrainConfig:
     device: str = "cpu"
     max_minutes: float = 0.0
 
+    # keys `maskflow train-tokenizer` reads beside the fields (they do not change the trained model)
+    CLI_KEYS: ClassVar[dict[str, Any]] = {"data": str, "out": str, "threads": int, "max_train_frames": int}
+    # allowed ranges and choices (types come from the annotations above; see worldmodel.config_check)
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "size": one_of(*TOKENIZER_PRESETS), "downsample": one_of(2, 4, 8, 16), "quantizer": one_of("fsq", "vq"),
+        "fsq_levels": each(at_least(2), non_empty=True), "vq_codebook_size": at_least(2),
+        "norm": one_of("pixel", "group"), "steps": at_least(1), "batch_size": at_least(1), "lr": above(0),
+        "warmup": at_least(0), "min_lr_ratio": within(0, 1), "weight_decay": at_least(0), "grad_clip": above(0),
+        "l1_weight": at_least(0), "l2_weight": at_least(0), "quant_weight": at_least(0),
+        "disc_start": at_least(-1, "-1 = never"), "disc_weight": at_least(0), "disc_ramp": at_least(0),
+        "disc_lr": above(0), "disc_width": at_least(1), "ema_decay": within(0, 1, hi_open=True),
+        "spike_factor": above(1), "guard_patience": at_least(1), "guard_every": at_least(1),
+        "max_restores": at_least(0), "collapse_ratio": within(0, 1), "eval_every": at_least(1),
+        "eval_frames": at_least(1), "final_eval_frames": at_least(1), "log_every": at_least(1),
+        "ckpt_every": at_least(1), "keep_checkpoints": at_least(1), "seed": SEED, "device": DEVICE,
+        "max_minutes": at_least(0, "0 = no limit"), "threads": THREADS,
+        "max_train_frames": at_least(0, "0 = all train frames"),
+    }
+
     def __post_init__(self) -> None:
-        self.fsq_levels = None if self.fsq_levels is None else tuple(int(v) for v in self.fsq_levels)
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError(f"steps={self.steps} and batch_size={self.batch_size} must be ≥ 1")
+        if isinstance(self.fsq_levels, list):       # YAML gives a list; the model config keeps a tuple
+            self.fsq_levels = tuple(self.fsq_levels)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first key of a wrong type or out of its range."""
+        check_config(self)
 
     def model_config(self) -> TokenizerConfig:
         """The architecture this run trains."""
@@ -295,6 +339,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, train_source: np.ndarray, val_fra
     """
     from tqdm.auto import tqdm
 
+    cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     r = cfg.model_config().resolution
@@ -313,6 +358,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, train_source: np.ndarray, val_fra
     bar = tqdm(total=cfg.steps, initial=tr.step, desc="tokenizer", dynamic_ncols=True)
     try:
         while tr.step < cfg.steps and stop["signal"] is None:
+            threads.tick()
             if cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes:
                 bar.write(f"max_minutes={cfg.max_minutes} reached at step {tr.step}; stopping (resumable)")
                 break
@@ -394,8 +440,7 @@ def run_train_tokenizer(cfg: Any) -> dict[str, Any]:
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     tc = TokenizerTrainConfig.from_mapping(plain)
-    if int(plain.get("threads") or 0) > 0:
-        torch.set_num_threads(int(plain["threads"]))
+    governor(int(plain.get("threads") or 0))  # 0: adapt to the cores other processes leave free
     train, val, names, prov = load_frames_for_training(plain["data"], int(plain.get("max_train_frames") or 0))
     summary = train_tokenizer(tc, train, val, plain["out"], action_names=names, provenance=prov)
     ev = summary["eval"] or {}

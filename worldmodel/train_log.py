@@ -12,19 +12,31 @@ import os
 from pathlib import Path
 
 
+def _number(text: str) -> int | float:
+    """A CSV cell back as the number it was written from: "100" -> 100 (steps stay ints), "0.5" -> 0.5."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 class CsvLog:
     """An append-only CSV with a header fixed by its first row (later unknown keys are ignored)."""
 
     def __init__(self, path: str | os.PathLike, resume_step: int | None = None):
         self.path = Path(path)
         self.fields: list[str] | None = None
-        self.rows: list[dict[str, float]] = []
+        self.rows: list[dict[str, int | float]] = []
         if self.path.is_file() and resume_step is not None:
             with self.path.open(newline="") as f:
                 reader = csv.DictReader(f)
                 self.fields = reader.fieldnames
-                self.rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in reader
-                             if float(r.get("step", 0)) <= resume_step]
+                # cells keep their written type: float("100") would rewrite the step column as "100.0"
+                rows = [{k: _number(v) for k, v in r.items() if v not in ("", None)} for r in reader]
+                for r in rows:              # also heals "100.0" steps that older versions rewrote
+                    if "step" in r:
+                        r["step"] = int(r["step"])
+                self.rows = [r for r in rows if r.get("step", 0) <= resume_step]
             self._rewrite()
         elif self.path.is_file():
             self.path.unlink()

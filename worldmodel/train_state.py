@@ -20,7 +20,15 @@ from typing import Any
 import torch
 
 from worldmodel.errors import CheckpointError
-from worldmodel.fileio import load_state_dict_strict, load_weights, read_json, save_weights, write_json
+from worldmodel.fileio import (
+    load_state_dict_strict,
+    load_weights,
+    read_json,
+    read_sealed_json,
+    save_weights,
+    write_json,
+    write_sealed_json,
+)
 
 STATE_FORMAT = "maskflow-world-model-train-state"
 STATE_VERSION = 1
@@ -66,8 +74,8 @@ def save_state(out: str | os.PathLike, step: int, model: torch.nn.Module, ema: d
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
         save_weights(tmp / "state.safetensors", tensors)
-        write_json(tmp / "state.json", {"format": STATE_FORMAT, "format_version": STATE_VERSION, "step": step,
-                                        "optimizer": opt_meta, **info})
+        write_sealed_json(tmp / "state.json", {"format": STATE_FORMAT, "format_version": STATE_VERSION, "step": step,
+                                        "optimizer": opt_meta, **info}, files=("state.safetensors",))
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -116,7 +124,7 @@ def load_state(out: str | os.PathLike, model: torch.nn.Module, ema: dict[str, to
 
 def _load_one(path: Path, model: torch.nn.Module, ema: dict[str, torch.Tensor], opt: torch.optim.Optimizer,
               model_config: dict[str, Any]) -> dict[str, Any]:
-    meta = read_json(path / "state.json", "training state")
+    meta = read_sealed_json(path / "state.json", "training state")
     if meta.get("format") != STATE_FORMAT or meta.get("format_version") != STATE_VERSION:
         raise CheckpointError(f"{path / 'state.json'} is not a version-{STATE_VERSION} world-model training state")
     if meta.get("model") != model_config:

@@ -24,15 +24,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from worldmodel import threads
+from worldmodel.config_check import SEED, THREADS, Check, above, at_least, check_config, one_of, within
 from worldmodel.errors import ConfigError, DatasetError
 from worldmodel.fileio import sha256_file, write_json
-from worldmodel.latte import Latte, describe, model_config
+from worldmodel.latte import PRESETS, Latte, describe, model_config
 from worldmodel.masking import MaskingConfig
 from worldmodel.model_io import (
     WEIGHTS_NAME,
@@ -42,7 +44,9 @@ from worldmodel.model_io import (
     save_world_model,
 )
 from worldmodel.objective import MaskFlowObjective, ObjectiveConfig, draw_step
+from worldmodel.schedules import SCHEDULERS
 from worldmodel.seeding import seed_everything
+from worldmodel.threads import governor
 from worldmodel.train_data import ShardedSampler, TokenClips
 from worldmodel.train_eval import evaluate
 from worldmodel.train_log import RunLogger
@@ -53,7 +57,7 @@ from worldmodel.train_state import load_state, save_state
 class TrainConfig:
     """Settings of one training run (the keys of ``configs/train.yaml``)."""
 
-    data: Any = ""                  # token dataset directory (from `maskflow tokenize`), or a list of them
+    data: str | list[str] = ""      # token dataset directory (from `maskflow tokenize`), or a list of them
                                     # trained on as one (same tokenizer and actions)
     out: str = "runs/world"         # run directory: model export, state/, logs, curves.png
     size: str = "small"             # tiny | small | base (see worldmodel.latte.PRESETS)
@@ -96,6 +100,29 @@ class TrainConfig:
     vocab_size: int = 0             # 0 = from the dataset's tokenizer (needed only for tokenizer-less data)
     tokenizer: str = ""             # override the tokenizer directory recorded in the dataset
     init: str = ""                  # fine-tune: start from this checkpoint's weights (default | DIR)
+
+    # allowed ranges and choices (types come from the annotations above; see worldmodel.config_check)
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "size": one_of(*PRESETS), "dim": at_least(0, "0 = the preset's"), "depth": at_least(0, "0 = the preset's"),
+        "heads": at_least(0, "0 = the preset's"), "patch": at_least(0, "0 = 2x2"),
+        "temporal": one_of("causal", "bidirectional"), "clip_len": at_least(2, "context plus a predicted frame"),
+        "steps": at_least(1), "batch_size": at_least(1), "lr": above(0), "weight_decay": at_least(0),
+        "warmup_steps": at_least(0), "cooldown_steps": at_least(0, "0 = no decay"), "grad_clip": above(0),
+        "ema_decay": within(0, 1, hi_open=True), "masking": one_of("frame", "constant"),
+        "scheduler": one_of(*SCHEDULERS), "loss_weighting": one_of("fused_snr", "min_snr", "none"),
+        "clean_context_prob": within(0, 1), "token_noise": within(0, 1, hi_open=True),
+        "action_dropout": within(0, 1), "reward_weight": at_least(0), "eval_every": at_least(0, "0 = off"),
+        "eval_clips": at_least(1), "ckpt_every": at_least(1), "log_every": at_least(1), "keep_states": at_least(1),
+        "max_minutes": at_least(0, "0 = no limit"), "seed": SEED, "device": one_of("auto", "cpu", "cuda"),
+        "precision": one_of("auto", "bf16", "fp32"), "threads": THREADS, "nice": at_least(0),
+        "vocab_size": at_least(0, "0 = from the dataset"),
+    }
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first key of a wrong type or out of its range."""
+        check_config(self)
+        if self.cooldown_steps > self.steps:
+            raise ConfigError(f"cooldown_steps must lie in [0, steps={self.steps}], got {self.cooldown_steps}")
 
     def objective(self) -> ObjectiveConfig:
         return ObjectiveConfig(self.scheduler, MaskingConfig(mode=self.masking, weighting=self.loss_weighting,
@@ -252,17 +279,15 @@ def _check_same_data(out: Path, meta: dict, clips: TokenClips) -> None:
 def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
           out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train (or resume) a world model; returns a summary dict (also written to ``OUT/summary.json``)."""
+    cfg.validate()
     rank, world, local_rank = _dist_env()
     roots, out = data_roots(data_root or cfg.data), Path(out_dir or cfg.out)
     data = ",".join(str(r) for r in roots)          # for messages
-    if not 0 <= cfg.cooldown_steps <= cfg.steps:
-        raise ConfigError(f"cooldown_steps={cfg.cooldown_steps} must lie in [0, steps={cfg.steps}]")
     device = _device(cfg.device, local_rank)
     owns_group = world > 1 and not dist.is_initialized()
     if owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    governor(cfg.threads)           # 0: adapt to the cores other processes leave free
     if cfg.nice > 0:
         os.nice(cfg.nice)
     amp = _autocast_dtype(cfg.precision, device)
@@ -329,6 +354,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
 
     model.train()
     while step < cfg.steps and not stop["flag"]:
+        threads.tick()
         t0 = time.time()
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from worldmodel import threads
 from worldmodel.errors import SamplerSettingsError
 from worldmodel.sampling import Sampler, SamplerConfig, make_sampler
 from worldmodel.sampling.rolling import RollingSampler
@@ -163,6 +164,7 @@ class _RolloutBase:
 
     def _sample_frame(self, denoise, actions: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:
         """Run the sampler on one all-mask frame: (b h w) long and the denoiser calls it made."""
+        threads.tick()                  # follow the load of other processes (worldmodel.threads)
         calls = [0]
 
         def counted(tokens, t, a):

@@ -1,12 +1,15 @@
 """Export a trained checkpoint directory as a compact, verifiable release (the shipped default model).
 
     python -m worldmodel.export runs/world worldmodel/assets/world_model [--fp32] [--overwrite]
+    python -m worldmodel.export SRC DST --decoder runs/decoder_small   # with a new decoder (same encoder)
 
 The release holds ``model.safetensors`` + ``model.json`` and ``tokenizer/`` exactly as
 :func:`worldmodel.model_io.load_world_model` reads them, with float32 weights stored as float16
 (halves the size; loading casts back to float32), plus ``SHA256SUMS.json`` recording every file's
 sha256 and where the release came from. :func:`verify_release` checks a release against that record.
-The release is built in a temporary directory beside ``dst`` and renamed into place.
+The release is built in a temporary directory beside ``dst`` and renamed into place. ``--decoder``
+first swaps in a tokenizer trained on the checkpoint's frozen encoder
+(:func:`worldmodel.model_io.swap_decoder`, which refuses any other encoder).
 
 Provenance paths in ``model.json`` (where the release, its init and its tokenizer came from, the
 training run's data and out) are stored relative to the working directory, or as the bare folder
@@ -79,7 +82,7 @@ def _portable(v: Any) -> Any:
 def _portable_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """``meta`` with every provenance path made :func:`portable_path`."""
     meta = dict(meta)
-    for section, keys in (("init", ("path",)), ("tokenizer", ("source",)),
+    for section, keys in (("init", ("path",)), ("tokenizer", ("source",)), ("decoder_swap", ("checkpoint",)),
                           ("train_config", ("data", "out", "init", "tokenizer"))):
         rec = meta.get(section)
         if isinstance(rec, dict):
@@ -88,20 +91,32 @@ def _portable_meta(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool = True,
-                      overwrite: bool = False, notes: dict[str, Any] | None = None) -> Path:
-    """Write a release of checkpoint ``src`` to ``dst``; returns ``dst``. Loads it back to check it."""
+                      overwrite: bool = False, notes: dict[str, Any] | None = None,
+                      decoder: str | os.PathLike | None = None) -> Path:
+    """Write a release of checkpoint ``src`` to ``dst``; returns ``dst``. Loads it back to check it.
+    ``decoder``: a tokenizer with ``src``'s encoder whose decoder replaces the one in ``src``."""
     from worldmodel.model_io import (
         CONFIG_NAME,
         TOKENIZER_DIR,
         WEIGHTS_NAME,
         load_world_model,
         read_world_model_meta,
+        resolve_checkpoint,
         sealed_files,
+        swap_decoder,
     )
     from worldmodel.tokenizer import CONFIG_NAME as TOK_CONFIG
     from worldmodel.tokenizer import WEIGHTS_NAME as TOK_WEIGHTS
+    from worldmodel.tokenizer_identity import identity_of_dir
 
     src, dst = Path(src), Path(dst)
+    if decoder is not None:
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{dst.name}-swap-", dir=dst.parent) as work:
+            swapped = swap_decoder(src, decoder, Path(work) / "swapped")
+            return export_checkpoint(swapped, dst, half=half, overwrite=overwrite,
+                                     notes={"source": portable_path(resolve_checkpoint(src).resolve()),
+                                            **dict(notes or {})})
     meta = read_world_model_meta(src)
     if dst.exists() and any(dst.iterdir()) and not overwrite:
         raise CheckpointError(f"{dst} is not empty; pass --overwrite to replace it")
@@ -119,12 +134,14 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool
         tok_meta = read_json(src / TOKENIZER_DIR / TOK_CONFIG, "tokenizer config")
         if INTEGRITY_KEY in tok_meta:       # its weights may now be halved: record the exported bytes
             tok_meta.pop(INTEGRITY_KEY)
+            if "encoder_sha256" in tok_meta:    # halving rounds an fp32 encoder: identities of what is written
+                tok_meta.update(_identity(tmp / TOKENIZER_DIR / TOK_WEIGHTS, tok_meta["config"]))
             write_sealed_json(tmp / TOKENIZER_DIR / TOK_CONFIG, tok_meta, files=(TOK_WEIGHTS,))
         else:                               # a release from before sealed JSONs: keep its bytes
             shutil.copy2(src / TOKENIZER_DIR / TOK_CONFIG, tmp / TOKENIZER_DIR / TOK_CONFIG)
         # the model.json records its tokenizer's sha256: point it at the exported copy
         meta.pop("path", None)
-        meta["tokenizer"] = {**meta["tokenizer"], "weights_sha256": sha256_file(tmp / TOKENIZER_DIR / TOK_WEIGHTS)}
+        meta["tokenizer"] = {**meta["tokenizer"], **identity_of_dir(tmp / TOKENIZER_DIR)}
         if "env_kwargs" not in meta:
             meta["env_kwargs"] = recorded_env_kwargs(meta)
         meta = _portable_meta(meta)
@@ -144,6 +161,13 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool
         if tmp.exists():
             shutil.rmtree(tmp)
     return dst
+
+
+def _identity(weights: Path, config: dict[str, Any]) -> dict[str, str]:
+    from worldmodel.tokenizer import TokenizerConfig
+    from worldmodel.tokenizer_identity import tokenizer_identity
+
+    return tokenizer_identity(TokenizerConfig.from_dict(config).to_dict(), load_weights(weights))
 
 
 def recorded_env_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
@@ -174,8 +198,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dst", help="release directory (e.g. worldmodel/assets/world_model)")
     parser.add_argument("--fp32", action="store_true", help="keep float32 weights")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing release")
+    parser.add_argument("--decoder", metavar="TOKENIZER", default=None,
+                        help="a tokenizer trained on src's frozen encoder (train-tokenizer freeze_encoder=true) "
+                             "whose decoder replaces src's")
     args = parser.parse_args(argv)
-    out = export_checkpoint(args.src, args.dst, half=not args.fp32, overwrite=args.overwrite)
+    out = export_checkpoint(args.src, args.dst, half=not args.fp32, overwrite=args.overwrite, decoder=args.decoder)
     total = read_json(out / SUMS_NAME)["bytes"]
     print(f"release written to {out} ({total / 1e6:.1f} MB)")
 

@@ -9,7 +9,10 @@
 has the weights it describes. It records the sha256 of the weights and of the tokenizer's files and a
 digest of its own content (see :func:`worldmodel.fileio.write_sealed_json`); a release also carries
 ``SHA256SUMS.json``. ``load_world_model(DIR)`` checks all of these, then rebuilds the model and
-tokenizer from these files alone and checks that they belong together. A checkpoint may name only
+tokenizer from these files alone and checks that they belong together: the tokenizer's encoder must
+be the one the model was trained with (``tokenizer.encoder_sha256``; the whole file's sha256 for
+checkpoints that predate it), while its decoder may be a newer one (:func:`swap_decoder`,
+``python -m worldmodel.export SRC DST --decoder TOKENIZER``). A checkpoint may name only
 one of this project's registered env ids (``envs.ENV_IDS``): the id is later given to ``gym.make``,
 whose ``module:Env`` form would import any installed module.
 """
@@ -42,6 +45,7 @@ from worldmodel.fileio import (
     write_sealed_json,
 )
 from worldmodel.latte import Latte, ModelConfig
+from worldmodel.tokenizer_identity import identity_of_dir, short, tokenizer_identity
 
 FORMAT = "maskflow-world-model"
 FORMAT_VERSION = 1
@@ -102,7 +106,6 @@ def save_world_model(out_dir: str | os.PathLike, cfg: ModelConfig, weights: Mapp
                      train_config: Mapping[str, Any] | None = None,
                      extra: Mapping[str, Any] | None = None) -> Path:
     """Write a self-contained checkpoint directory (weights, tokenizer copy, then ``model.json``)."""
-    from worldmodel.tokenizer import WEIGHTS_NAME as TOK_WEIGHTS
     from worldmodel.tokenizer import read_tokenizer_meta
 
     out = Path(out_dir)
@@ -115,8 +118,7 @@ def save_world_model(out_dir: str | os.PathLike, cfg: ModelConfig, weights: Mapp
             raise CheckpointError(f"tokenizer {tokenizer_dir} (vocabulary {tmeta['vocab_size']}, grid "
                                   f"{tmeta['token_grid']}) does not match the model (vocabulary {cfg.vocab_size}, "
                                   f"grid {list(cfg.token_grid)})")
-        tok_record = {"dir": TOKENIZER_DIR, "source": str(tokenizer_dir),
-                      "weights_sha256": sha256_file(out / TOKENIZER_DIR / TOK_WEIGHTS)}
+        tok_record = {"dir": TOKENIZER_DIR, "source": str(tokenizer_dir), **identity_of_dir(out / TOKENIZER_DIR)}
     save_weights(out / WEIGHTS_NAME, weights, metadata={"format": FORMAT, "config_sha256": config_digest(cfg)})
     write_sealed_json(out / CONFIG_NAME, {
         "format": FORMAT, "format_version": FORMAT_VERSION, "model": cfg.to_dict(),
@@ -203,14 +205,99 @@ def load_world_model(path: str | os.PathLike, device: str | torch.device = "cpu"
     tokenizer = None
     rec = meta.get("tokenizer")
     if rec is not None:
-        from worldmodel.tokenizer import WEIGHTS_NAME as TOK_WEIGHTS
-
         tdir = p / rec.get("dir", TOKENIZER_DIR)
-        if rec.get("weights_sha256") and (tdir / TOK_WEIGHTS).is_file() \
-                and sha256_file(tdir / TOK_WEIGHTS) != rec["weights_sha256"]:
-            raise CheckpointError(f"{tdir / TOK_WEIGHTS} is not the tokenizer this model was trained with "
-                                  f"(sha256 differs from {p / CONFIG_NAME}); restore the original tokenizer/")
+        _check_tokenizer_record(rec, tdir, p / CONFIG_NAME)
         tokenizer = load_tokenizer(tdir, expect={"vocab_size": cfg.vocab_size, "token_grid": list(cfg.token_grid)},
                                    device=device)
+        # callers compare the encoder identity with token datasets' (older model.json files lack it)
+        meta["tokenizer"] = {**tokenizer_identity(tokenizer.cfg.to_dict(), tokenizer.state_dict()), **rec}
     meta["path"] = str(p)
     return model.to(device).eval(), tokenizer, meta
+
+
+def _check_tokenizer_record(rec: Mapping[str, Any], tdir: Path, source: Path) -> None:
+    """Refuse a tokenizer whose token ids are not those the model was trained on: a different encoder
+    (``encoder_sha256``), or, for a record that predates encoder identities, a different file."""
+    from worldmodel.tokenizer import WEIGHTS_NAME as TOK_WEIGHTS
+
+    if not (tdir / TOK_WEIGHTS).is_file():
+        return                                        # load_tokenizer names the missing file
+    if rec.get("weights_sha256") and sha256_file(tdir / TOK_WEIGHTS) == rec["weights_sha256"]:
+        return                                        # the very file it was trained with
+    if rec.get("encoder_sha256"):
+        try:
+            have = identity_of_dir(tdir)["encoder_sha256"]
+        except CheckpointError as e:
+            raise CheckpointError(f"{tdir / TOK_WEIGHTS} is not the tokenizer this model was trained with (sha256 "
+                                  f"differs from {source}) and cannot be checked for the same encoder: {e}") from e
+        if have != rec["encoder_sha256"]:
+            raise CheckpointError(f"{tdir} has a different encoder (encoder sha256 {short(have)}…) than the "
+                                  f"tokenizer this model was trained with ({short(rec['encoder_sha256'])}… in "
+                                  f"{source}): the token ids would mean other things; restore the original "
+                                  "tokenizer/ (only its decoder may be replaced)")
+    elif rec.get("weights_sha256"):
+        raise CheckpointError(f"{tdir / TOK_WEIGHTS} is not the tokenizer this model was trained with (sha256 "
+                              f"differs from {source}, which predates encoder identities, so the whole file must "
+                              "match); restore the original tokenizer/, or swap its decoder with "
+                              "worldmodel.model_io.swap_decoder, which checks the encoder")
+
+
+def swap_decoder(checkpoint: str | os.PathLike, tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                 overwrite: bool = False) -> Path:
+    """Write ``out_dir``: checkpoint ``checkpoint``'s world model with the tokenizer at ``tokenizer_dir``,
+    whose encoder must be the checkpoint tokenizer's (e.g. a decoder trained with ``maskflow
+    train-tokenizer init=CHECKPOINT freeze_encoder=true``). The token ids, hence the world model, are
+    unchanged; only the frames they decode to differ. Returns ``out_dir``.
+
+    Refuses (:class:`CheckpointError`) a tokenizer with a different encoder, a checkpoint whose own
+    tokenizer does not match its record, and a non-empty ``out_dir`` unless ``overwrite`` (which
+    replaces only a world-model checkpoint).
+    """
+    from worldmodel.fileio import check_replaceable
+    from worldmodel.tokenizer import load_tokenizer, resolve_tokenizer_dir
+
+    src = resolve_checkpoint(checkpoint)
+    meta = read_world_model_meta(src)
+    verify_checkpoint(src, meta)
+    rec = meta.get("tokenizer")
+    if rec is None:
+        raise CheckpointError(f"{src} carries no tokenizer, so there is no encoder to keep; nothing to swap")
+    old_dir = src / rec.get("dir", TOKENIZER_DIR)
+    _check_tokenizer_record(rec, old_dir, src / CONFIG_NAME)          # the old file is the trained-with one
+    old = identity_of_dir(old_dir)
+    new_dir = resolve_tokenizer_dir(tokenizer_dir)
+    new = identity_of_dir(new_dir)
+    if new["encoder_sha256"] != old["encoder_sha256"]:
+        raise CheckpointError(f"{new_dir} has a different encoder (encoder sha256 {short(new['encoder_sha256'])}…) "
+                              f"than {src}'s tokenizer ({short(old['encoder_sha256'])}…): the token ids would mean "
+                              "other things. Train a decoder on this encoder: `maskflow train-tokenizer "
+                              f"init={src} freeze_encoder=true ...`")
+    cfg = ModelConfig(**meta["model"])
+    load_tokenizer(new_dir, expect={"vocab_size": cfg.vocab_size, "token_grid": list(cfg.token_grid)})
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise CheckpointError(f"{out} is not empty; choose another output or pass overwrite=True")
+        check_replaceable(out, own=lambda q: (q / CONFIG_NAME).is_file(), what=f"a world model ({CONFIG_NAME})",
+                          inputs=(src, new_dir))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        shutil.copy2(src / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
+        _copy_tokenizer(new_dir, tmp / TOKENIZER_DIR)
+        for key in (INTEGRITY_KEY, "path"):
+            meta.pop(key, None)
+        swap = {"checkpoint": str(src), "old_tokenizer": {k: old[k] for k in ("weights_sha256", "decoder_sha256")}}
+        if "release" in meta:                          # not a release any more: no SHA256SUMS.json here
+            swap["release"] = meta.pop("release")
+        meta["decoder_swap"] = swap
+        meta["tokenizer"] = {**rec, "dir": TOKENIZER_DIR, "source": str(tokenizer_dir), **new}
+        write_sealed_json(tmp / CONFIG_NAME, meta, files=sealed_files(tmp))
+        load_world_model(tmp)                          # refuse to write something that does not load
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out

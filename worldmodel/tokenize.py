@@ -32,16 +32,16 @@ from envs.dataset import (
 from worldmodel import threads
 from worldmodel.config_check import DEVICE, THREADS, Check, at_least, check_config
 from worldmodel.errors import ConfigError, DatasetError
-from worldmodel.fileio import check_replaceable, is_temp_name, remove_entries, sha256_file
+from worldmodel.fileio import check_replaceable, is_temp_name, remove_entries
 from worldmodel.threads import governor
 from worldmodel.tokenizer import (
-    WEIGHTS_NAME,
     FrameTokenizer,
     load_tokenizer,
     read_tokenizer_meta,
     resolve_device,
     resolve_tokenizer_dir,
 )
+from worldmodel.tokenizer_identity import identity_of_dir, same_encoder
 
 COPIED = ("actions", "rewards", "terminated", "truncated")
 
@@ -67,10 +67,11 @@ class TokenizeConfig:
 
 
 def tokenizer_record(tokenizer_dir: str | os.PathLike) -> dict[str, Any]:
-    """What identifies a tokenizer in a token dataset's manifest: its JSON and the sha256 of its weights."""
+    """What identifies a tokenizer in a token dataset's manifest: its JSON, the sha256 of its weights and
+    its encoder / decoder identities (the tokens depend only on the encoder; see tokenizer_identity)."""
     p = resolve_tokenizer_dir(tokenizer_dir)
     meta = read_tokenizer_meta(p)
-    return {"path": str(p.resolve()), "weights_sha256": sha256_file(p / WEIGHTS_NAME),
+    return {"path": str(p.resolve()), **identity_of_dir(p),
             "vocab_size": meta["vocab_size"], "token_grid": meta["token_grid"], "resolution": meta["resolution"],
             "config": meta["config"], "format_version": meta["format_version"]}
 
@@ -103,10 +104,12 @@ def _prepare_output(out: Path, src_root: Path, record: dict[str, Any], overwrite
         old = load_manifest(out)
     except DatasetError:
         old = None
+    # a tokenizer with the same encoder gives the same ids, whatever its decoder: resume, recording it
     same = (old is not None and old.get("kind") == "tokens"
-            and old.get("tokenizer", {}).get("weights_sha256") == record["weights_sha256"]
+            and same_encoder(old.get("tokenizer") or {}, record)
             and old.get("source", {}).get("path") == str(src_root.resolve()))
     if same:
+        old["tokenizer"] = record
         return old
     if not overwrite:
         why = "is not a token dataset" if old is None or old.get("kind") != "tokens" else \

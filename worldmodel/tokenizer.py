@@ -54,7 +54,7 @@ class TokenizerConfig:
         downsample: pixels per token side: 4 → 16×16 tokens, 8 → 8×8 tokens.
         widths: channel width at each resolution level, full resolution first; its length must be
             log2(downsample) + 1.
-        res_blocks: residual blocks per level (encoder and decoder).
+        res_blocks: residual blocks per level (encoder, and decoder unless ``decoder_res_blocks`` is set).
         norm: "pixel" normalises channels at each position (tokens then depend only on local content,
             not on statistics of the whole frame); "group" is GroupNorm over space (VQGAN-style).
         quantizer: "fsq" (finite scalar quantisation: fixed implicit codebook, no dead codes) or "vq"
@@ -63,6 +63,9 @@ class TokenizerConfig:
         vq_codebook_size, vq_dim: VQ vocabulary and code width.
         vq_decay: EMA decay of the VQ codebook.
         vq_dead_code_threshold: a VQ code whose EMA usage count falls below this is re-seeded.
+        decoder_widths, decoder_res_blocks: the decoder's own widths (full resolution first, as many
+            levels as ``widths``) and residual blocks; None = the encoder's. A bigger decoder trained on
+            a frozen encoder sharpens frames without changing a token id (see tokenizer_identity).
     """
 
     resolution: int = 64
@@ -76,9 +79,13 @@ class TokenizerConfig:
     vq_dim: int = 16
     vq_decay: float = 0.99
     vq_dead_code_threshold: float = 2.0
+    decoder_widths: tuple[int, ...] | None = None
+    decoder_res_blocks: int | None = None
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)
+        if self.decoder_widths is not None:
+            self.decoder_widths = tuple(int(w) for w in self.decoder_widths)
         self.fsq_levels = tuple(int(v) for v in self.fsq_levels)
         if self.downsample not in (2, 4, 8, 16) or self.resolution % self.downsample:
             raise ConfigError(f"tokenizer downsample={self.downsample} must be 2, 4, 8 or 16 and divide "
@@ -86,6 +93,11 @@ class TokenizerConfig:
         levels = int(math.log2(self.downsample)) + 1
         if len(self.widths) != levels:
             raise ConfigError(f"tokenizer widths {self.widths} must have log2(downsample)+1 = {levels} entries")
+        if self.decoder_widths is not None and len(self.decoder_widths) != levels:
+            raise ConfigError(f"tokenizer decoder_widths {self.decoder_widths} must have log2(downsample)+1 = "
+                              f"{levels} entries")
+        if self.decoder_res_blocks is not None and self.decoder_res_blocks < 0:
+            raise ConfigError(f"tokenizer decoder_res_blocks={self.decoder_res_blocks} must be >= 0")
         if self.quantizer not in ("fsq", "vq"):
             raise ConfigError(f"tokenizer quantizer={self.quantizer!r}; use 'fsq' or 'vq'")
         if self.norm not in ("pixel", "group"):
@@ -104,9 +116,21 @@ class TokenizerConfig:
         side = self.resolution // self.downsample
         return (side, side)
 
+    @property
+    def dec_widths(self) -> tuple[int, ...]:
+        """The decoder's widths, full resolution first."""
+        return self.widths if self.decoder_widths is None else self.decoder_widths
+
+    @property
+    def dec_res_blocks(self) -> int:
+        """The decoder's residual blocks per level."""
+        return self.res_blocks if self.decoder_res_blocks is None else self.decoder_res_blocks
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """Plain-JSON form (tuples become lists). Unset decoder keys are left out, so a tokenizer whose
+        decoder mirrors its encoder has the JSON and config digest it had before those keys existed."""
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {k: v for k, v in d.items() if not (k.startswith("decoder_") and v is None)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TokenizerConfig:
@@ -131,21 +155,35 @@ TOKENIZER_PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_FSQ_LEVELS: dict[int, tuple[int, ...]] = {4: (8, 5, 5, 5), 8: (7, 5, 5, 5, 5)}
 
 
-def tokenizer_config(size: str = "small", downsample: int = 4, **overrides: Any) -> TokenizerConfig:
-    """Build a :class:`TokenizerConfig` from a size preset (tiny|small|base) and downsampling 4|8.
-
-    FSQ levels default to 1000 codes at downsampling 4 and 4375 at 8; ``None`` overrides are ignored."""
+def preset_widths(size: str, downsample: int) -> tuple[tuple[int, ...], int]:
+    """(widths, res_blocks) of size preset ``size`` (tiny|small|base) at downsampling ``downsample``."""
     if size not in TOKENIZER_PRESETS:
         raise ConfigError(f"unknown tokenizer size {size!r}; choose one of {sorted(TOKENIZER_PRESETS)}")
     preset = TOKENIZER_PRESETS[size]
     if downsample not in (2, 4, 8, 16):
         raise ConfigError(f"tokenizer downsample={downsample}; use 4 (16×16 tokens) or 8 (8×8 tokens)")
     n = int(math.log2(downsample)) + 1
-    widths = tuple(preset["base_width"] * min(2**i, preset["max_mult"]) for i in range(n))
-    kwargs: dict[str, Any] = dict(downsample=downsample, widths=widths, res_blocks=preset["res_blocks"],
+    return tuple(preset["base_width"] * min(2**i, preset["max_mult"]) for i in range(n)), preset["res_blocks"]
+
+
+def with_decoder(cfg: TokenizerConfig, decoder_size: str) -> TokenizerConfig:
+    """``cfg`` with the decoder of size preset ``decoder_size`` (the encoder side unchanged)."""
+    widths, blocks = preset_widths(decoder_size, cfg.downsample)
+    return dataclasses.replace(cfg, decoder_widths=widths, decoder_res_blocks=blocks)
+
+
+def tokenizer_config(size: str = "small", downsample: int = 4, decoder_size: str | None = None,
+                     **overrides: Any) -> TokenizerConfig:
+    """Build a :class:`TokenizerConfig` from a size preset (tiny|small|base) and downsampling 4|8.
+
+    FSQ levels default to 1000 codes at downsampling 4 and 4375 at 8; ``None`` overrides are ignored.
+    ``decoder_size`` gives the decoder a preset of its own (default: the encoder's)."""
+    widths, blocks = preset_widths(size, downsample)
+    kwargs: dict[str, Any] = dict(downsample=downsample, widths=widths, res_blocks=blocks,
                                   fsq_levels=DEFAULT_FSQ_LEVELS.get(downsample, (8, 5, 5, 5)))
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
-    return TokenizerConfig(**kwargs)
+    cfg = TokenizerConfig(**kwargs)
+    return with_decoder(cfg, decoder_size) if decoder_size else cfg
 
 
 class PixelNorm(nn.Module):
@@ -207,12 +245,12 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: TokenizerConfig, latent_dim: int):
         super().__init__()
-        w = cfg.widths[::-1]
+        w, blocks = cfg.dec_widths[::-1], cfg.dec_res_blocks
         self.conv_in = nn.Conv2d(latent_dim, w[0], 3, padding=1)
-        layers: list[nn.Module] = [ResBlock(w[0], w[0], cfg.norm) for _ in range(cfg.res_blocks)]
+        layers: list[nn.Module] = [ResBlock(w[0], w[0], cfg.norm) for _ in range(blocks)]
         for i in range(len(w) - 1):
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w[i], w[i + 1], 3, padding=1)]
-            layers += [ResBlock(w[i + 1], w[i + 1], cfg.norm) for _ in range(cfg.res_blocks)]
+            layers += [ResBlock(w[i + 1], w[i + 1], cfg.norm) for _ in range(blocks)]
         self.body = nn.Sequential(*layers)
         self.norm_out = _norm(cfg.norm, w[-1])
         self.conv_out = nn.Conv2d(w[-1], 3, 3, padding=1)
@@ -366,17 +404,20 @@ def config_digest(cfg: TokenizerConfig) -> str:
 
 def save_tokenizer(model: FrameTokenizer, out_dir: str | os.PathLike,
                    provenance: Mapping[str, Any] | None = None) -> Path:
-    """Write ``tokenizer.safetensors`` + ``tokenizer.json`` (config, format version, provenance) atomically."""
+    """Write ``tokenizer.safetensors`` + ``tokenizer.json`` (config, format version, encoder and decoder
+    identities, provenance) atomically."""
+    from worldmodel.tokenizer_identity import tokenizer_identity
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg
     prov = dict(model.provenance, **(provenance or {}))
-    save_weights(out / WEIGHTS_NAME, model.state_dict(),
-                 metadata={"format": FORMAT, "config_sha256": config_digest(cfg)})
+    state = model.state_dict()
+    save_weights(out / WEIGHTS_NAME, state, metadata={"format": FORMAT, "config_sha256": config_digest(cfg)})
     write_sealed_json(out / CONFIG_NAME, {
         "format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_dict(),
         "vocab_size": cfg.vocab_size, "token_grid": list(cfg.token_grid), "resolution": cfg.resolution,
-        "provenance": prov,
+        **tokenizer_identity(cfg.to_dict(), state), "provenance": prov,
     }, files=(WEIGHTS_NAME,))
     return out
 

@@ -1,5 +1,6 @@
 """Files of a tokenizer training run: frames in (from a frames dataset), resumable full state out.
 
+A run may start from a trained tokenizer (``init=``): :func:`load_init` copies its weights in.
 A training checkpoint is a directory ``checkpoints/step-NNNNNNNN/`` holding ``state.safetensors``
 (model, EMA, discriminator and optimizer tensors, torch RNG) and ``state.json`` (counters, optimizer
 hyper-parameters, NumPy/Python RNG, the log rows, the run config). It is written to a temp directory
@@ -33,14 +34,17 @@ from worldmodel.fileio import (
     write_json,
     write_sealed_json,
 )
+from worldmodel.tokenizer import FrameTokenizer, load_tokenizer, resolve_tokenizer_dir
+from worldmodel.tokenizer_identity import ENCODER_PREFIXES, tokenizer_identity
 
 if TYPE_CHECKING:
     from worldmodel.tokenizer_training import Trainer
 
 STATE_FORMAT = "maskflow-tokenizer-train-state"
 STATE_VERSION = 1
-# keys of TokenizerTrainConfig that change the shapes of saved tensors: must match to resume
-ARCH_KEYS = ("size", "downsample", "quantizer", "fsq_levels", "vq_codebook_size", "norm", "disc_width")
+# keys of TokenizerTrainConfig that change the shapes of saved tensors or what is trained: must match to resume
+ARCH_KEYS = ("size", "downsample", "quantizer", "fsq_levels", "vq_codebook_size", "norm", "disc_width",
+             "init", "freeze_encoder", "decoder_size")
 
 
 def _flatten_optimizer(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -141,7 +145,9 @@ def _load_one(tr: Trainer, path: Path, rng: np.random.Generator) -> list[dict[st
     meta = read_sealed_json(path / "state.json", "training state")
     if meta.get("format") != STATE_FORMAT or meta.get("format_version") != STATE_VERSION:
         raise CheckpointError(f"{path / 'state.json'} is not a version-{STATE_VERSION} tokenizer training state")
-    saved, now = meta["config"], dataclasses.asdict(tr.cfg)
+    # a state saved before a key existed ran with its default
+    defaults = {f.name: f.default for f in dataclasses.fields(tr.cfg)}
+    saved, now = {**defaults, **meta["config"]}, dataclasses.asdict(tr.cfg)
     diff = {k: (saved.get(k), now[k]) for k in ARCH_KEYS
             if (list(saved[k]) if isinstance(saved.get(k), list | tuple) else saved.get(k))
             != (list(now[k]) if isinstance(now[k], tuple) else now[k])}
@@ -162,6 +168,30 @@ def _load_one(tr: Trainer, path: Path, rng: np.random.Generator) -> list[dict[st
     tr.step, tr.lr_scale, tr.restores = int(meta["step"]), float(meta["lr_scale"]), int(meta["restores"])
     tr.train_seconds, tr.loss_ema, tr.unique_ema = meta["train_seconds"], meta["loss_ema"], meta["unique_ema"]
     return list(meta["rows"])
+
+
+def init_tokenizer_dir(init: str) -> Path:
+    """The tokenizer of ``init=``: "default" → the shipped world model's; else a tokenizer, train-tokenizer
+    run or world-model checkpoint directory."""
+    if init == "default":
+        from worldmodel.model_io import TOKENIZER_DIR, resolve_checkpoint
+
+        return resolve_checkpoint("default") / TOKENIZER_DIR
+    return resolve_tokenizer_dir(init)
+
+
+def load_init(model: FrameTokenizer, init: str) -> dict[str, Any]:
+    """Copy the init tokenizer's encoder and quantizer into ``model`` (and its decoder when the
+    architectures agree); returns the init's record for the provenance."""
+    src_dir = init_tokenizer_dir(init)
+    src = load_tokenizer(src_dir)
+    same_decoder = (src.cfg.dec_widths, src.cfg.dec_res_blocks) == (model.cfg.dec_widths, model.cfg.dec_res_blocks)
+    keep = ENCODER_PREFIXES + (("decoder.",) if same_decoder else ())
+    state = {k: v for k, v in src.state_dict().items() if k.startswith(keep)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("decoder.") for k in missing), (missing, unexpected)
+    return {"init": str(init), "path": str(src_dir), "decoder_from_init": same_decoder,
+            **tokenizer_identity(src.cfg.to_dict(), src.state_dict())}
 
 
 def load_frames_for_training(root: str | os.PathLike, max_train_frames: int = 0, holdout_episodes: int = 4

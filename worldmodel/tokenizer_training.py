@@ -6,6 +6,11 @@ trained from scratch (hinge loss) adds an adversarial term whose weight ramps up
 as in VQGAN). A guard skips NaN / spiking / code-collapsing steps and, if they persist, restores
 the last good in-memory snapshot with half the learning rate. The exported tokenizer is the EMA.
 
+``init=default|DIR`` starts from a trained tokenizer; with ``freeze_encoder=true`` its encoder and
+quantizer are loaded and frozen (no gradients, eval mode, not in the optimizer) and only the decoder
+(of its own size with ``decoder_size=``) and the discriminator train, so the exported tokenizer gives
+exactly the init's token ids and its decoder can replace the old one under a trained world model.
+
 Output directory: ``train_log.csv``, ``curves.png``, ``samples.png``, ``checkpoints/`` (resumable
 full state), ``tokenizer/`` (the exported EMA model), ``summary.json``.
 
@@ -48,14 +53,18 @@ from worldmodel.tokenizer import (
     TOKENIZER_PRESETS,
     TokenizerConfig,
     build_tokenizer,
+    read_tokenizer_meta,
     resolve_device,
     save_tokenizer,
     tokenizer_config,
+    with_decoder,
 )
 from worldmodel.tokenizer_eval import Episodes, evaluate_tokenizer, preview_frames, save_recon_grid
 from worldmodel.tokenizer_io import (
     catch_stop_signals,
+    init_tokenizer_dir,
     load_frames_for_training,
+    load_init,
     load_train_state,
     restore_signals,
     save_train_state,
@@ -83,6 +92,13 @@ class TokenizerTrainConfig:
         spike_factor, guard_patience, guard_every, max_restores, collapse_ratio: divergence guard.
         eval_every, eval_frames, final_eval_frames, log_every, ckpt_every, keep_checkpoints: bookkeeping.
         seed, device, max_minutes: randomness, "cpu" | "cuda" | "auto", optional wall-clock budget.
+        init: "" (a fresh tokenizer), "default" (the shipped world model's tokenizer) or a tokenizer /
+            train-tokenizer run / world-model checkpoint directory to start from; with it the encoder
+            side is the init's (size, downsample, quantizer, fsq_levels, vq_codebook_size, norm unused).
+        freeze_encoder: keep the init's encoder and quantizer fixed (the token ids stay the init's); only
+            the decoder and the discriminator train.
+        decoder_size: "" = the decoder of the init (its weights too) or mirroring the encoder; tiny | small
+            | base = a fresh decoder of that preset.
     """
 
     size: str = "small"
@@ -123,6 +139,9 @@ class TokenizerTrainConfig:
     seed: int = 0
     device: str = "cpu"
     max_minutes: float = 0.0
+    init: str = ""
+    freeze_encoder: bool = False
+    decoder_size: str = ""
 
     # keys `maskflow train-tokenizer` reads beside the fields (they do not change the trained model)
     CLI_KEYS: ClassVar[dict[str, Any]] = {"data": str, "out": str, "threads": int, "max_train_frames": int}
@@ -141,6 +160,7 @@ class TokenizerTrainConfig:
         "ckpt_every": at_least(1), "keep_checkpoints": at_least(1), "seed": SEED, "device": DEVICE,
         "max_minutes": at_least(0, "0 = no limit"), "threads": THREADS,
         "max_train_frames": at_least(0, "0 = all train frames"),
+        "decoder_size": one_of("", *TOKENIZER_PRESETS, note="'' = the init's decoder, or the encoder's size"),
     }
 
     def __post_init__(self) -> None:
@@ -151,11 +171,17 @@ class TokenizerTrainConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first key of a wrong type or out of its range."""
         check_config(self)
+        if self.freeze_encoder and not self.init:
+            raise ConfigError("freeze_encoder=true needs init=default|DIR: the tokenizer whose encoder to keep")
 
     def model_config(self) -> TokenizerConfig:
-        """The architecture this run trains."""
+        """The architecture this run trains (with ``init``: the init's encoder side)."""
+        if self.init:
+            cfg = TokenizerConfig.from_dict(read_tokenizer_meta(init_tokenizer_dir(self.init))["config"])
+            return with_decoder(cfg, self.decoder_size) if self.decoder_size else cfg
         return tokenizer_config(self.size, self.downsample, quantizer=self.quantizer, fsq_levels=self.fsq_levels,
-                                vq_codebook_size=self.vq_codebook_size, norm=self.norm)
+                                vq_codebook_size=self.vq_codebook_size, norm=self.norm,
+                                decoder_size=self.decoder_size or None)
 
     @classmethod
     def from_mapping(cls, d: Any) -> TokenizerTrainConfig:
@@ -214,9 +240,10 @@ def sample_batch(frames: np.ndarray, batch: int, rng: np.random.Generator, flip:
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """EMA of parameters; buffers (e.g. a VQ codebook, itself an EMA) are copied."""
-    ep, mp = list(ema.parameters()), list(model.parameters())
-    torch._foreach_lerp_(ep, mp, 1.0 - decay)
+    """EMA of the trained parameters (frozen ones stay bit-identical); buffers (e.g. a VQ codebook,
+    itself an EMA) are copied."""
+    pairs = [(e, m) for e, m in zip(ema.parameters(), model.parameters()) if m.requires_grad]
+    torch._foreach_lerp_([e for e, _ in pairs], [m for _, m in pairs], 1.0 - decay)
     for eb, mb in zip(ema.buffers(), model.buffers()):
         eb.copy_(mb)
 
@@ -226,11 +253,16 @@ class Trainer:
 
     def __init__(self, cfg: TokenizerTrainConfig, device: torch.device):
         self.cfg, self.device = cfg, device
-        self.model = build_tokenizer(cfg.model_config()).to(device).train()
+        self.model = build_tokenizer(cfg.model_config()).train()
+        self.init = load_init(self.model, cfg.init) if cfg.init else None
+        if cfg.freeze_encoder:                         # the token ids must stay exactly the init's
+            self.model.encoder.requires_grad_(False)
+            self.model.quantizer.requires_grad_(False)
+        self.model.to(device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.disc = PatchDiscriminator(cfg.disc_width).to(device).to(memory_format=torch.channels_last)
-        self.opt_g = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
-                                       weight_decay=cfg.weight_decay)
+        self.opt_g = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr,
+                                       betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9),
                                        weight_decay=cfg.weight_decay)
         self.step, self.lr_scale, self.restores, self.train_seconds, self.consecutive_bad = 0, 1.0, 0, 0.0, 0
@@ -266,6 +298,15 @@ class Trainer:
         self.lr_scale *= 0.5
         return f"step {self.step}: {reason}; restored last good state, lr scale now {self.lr_scale:g}"
 
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Frames (b, 3, y, x) -> (reconstruction, ids (b, h, w), quantizer aux loss); a frozen encoder
+        runs in eval mode without gradients."""
+        if not self.cfg.freeze_encoder:
+            return self.model(x)
+        with torch.no_grad():
+            q, ids, aux = self.model.quantizer.eval()(self.model.encoder.eval()(x))
+        return self.model.decoder(q), ids, aux
+
     def train_step(self, x: torch.Tensor) -> tuple[str | None, dict[str, float]]:
         """One generator (+ discriminator) update on a batch (b, 3, y, x). Returns (problem or None, logs)."""
         cfg, step = self.cfg, self.step
@@ -273,7 +314,7 @@ class Trainer:
         for g in self.opt_g.param_groups:
             g["lr"] = lr
         disc_on = 0 <= cfg.disc_start <= step
-        recon, ids, aux = self.model(x)
+        recon, ids, aux = self.forward(x)
         rec = recon_loss(cfg, recon, x)
         loss = rec + cfg.quant_weight * aux
         logs = {"tokenizer/train/recon": rec.item(), "tokenizer/train/quant": aux.item(), "tokenizer/train/lr": lr,
@@ -407,9 +448,12 @@ def train_tokenizer(cfg: TokenizerTrainConfig, train_source: np.ndarray, val_fra
     tok_dir = out / "tokenizer"
     prov = dict(provenance or {}, steps=tr.step, train_seconds=round(tr.train_seconds, 1), restores=tr.restores,
                 train_frames=int(len(train_source)), train_config=dataclasses.asdict(cfg), eval=final)
+    if tr.init is not None:
+        prov["init"] = dict(tr.init, frozen_encoder=cfg.freeze_encoder)
     save_tokenizer(tr.ema, tok_dir, provenance=prov)
     summary = {"steps": tr.step, "complete": tr.step >= cfg.steps, "train_seconds": tr.train_seconds,
                "restores": tr.restores, "params": sum(p.numel() for p in tr.model.parameters()),
+               "trained_params": sum(p.numel() for p in tr.model.parameters() if p.requires_grad),
                "vocab_size": tr.model.vocab_size, "token_grid": list(tr.model.token_grid),
                "tokenizer_dir": str(tok_dir), "eval": final}
     write_json(out / "summary.json", summary)

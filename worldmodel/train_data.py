@@ -25,6 +25,7 @@ import torch
 
 from envs.dataset import EpisodeDataset
 from worldmodel.errors import DatasetError
+from worldmodel.tokenizer_identity import same_encoder
 
 
 @dataclass
@@ -45,8 +46,9 @@ class ClipBatch:
 class TokenClips:
     """All k-frame windows of one split of one token dataset, or of several trained on as one.
 
-    Several datasets must share what gives tokens and actions their meaning: the tokenizer (weights
-    sha256), the token grid, the env and its action list; a mismatch is a :class:`DatasetError` naming
+    Several datasets must share what gives tokens and actions their meaning: the tokenizer's encoder
+    (its decoder may differ; see tokenizer_identity), the token grid, the env and its action list; a
+    mismatch is a :class:`DatasetError` naming
     both datasets. A dataset without episodes in ``split`` is skipped when others have some.
     """
 
@@ -141,8 +143,8 @@ def _check_compatible(a: EpisodeDataset, b: EpisodeDataset) -> None:
     if grid_a != grid_b:
         problems.append(f"token grid {grid_a} vs {grid_b}")
     ta, tb = (d.manifest.get("tokenizer") or {} for d in (a, b))
-    if ta.get("weights_sha256") != tb.get("weights_sha256") or ta.get("vocab_size") != tb.get("vocab_size"):
-        problems.append("different tokenizers (weights sha256 differ), so the same token id means different things")
+    if not same_encoder(ta, tb) or ta.get("vocab_size") != tb.get("vocab_size"):
+        problems.append("different tokenizers (their encoders differ), so the same token id means different things")
     if problems:
         raise DatasetError(f"token datasets {a.root} and {b.root} cannot be trained on together: "
                            + "; ".join(problems))

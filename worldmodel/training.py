@@ -47,6 +47,7 @@ from worldmodel.objective import MaskFlowObjective, ObjectiveConfig, draw_step
 from worldmodel.schedules import SCHEDULERS
 from worldmodel.seeding import seed_everything
 from worldmodel.threads import governor
+from worldmodel.tokenizer_identity import same_encoder
 from worldmodel.train_data import ShardedSampler, TokenClips
 from worldmodel.train_eval import evaluate
 from worldmodel.train_log import RunLogger
@@ -242,10 +243,10 @@ def _build_from(cfg: TrainConfig, clips: TokenClips, data: str) -> Latte:
     if list(meta.get("action_space", {}).get("meanings", [])) != list(clips.action_meanings):
         problems.append(f"actions {meta.get('action_space', {}).get('meanings')} vs the dataset's "
                         f"{list(clips.action_meanings)}")
-    tok_sha = (meta.get("tokenizer") or {}).get("weights_sha256")
-    if tok_sha and rec.get("weights_sha256") and tok_sha != rec["weights_sha256"]:
-        problems.append("its tokenizer is not the one that made this dataset (weights sha256 differ), so the "
-                        "token ids mean different things")
+    tok = meta.get("tokenizer") or {}      # load_world_model fills in its encoder identity
+    if tok.get("weights_sha256") and rec.get("weights_sha256") and not same_encoder(tok, rec):
+        problems.append("its tokenizer's encoder is not the one that made this dataset, so the token ids mean "
+                        "different things")
     if problems:
         raise ConfigError(f"init={cfg.init} ({src}) does not fit data={data}: " + "; ".join(problems))
     return model.float().train()

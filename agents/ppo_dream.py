@@ -2,9 +2,9 @@
 
     python -m agents.ppo_dream CHECKPOINT --steps 20000 [--envs 16 --vector] [--data DIR] [--out DIR]
 
-One env: SB3's ``DummyVecEnv`` over :class:`~worldmodel.dream_env.MaskFlowDreamEnv` (Monitor-wrapped).
+One env: SB3's ``DummyVecEnv`` over :class:`~worldmodel.dream.env.MaskFlowDreamEnv` (Monitor-wrapped).
 ``--vector``: :class:`SB3DreamVecEnv` adapts the batched
-:class:`~worldmodel.dream_vector_env.MaskFlowDreamVectorEnv` (all N dreams in one forward pass) to SB3's
+:class:`~worldmodel.dream.vector_env.MaskFlowDreamVectorEnv` (all N dreams in one forward pass) to SB3's
 own VecEnv API; SB3 resets an ended env in the same step and reports its last observation as
 ``info["terminal_observation"]``, which is Gymnasium's ``SAME_STEP`` autoreset, so the adapter runs the
 vector env in that mode. The policy is SB3's ``CnnPolicy`` (NatureCNN; 64×64 frames are above its 36 px
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor
 
-from worldmodel.errors import ConfigError
+from envs.common.errors import ConfigError
 
 INFO_KEYS = ("nfe", "reward_prob", "done_prob", "step_time_s")
 
@@ -104,13 +104,13 @@ def make_dream_vec_env(checkpoint: str, n_envs: int = 1, vector: bool = False, *
     if vector:
         from gymnasium.vector import AutoresetMode
 
-        from worldmodel.dream_vector_env import MaskFlowDreamVectorEnv
+        from worldmodel.dream.vector_env import MaskFlowDreamVectorEnv
 
         venv = MaskFlowDreamVectorEnv(n_envs, checkpoint, autoreset_mode=AutoresetMode.SAME_STEP, **env_kwargs)
         return VecMonitor(SB3DreamVecEnv(venv))
     from stable_baselines3.common.monitor import Monitor
 
-    from worldmodel.dream_env import MaskFlowDreamEnv
+    from worldmodel.dream.env import MaskFlowDreamEnv
 
     return DummyVecEnv([lambda: Monitor(MaskFlowDreamEnv(checkpoint, **env_kwargs)) for _ in range(n_envs)])
 
@@ -148,7 +148,7 @@ def evaluate_real(model, env_id: str = "DMLabMaze-v0", env_kwargs: dict | None =
     import gymnasium as gym
 
     import envs  # noqa: F401  (registers the env ids)
-    from worldmodel.dream import info_keys
+    from worldmodel.dream.verb import info_keys
 
     env = gym.make(env_id, **dict(env_kwargs or {}))
     try:
@@ -169,7 +169,7 @@ def evaluate_real(model, env_id: str = "DMLabMaze-v0", env_kwargs: dict | None =
 
 def save_policy(model, out: str | Path, stats: dict[str, Any]) -> Path:
     """Write the policy's weights (safetensors) and the run's stats (JSON) to ``out``."""
-    from worldmodel.fileio import save_weights, write_json
+    from envs.common.files import save_weights, write_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              batch_size=a.batch_size, n_epochs=a.epochs, device=a.device, data=a.data,
                              steps_per_frame=a.steps_per_frame, max_episode_steps=a.max_episode_steps)
     if a.eval_real_steps > 0:
-        from worldmodel.model_io import read_world_model_meta
+        from worldmodel.model.checkpoint import read_world_model_meta
 
         meta = read_world_model_meta(a.checkpoint)
         stats["real"] = evaluate_real(model, meta.get("env_id") or "DMLabMaze-v0", meta.get("env_kwargs"),

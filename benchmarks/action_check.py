@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(a.threads)
-    from worldmodel.action_check import action_check
+    from worldmodel.evaluation.action_check import action_check
 
     r = action_check(a.checkpoint, data=a.data, split=a.split, episodes=a.episodes, frames=a.frames, seed=a.seed,
                      steps_per_frame=a.steps_per_frame, temperature=a.temperature, sampler=a.sampler,

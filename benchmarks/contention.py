@@ -9,7 +9,7 @@ warm-up, then counts what it finishes in ``--seconds`` of wall time:
 - ``train``: ``maskflow train``'s own loop on the ``small`` preset, batch 8 x 16 frames, on random
   tokens (steps/s, from the median step time in ``train_log.csv``).
 Settings per workload: quiet with ``threads=0`` (the default: adapt to the cores other processes
-leave free, :mod:`worldmodel.threads`), quiet with threads fixed at every core (release 1's default,
+leave free, :mod:`worldmodel.common.threads`), quiet with threads fixed at every core (release 1's default,
 torch's own), and both again beside one single-threaded busy loop. It prints the two goal ratios:
 busy/quiet at the default (goal >= 0.40) and quiet default / quiet release-1 setting (goal >= 0.95).
 """
@@ -34,10 +34,10 @@ def dream_worker(threads: int, warmup: float, seconds: float) -> float:
     """Frames/s of the default model's cached frame-by-frame rollout (the dream's default sampler)."""
     import torch
 
-    from worldmodel.dream import DreamConfig, sampler_config
-    from worldmodel.model_io import load_world_model
+    from worldmodel.common.threads import governor
+    from worldmodel.dream.verb import DreamConfig, sampler_config
+    from worldmodel.model.checkpoint import load_world_model
     from worldmodel.sampling.rollout import CachedRollout
-    from worldmodel.threads import governor
 
     governor(threads)
     model, _, meta = load_world_model("default")
@@ -65,7 +65,7 @@ def train_worker(threads: int, warmup: float, seconds: float) -> float:
     import csv
 
     from envs.dataset import write_dataset
-    from worldmodel.training import TrainConfig, train
+    from worldmodel.training.loop import TrainConfig, train
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.worker:
         print(WORKERS[a.worker][0](a.threads, a.warmup, a.seconds))
         return
-    from worldmodel.threads import usable_cores
+    from worldmodel.common.threads import usable_cores
 
     cores = usable_cores()
     results = {"cores": cores, "seconds": a.seconds, "workloads": {}}

@@ -33,7 +33,7 @@ def cpu_name() -> str:
 
 def time_single(checkpoint: str, steps: int, warmup: int, seed: int, **kw: Any) -> dict[str, Any]:
     """Steps/s of one MaskFlowDreamEnv."""
-    from worldmodel.dream_env import MaskFlowDreamEnv
+    from worldmodel.dream.env import MaskFlowDreamEnv
 
     env = MaskFlowDreamEnv(checkpoint, **kw)
     try:
@@ -62,7 +62,7 @@ def time_single(checkpoint: str, steps: int, warmup: int, seed: int, **kw: Any) 
 
 def time_vector(checkpoint: str, n: int, steps: int, warmup: int, seed: int, **kw: Any) -> dict[str, Any]:
     """Env steps/s (N × batched steps / s) of a MaskFlowDreamVectorEnv of N dreams."""
-    from worldmodel.dream_vector_env import MaskFlowDreamVectorEnv
+    from worldmodel.dream.vector_env import MaskFlowDreamVectorEnv
 
     venv = MaskFlowDreamVectorEnv(n, checkpoint, **kw)
     try:
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="", help="write the results as JSON here")
     a = p.parse_args(argv)
-    from worldmodel.errors import CheckpointError
-    from worldmodel.model_io import resolve_checkpoint
+    from envs.common.errors import CheckpointError
+    from worldmodel.model.checkpoint import resolve_checkpoint
 
     try:
         resolve_checkpoint(a.checkpoint)
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{r['nfe_per_frame']:>10.2f} {r['ratio_vs_single']:>9.2f}x")
     result = {"checkpoint": a.checkpoint, "hardware": hw, "settings": vars(a), "results": rows}
     if a.out:
-        from worldmodel.fileio import write_json
+        from envs.common.files import write_json
 
         write_json(a.out, result)
     return result

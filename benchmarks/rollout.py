@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldmodel.latte import Latte, model_config
-from worldmodel.latte_cache import LatteCache
+from worldmodel.model.cache import LatteCache
+from worldmodel.model.latte import Latte, model_config
 from worldmodel.sampling import SamplerConfig
 from worldmodel.sampling.rollout import DEFAULT_FRAME_STEPS, CachedRollout, WindowRollout
 
@@ -128,7 +128,7 @@ def teacher_forced_cases(episodes: list[dict], context: int, samples: int, seed:
 def quality_vs_steps(model: Latte, tokenizer, cases: dict, steps_list: list[int], sampler: str = "mgm",
                      schedule: str = "arccos", batch: int = 32, seed: int = 0) -> list[dict]:
     """Next-frame token accuracy and PSNR for each steps-per-frame count (same cases and seed for all)."""
-    from worldmodel.metrics import psnr_per_frame
+    from worldmodel.metrics.quality import psnr_per_frame
 
     n = len(cases["target"])
     truth_px = None
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["speed"] = rows
 
     if args.checkpoint:
-        from worldmodel.model_io import load_world_model
+        from worldmodel.model.checkpoint import load_world_model
 
         model, tokenizer, meta = load_world_model(args.checkpoint)
         print(f"checkpoint {meta['path']}: window {model.cfg.max_frames}, grid {model.cfg.token_grid}")

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from worldmodel.tokenizer import FrameTokenizer, build_tokenizer, load_tokenizer, tokenizer_config
+from worldmodel.tokenizer.model import FrameTokenizer, build_tokenizer, load_tokenizer, tokenizer_config
 
 
 def _sync(device: torch.device) -> None:

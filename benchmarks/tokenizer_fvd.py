@@ -3,7 +3,7 @@
     python benchmarks/tokenizer_fvd.py runs/tokenizer --data runs/data --clips 64 [--out FILE.json]
 
 The clips are non-overlapping 16-frame windows of the test split (held-out mazes), taken in order;
-both sides go through the standard I3D (worldmodel.metrics). With N clips this small the FVD is
+both sides go through the standard I3D (worldmodel.metrics.quality). With N clips this small the FVD is
 noisy and biased upwards; N is printed beside it.
 """
 
@@ -16,11 +16,11 @@ import time
 import numpy as np
 import torch
 
+from envs.common.files import write_json
 from envs.dataset import EpisodeDataset
-from worldmodel.dream import decode_tokens, encode_frames
-from worldmodel.fileio import write_json
-from worldmodel.metrics import frechet_video_distance
-from worldmodel.tokenizer import load_tokenizer
+from worldmodel.dream.verb import decode_tokens, encode_frames
+from worldmodel.metrics.quality import frechet_video_distance
+from worldmodel.tokenizer.model import load_tokenizer
 
 
 def main() -> None:

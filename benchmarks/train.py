@@ -4,7 +4,7 @@
     PYTHONPATH=. python benchmarks/train.py --compile                # + torch.compile
     PYTHONPATH=. python benchmarks/train.py --data runs/tokens --out runs/bench_train.json
 
-Each setting runs :func:`worldmodel.training.train` itself (data sampling, masking draws, forward,
+Each setting runs :func:`worldmodel.training.loop.train` itself (data sampling, masking draws, forward,
 backward, clipping, AdamW, EMA) for ``--steps`` steps on a token dataset (a random one of the
 default shape unless ``--data`` is given) and reports the throughput of the steps after the first
 ``--steps`` warm-up steps (compilation and allocator warm-up excluded). With a CUDA GPU it also measures ``base``
@@ -65,7 +65,7 @@ def random_token_dataset(root: Path, vocab: int = 1000, grid: int = 16, episodes
 def run_setting(data: Path, vocab: int, size: str, batch: int, steps: int, threads: int,
                 precision: str, compile_: bool, device: str) -> dict:
     """Train 2 x ``steps`` steps; the first ``steps`` warm up (compilation, allocator), the rest are timed."""
-    from worldmodel.training import TrainConfig, train
+    from worldmodel.training.loop import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(size=size, steps=2 * steps, batch_size=batch, log_every=steps, eval_every=0,
@@ -88,7 +88,7 @@ def attention_kernels(threads: int, b: int = 8, f: int = 16, p: int = 64, heads:
     """Forward + backward time of each attention implementation on the spatial and temporal shapes."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from worldmodel.latte_layers import attention
+    from worldmodel.model.layers import attention
 
     torch.set_num_threads(threads)
 

@@ -18,7 +18,9 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from agents.exploration import POLICIES, coverage, make_policy
+from envs.common.config_check import SEED, Check, at_least, check_config, one_of, within
+from envs.common.errors import ConfigError, DatasetError
+from envs.common.files import check_replaceable, is_temp_name, remove_entries, write_json
 from envs.dataset import (
     DATASET_ENTRIES,
     add_shard,
@@ -30,9 +32,7 @@ from envs.dataset import (
     write_manifest,
     write_shard,
 )
-from worldmodel.config_check import SEED, Check, at_least, check_config, one_of, within
-from worldmodel.errors import ConfigError, DatasetError
-from worldmodel.fileio import check_replaceable, is_temp_name, remove_entries, write_json
+from envs.policies import POLICIES, coverage, make_policy
 
 # what `maskflow collect` writes in out=: only these may `overwrite=true` delete
 COLLECT_OUTPUTS = (*DATASET_ENTRIES, "summary.json", "contact_sheet.png", "episode_000.mp4")
@@ -69,7 +69,7 @@ class CollectConfig:
 
     # keys `maskflow collect` reads beside the fields (outputs only: not part of the dataset's identity)
     CLI_KEYS: ClassVar[dict[str, Any]] = {"video": bool}
-    # allowed ranges and choices (types come from the annotations above; see worldmodel.config_check)
+    # allowed ranges and choices (types come from the annotations above; see envs.common.config_check)
     CHECKS: ClassVar[dict[str, Check]] = {
         "policy": one_of(*POLICIES), "episodes": at_least(1), "steps": at_least(1), "workers": at_least(1),
         "seed": SEED, "test_fraction": within(0, 1, note="1 = a test-only set of held-out mazes"),
@@ -280,8 +280,8 @@ def run_collect(cfg) -> dict:
     """CLI entry: ``maskflow collect env=... episodes=N steps=300 workers=W seed=S out=DIR``."""
     from omegaconf import OmegaConf
 
+    from envs.common.video import contact_sheet, write_video
     from envs.dataset import EpisodeDataset, load_manifest
-    from worldmodel.video import contact_sheet, write_video
 
     c = CollectConfig(out=cfg.out, env=cfg.env, policy=cfg.policy, episodes=cfg.episodes, steps=cfg.steps,
                       workers=cfg.workers, seed=cfg.seed, test_fraction=cfg.test_fraction,

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from worldmodel.errors import DatasetError
-from worldmodel.fileio import atomic_write, read_sealed_json, sha256_file, write_sealed_json
+from envs.common.errors import DatasetError
+from envs.common.files import atomic_write, read_sealed_json, sha256_file, write_sealed_json
 
 FORMAT = "maskflow-dataset"
 FORMAT_VERSION = 1

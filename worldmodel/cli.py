@@ -6,7 +6,7 @@ Every verb reads ``configs/<verb>.yaml`` (found from any working directory becau
 an installed package). Overrides use Hydra's ``key=value`` syntax; an unknown or missing key is
 reported by name with the list of valid keys. Before the verb's function runs, every value is
 checked against the verb's typed config dataclass (type, then range or choices; see
-:mod:`worldmodel.config_check`), so ``frames=abc`` or ``lr=-1`` is a one-line error with exit code 2.
+:mod:`envs.common.config_check`), so ``frames=abc`` or ``lr=-1`` is a one-line error with exit code 2.
 """
 
 from __future__ import annotations
@@ -18,28 +18,30 @@ from importlib import resources
 
 from omegaconf import DictConfig, OmegaConf
 
-from worldmodel.config_check import check_mapping
-from worldmodel.errors import ConfigError, MaskFlowError
+from envs.common.config_check import check_mapping
+from envs.common.errors import ConfigError, MaskFlowError
 
 # verb -> (config name, "module:function", one-line help)
 VERBS: dict[str, tuple[str, str, str]] = {
     "collect": ("collect", "envs.collect:run_collect", "collect maze trajectories into an HDF5 dataset"),
-    "train-tokenizer": ("train_tokenizer", "worldmodel.tokenizer_training:run_train_tokenizer",
+    "train-tokenizer": ("train_tokenizer", "worldmodel.tokenizer.training:run_train_tokenizer",
                         "train the VQ frame tokenizer on a frames dataset"),
-    "tokenize": ("tokenize", "worldmodel.tokenize:run_tokenize", "turn a frames dataset into a token dataset"),
-    "train": ("train", "worldmodel.training:run_train", "train a MaskFlow world model on a token dataset"),
-    "dream": ("dream", "worldmodel.dream:run_dream", "imagine frames from real context; writes mp4 + PSNR curve"),
-    "eval": ("eval", "worldmodel.evaluation:run_eval", "FVD, PSNR/SSIM and the paper's comparisons; writes a report"),
+    "tokenize": ("tokenize", "worldmodel.tokenizer.tokenize:run_tokenize",
+                 "turn a frames dataset into a token dataset"),
+    "train": ("train", "worldmodel.training.loop:run_train", "train a MaskFlow world model on a token dataset"),
+    "dream": ("dream", "worldmodel.dream.verb:run_dream", "imagine frames from real context; writes mp4 + PSNR curve"),
+    "eval": ("eval", "worldmodel.evaluation.evaluate:run_eval",
+             "FVD, PSNR/SSIM and the paper's comparisons; writes a report"),
 }
 
 # verb -> "module:Class" of its typed config dataclass: the types and ranges every key is checked against
 CONFIGS: dict[str, str] = {
     "collect": "envs.collect:CollectConfig",
-    "train-tokenizer": "worldmodel.tokenizer_training:TokenizerTrainConfig",
-    "tokenize": "worldmodel.tokenize:TokenizeConfig",
-    "train": "worldmodel.training:TrainConfig",
-    "dream": "worldmodel.dream:DreamConfig",
-    "eval": "worldmodel.evaluation:EvalConfig",
+    "train-tokenizer": "worldmodel.tokenizer.training:TokenizerTrainConfig",
+    "tokenize": "worldmodel.tokenizer.tokenize:TokenizeConfig",
+    "train": "worldmodel.training.loop:TrainConfig",
+    "dream": "worldmodel.dream.verb:DreamConfig",
+    "eval": "worldmodel.evaluation.evaluate:EvalConfig",
 }
 
 

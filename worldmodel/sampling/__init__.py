@@ -14,6 +14,7 @@ frame-by-frame rollout with the same samplers.
 
 from __future__ import annotations
 
+from worldmodel.objective.schedules import Scheduler
 from worldmodel.sampling.base import (
     DEFAULT_STEPS,
     SAMPLER_NAMES,
@@ -39,7 +40,6 @@ from worldmodel.sampling.diffusion_forcing import DiffusionForcingSampler
 from worldmodel.sampling.fm import FMSampler
 from worldmodel.sampling.mgm import MGMSampler
 from worldmodel.sampling.rolling import RollingSampler
-from worldmodel.schedules import Scheduler
 
 Sampler = MGMSampler | FMSampler | DiffusionForcingSampler | RollingSampler
 

@@ -18,9 +18,9 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from worldmodel.errors import SamplerSettingsError
+from envs.common.errors import SamplerSettingsError
+from worldmodel.objective.schedules import SCHEDULERS
 from worldmodel.sampling.unmask_schedule import COUNT_MODES
-from worldmodel.schedules import SCHEDULERS
 
 SAMPLER_NAMES = ("mgm", "mgm_tfree", "fm", "df", "rolling")
 

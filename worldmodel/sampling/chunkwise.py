@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from worldmodel import threads
-from worldmodel.errors import SamplerSettingsError
+from envs.common.errors import SamplerSettingsError
+from worldmodel.common import threads
 from worldmodel.sampling.base import ChunkSampler, CountingDenoiser, Denoiser, SamplerConfig
 from worldmodel.sampling.rolling import RollingSampler, rolling_nfe
 
@@ -150,7 +150,7 @@ def generate(denoise: Denoiser, sampler: ChunkSampler | RollingSampler, context:
         video = sampler.generate_sequence(counter, video, actions, chunking.window, m, mask_id, generator)
         return Generation(video, counter.calls, chunks)
     for chunk in chunks:
-        threads.tick()                  # follow the load of other processes (worldmodel.threads)
+        threads.tick()                  # follow the load of other processes (worldmodel.common.threads)
         sl = slice(chunk.start, chunk.start + chunk.context + chunk.new)
         video[:, sl] = sampler.sample_chunk(counter, video[:, sl], actions[:, sl], mask_id, generator)
     return Generation(video, counter.calls, chunks)

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
+from worldmodel.objective.schedules import Scheduler, get_scheduler
 from worldmodel.sampling.base import Denoiser, SamplerConfig
 from worldmodel.sampling.fm import euler_unmask_probability, frame_times, masked_euler_step
-from worldmodel.schedules import Scheduler, get_scheduler
 
 
 def pyramid_levels(rows: int, frames: int, steps: int) -> torch.Tensor:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
+from worldmodel.objective.schedules import Scheduler, get_scheduler
 from worldmodel.sampling.base import TIME_EPS, Denoiser, SamplerConfig
 from worldmodel.sampling.draws import draw_tokens
-from worldmodel.schedules import Scheduler, get_scheduler
 
 
 def euler_unmask_probability(scheduler: Scheduler, t: torch.Tensor, h: torch.Tensor | float) -> torch.Tensor:

@@ -19,10 +19,10 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
+from worldmodel.objective.schedules import Scheduler, get_scheduler
 from worldmodel.sampling.base import TIME_EPS, Denoiser, SamplerConfig
 from worldmodel.sampling.draws import draw_tokens, gumbel_noise, select_top
 from worldmodel.sampling.unmask_schedule import KappaInverse, unmask_counts
-from worldmodel.schedules import Scheduler, get_scheduler
 
 
 class MGMSampler:

@@ -21,10 +21,10 @@ import math
 
 import torch
 
-from worldmodel.errors import SamplerSettingsError
+from envs.common.errors import SamplerSettingsError
+from worldmodel.objective.schedules import Scheduler, get_scheduler
 from worldmodel.sampling.base import Denoiser, SamplerConfig
 from worldmodel.sampling.fm import euler_unmask_probability, frame_times, masked_euler_step
-from worldmodel.schedules import Scheduler, get_scheduler
 
 
 def rolling_nfe(total: int, window: int, context: int, steps: int) -> int:

@@ -34,8 +34,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from worldmodel import threads
-from worldmodel.errors import SamplerSettingsError
+from envs.common.errors import SamplerSettingsError
+from worldmodel.common import threads
 from worldmodel.sampling import Sampler, SamplerConfig, make_sampler
 from worldmodel.sampling.rolling import RollingSampler
 
@@ -164,7 +164,7 @@ class _RolloutBase:
 
     def _sample_frame(self, denoise, actions: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:
         """Run the sampler on one all-mask frame: (b h w) long and the denoiser calls it made."""
-        threads.tick()                  # follow the load of other processes (worldmodel.threads)
+        threads.tick()                  # follow the load of other processes (worldmodel.common.threads)
         calls = [0]
 
         def counted(tokens, t, a):

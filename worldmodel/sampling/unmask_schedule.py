@@ -14,8 +14,8 @@ import math
 
 import torch
 
-from worldmodel.errors import SamplerSettingsError
-from worldmodel.schedules import Scheduler
+from envs.common.errors import SamplerSettingsError
+from worldmodel.objective.schedules import Scheduler
 
 COUNT_MODES = ("arccos", "cosine", "linear", "square", "root")
 

@@ -1,0 +1,1 @@
+"""The DMLab-style maze: labmaze layouts, DMLab textures rendered by MiniWorld, the Gymnasium env."""

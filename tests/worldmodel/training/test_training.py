@@ -1,0 +1,358 @@
+"""World-model training: learning, action conditioning, DDP equivalence, exact resume, checkpoint errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from envs.common.errors import CheckpointError, ConfigError, DatasetError
+from envs.common.files import load_weights
+from envs.dataset import write_dataset
+from worldmodel.model.checkpoint import load_world_model, resolve_checkpoint
+from worldmodel.training.loop import TrainConfig, train
+
+V, GRID, ACTIONS = 16, (4, 4), ["noop", "forward", "left", "right"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def painted_episodes(n: int, length: int, seed: int, first_id: int = 0) -> list[dict]:
+    """A static random background (ids 0..11); the top token row shows the last action a as id 12 + a.
+    Reward 1 after action 1; the last frame terminates. The next frame is the previous one with the
+    top row repainted, so it is predictable exactly when the action is known."""
+    rng = np.random.default_rng(seed)
+    eps = []
+    for e in range(n):
+        bg = rng.integers(0, 12, size=GRID)
+        acts = np.concatenate([[-1], rng.integers(0, len(ACTIONS), size=length - 1)])
+        frames = np.repeat(bg[None], length, axis=0)
+        frames[1:, 0, :] = 12 + acts[1:, None]
+        term = np.zeros(length, bool)
+        term[-1] = True
+        eps.append({"id": first_id + e, "tokens": frames, "actions": acts, "rewards": (acts == 1).astype(np.float32),
+                    "terminated": term, "truncated": np.zeros(length, bool), "attrs": {"seed": e}})
+    return eps
+
+
+@pytest.fixture(scope="module")
+def painted_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("painted") / "tokens"
+    write_dataset(root, painted_episodes(12, 24, 0), "train", "tokens", "synthetic", ACTIONS)
+    write_dataset(root, painted_episodes(4, 24, 1, first_id=100), "test", "tokens", "synthetic", ACTIONS)
+    return root
+
+
+def tiny_cfg(**kw) -> TrainConfig:
+    base = dict(size="tiny", clip_len=4, batch_size=8, lr=2e-3, warmup_steps=5, vocab_size=V, eval_every=0,
+                ckpt_every=1000, log_every=1, device="cpu", threads=1, progress=False, tensorboard=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def rows(out) -> list[dict]:
+    import csv
+
+    with open(out / "train_log.csv") as f:
+        return [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(f)]
+
+
+def test_loss_falls_and_actions_steer_the_next_frame(painted_data, tmp_path):
+    out = tmp_path / "run"
+    summary = train(tiny_cfg(steps=250, lr=3e-3, ema_decay=0.95, eval_every=250, eval_clips=16), painted_data, out)
+    r = rows(out)
+    first = np.mean([x["masked_ce"] for x in r[:10]])
+    last = np.mean([x["masked_ce"] for x in r[-20:]])
+    assert first > 0.8 * math.log(V) and last < 0.6 * first, (first, last)
+    ev = summary["eval"]          # held-out: the repainted row is predicted from the action alone
+    assert ev["acc_next_changed"] > 0.8 and ev["acc_next"] > ev["acc_next_noaction"] + 0.1, ev
+    # The exported model paints the top row with whichever action it is given.
+    model, tokenizer, meta = load_world_model(out)
+    assert tokenizer is None and meta["action_space"]["meanings"] == ACTIONS
+    ep = painted_episodes(1, 4, 7)[0]
+    tok = torch.as_tensor(ep["tokens"][None]).long()
+    tok[:, -1] = model.cfg.mask_id
+    t = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    top = []
+    with torch.no_grad():
+        for a in range(len(ACTIONS)):
+            acts = torch.as_tensor(ep["actions"][None]).long()
+            acts[0, -1] = a
+            top.append(model(tok, t, acts).logits[0, -1, 0].argmax(-1))
+    hits = sum(int((row == 12 + a).sum()) for a, row in enumerate(top))
+    assert hits >= 0.75 * len(ACTIONS) * GRID[1], top
+    for name in ("curves.png", "model.safetensors", "model.json", "summary.json"):
+        assert (out / name).is_file()
+
+
+def test_resume_reproduces_the_next_steps_exactly(painted_data, tmp_path):
+    full = tmp_path / "full"
+    train(tiny_cfg(steps=6, ckpt_every=3, clean_context_prob=0.5), painted_data, full)
+    part = tmp_path / "part"
+    train(tiny_cfg(steps=3, ckpt_every=3, clean_context_prob=0.5), painted_data, part)
+    train(tiny_cfg(steps=6, ckpt_every=3, clean_context_prob=0.5), painted_data, part)       # resumes at 3
+    a, b = rows(full), rows(part)
+    assert [x["step"] for x in b] == [1, 2, 3, 4, 5, 6]
+    assert [x["loss"] for x in a] == [x["loss"] for x in b]
+    wa = load_weights(full / "model.safetensors")
+    wb = load_weights(part / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_sharded_sampler_covers_each_epoch_once_with_disjoint_rank_shards():
+    from worldmodel.training.data import ShardedSampler
+
+    n, batch = 23, 6
+    global_ = ShardedSampler(n, batch, seed=5)
+    ranks = [ShardedSampler(n, batch, seed=5, rank=r, world_size=3) for r in range(3)]
+    stream = np.concatenate([global_.global_indices(s) for s in range(8)])       # 48 draws = 2 epochs + 2
+    assert sorted(stream[:n]) == list(range(n)) and sorted(stream[n: 2 * n]) == list(range(n))
+    assert not np.array_equal(stream[:n], stream[n: 2 * n])                       # reshuffled per epoch
+    for s in range(8):
+        shards = [r.indices(s) for r in ranks]
+        assert np.array_equal(np.concatenate(shards), global_.global_indices(s))
+    with pytest.raises(DatasetError, match="divisible"):
+        ShardedSampler(n, 7, seed=0, rank=0, world_size=2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    train(tiny_cfg(steps=2, precision="fp32", clean_context_prob=0.5, token_noise=0.3), data, out)
+
+
+def test_two_process_gloo_ddp_matches_one_process(painted_data, tmp_path):
+    single = tmp_path / "single"
+    train(tiny_cfg(steps=2, precision="fp32", clean_context_prob=0.5, token_noise=0.3), painted_data, single)
+    ddp = tmp_path / "ddp"
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(painted_data), str(ddp)), nprocs=2)
+    sa = load_weights(next((single / "state").glob("step-*")) / "state.safetensors")
+    sb = load_weights(next((ddp / "state").glob("step-*")) / "state.safetensors")
+    keys = [k for k in sa if k.startswith("model/")]
+    assert keys and all(k in sb for k in keys)
+    for k in keys:
+        torch.testing.assert_close(sa[k], sb[k], atol=2e-6, rtol=1e-5, msg=k)
+    # the clipped global gradient norm is computed after the all-reduce: the same in both runs
+    assert [r["grad_norm"] for r in rows(single)] == pytest.approx([r["grad_norm"] for r in rows(ddp)], rel=1e-5)
+
+
+def test_dataset_errors_are_clear(painted_data, tmp_path):
+    with pytest.raises(DatasetError, match="vocabulary"):
+        train(tiny_cfg(steps=1, vocab_size=8), painted_data, tmp_path / "a")
+    with pytest.raises(DatasetError, match="vocab_size"):
+        train(tiny_cfg(steps=1, vocab_size=0), painted_data, tmp_path / "b")
+    with pytest.raises(DatasetError, match="clip_len"):
+        train(tiny_cfg(steps=1, clip_len=40), painted_data, tmp_path / "c")
+
+
+def test_mismatched_or_corrupt_checkpoints_raise_checkpoint_errors(painted_data, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_cfg(steps=2), painted_data, out)
+    with pytest.raises(CheckpointError, match="different model"):
+        train(tiny_cfg(steps=4, temporal="bidirectional"), painted_data, out)
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    meta = json.loads((bad / "model.json").read_text())
+    meta["model"]["dim"] = 32
+    meta["model"]["heads"] = 2
+    (bad / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="different model config|does not match"):
+        load_world_model(bad)
+    (bad / "model.json").write_text("{ not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_world_model(bad)
+    shutil.copy(out / "model.json", bad / "model.json")
+    (bad / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_world_model(bad)
+    with pytest.raises(CheckpointError, match="no world model"):
+        resolve_checkpoint(tmp_path / "nothing")
+
+
+def _with_tokenizer(data, tmp_path, seed: int = 0):
+    """A copy of ``data`` whose manifest records a (tiny, untrained) tokenizer of the same vocabulary/grid."""
+    from envs.dataset import write_manifest
+    from worldmodel.tokenizer.model import build_tokenizer, save_tokenizer, tokenizer_config
+    from worldmodel.tokenizer.tokenize import tokenizer_record
+
+    torch.manual_seed(seed)
+    tok_dir = tmp_path / f"tokenizer{seed}"
+    save_tokenizer(build_tokenizer(tokenizer_config("tiny", downsample=16, fsq_levels=(4, 4))), tok_dir)
+    root = tmp_path / f"data{seed}"
+    shutil.copytree(data, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["tokenizer"] = tokenizer_record(tok_dir)
+    write_manifest(root, manifest)
+    return root, tok_dir
+
+
+def test_checkpoint_dir_is_self_contained_and_guards_its_tokenizer(painted_data, tmp_path):
+    from worldmodel.cli import run
+
+    data, tok_dir = _with_tokenizer(painted_data, tmp_path)
+    out = tmp_path / "run"
+    run("train", [f"data={data}", f"out={out}", "size=tiny", "steps=2", "clip_len=4", "batch_size=4",
+                  "threads=1", "progress=false", "tensorboard=false", "eval_every=0"])
+    moved = tmp_path / "moved"
+    shutil.move(str(out), moved)
+    shutil.rmtree(tok_dir)                                      # the original tokenizer is gone
+    model, tokenizer, meta = load_world_model(moved)
+    assert tokenizer.vocab_size == model.cfg.vocab_size == V and tuple(tokenizer.token_grid) == GRID
+    assert meta["env_id"] == "synthetic" and meta["action_space"]["n"] == len(ACTIONS)
+    assert meta["train_config"]["size"] == "tiny" and meta["window"] == 4
+    _, other = _with_tokenizer(painted_data, tmp_path, seed=1)  # same shapes, different weights
+    shutil.copy(other / "tokenizer.safetensors", moved / "tokenizer" / "tokenizer.safetensors")
+    with pytest.raises(CheckpointError, match="not the tokenizer"):
+        load_world_model(moved)
+
+
+def test_lr_schedule_warmup_stable_cooldown(tmp_path):
+    from worldmodel.training.loop import TrainConfig, lr_at, train
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, steps=100, cooldown_steps=20)
+    assert lr_at(0, cfg) == pytest.approx(1e-4)               # warmup: (step + 1) / 10
+    assert lr_at(50, cfg) == pytest.approx(1e-3)              # stable
+    assert lr_at(80, cfg) == pytest.approx(1e-3)              # cooldown starts at steps - 20
+    assert lr_at(90, cfg) == pytest.approx(5e-4)
+    assert lr_at(99, cfg) == pytest.approx(5e-5)
+    assert lr_at(50, TrainConfig(lr=1e-3, warmup_steps=10, steps=100)) == pytest.approx(1e-3)   # no cooldown
+    with pytest.raises(ConfigError, match="cooldown_steps"):
+        train(TrainConfig(data=str(tmp_path), steps=10, cooldown_steps=11))
+
+
+def test_patch_override_is_trained_recorded_and_reloaded(painted_data, tmp_path):
+    train(tiny_cfg(steps=2, patch=1), painted_data, tmp_path / "p1")
+    meta = json.loads((tmp_path / "p1" / "model.json").read_text())
+    assert meta["model"]["patch"] == 1
+    model, _, _ = load_world_model(tmp_path / "p1")
+    assert model.cfg.patch == 1 and model.cfg.positions == GRID[0] * GRID[1]
+    with pytest.raises(ConfigError, match="not divisible by patch 3"):
+        train(tiny_cfg(steps=1, patch=3), painted_data, tmp_path / "p3")
+
+
+def test_token_noise_replaces_visible_tokens_only_and_leaves_other_draws_alone():
+    from worldmodel.model.latte import Latte, model_config
+    from worldmodel.objective.loss import MaskFlowObjective, ObjectiveConfig, draw_step
+    from worldmodel.training.data import ClipBatch
+
+    plain, noisy_cfg = ObjectiveConfig(), ObjectiveConfig(token_noise=0.4)
+    a = draw_step(64, 4, GRID, plain, torch.Generator().manual_seed(3))
+    b = draw_step(64, 4, GRID, noisy_cfg, torch.Generator().manual_seed(3), vocab_size=V)
+    assert a.noise is None and all(torch.equal(getattr(a, k), getattr(b, k)) for k in ("t", "uniform", "drop"))
+    hit = b.noise >= 0
+    assert b.noise.max() < V and 0.15 < hit.float().mean() < 0.25          # level ~ U(0, 0.4): mean 0.2
+    with pytest.raises(ConfigError, match="token_noise"):
+        ObjectiveConfig(token_noise=1.0)
+    with pytest.raises(ConfigError, match="vocabulary size"):
+        draw_step(2, 4, GRID, noisy_cfg, torch.Generator())
+
+    model = Latte(model_config("tiny", vocab_size=V, token_grid=GRID, max_frames=4, num_actions=len(ACTIONS)))
+    objective = MaskFlowObjective(model, noisy_cfg)
+    seen, features = {}, objective.features
+
+    def spy(tokens, t, actions):            # what the backbone is given
+        seen["x"] = tokens
+        return features(tokens, t, actions)
+
+    objective.features = spy
+    ep = painted_episodes(64, 4, 5)
+    batch = ClipBatch(tokens=torch.as_tensor(np.stack([e["tokens"] for e in ep])).long(),
+                      actions=torch.as_tensor(np.stack([e["actions"] for e in ep])).long().clamp_min(0),
+                      rewards=torch.zeros(64, 4), terminated=torch.zeros(64, 4, dtype=torch.bool))
+    loss, _ = objective(batch, b, objective.global_counts(b))
+    x, masked = seen["x"], seen["x"] == model.cfg.mask_id
+    assert torch.isfinite(loss) and masked.any()
+    swapped = hit & ~masked
+    assert torch.equal(x[swapped], b.noise[swapped])                         # visible + hit: the random id
+    assert torch.equal(x[~hit & ~masked], batch.tokens[~hit & ~masked])      # the rest of the visible: real
+    clean = draw_step(64, 4, GRID, plain, torch.Generator().manual_seed(3))
+    objective(batch, clean, objective.global_counts(clean))
+    assert torch.equal(seen["x"] == model.cfg.mask_id, masked)               # noise never unmasks a token
+
+
+def test_init_fine_tunes_from_a_checkpoint_and_checks_that_it_fits(painted_data, tmp_path):
+    from envs.common.files import sha256_file
+
+    data, _ = _with_tokenizer(painted_data, tmp_path)
+    base = tmp_path / "base"
+    train(tiny_cfg(steps=20), data, base)
+    # lr ~ 0: one fine-tuning step keeps the checkpoint's weights, so the start really is the checkpoint
+    ft = tmp_path / "ft"
+    train(tiny_cfg(steps=1, init=str(base), lr=1e-12, token_noise=0.2, size="small"), data, ft)
+    wa, wb = load_weights(base / "model.safetensors"), load_weights(ft / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    fresh = tmp_path / "fresh"
+    train(tiny_cfg(steps=1, lr=1e-12), data, fresh)
+    assert not all(torch.allclose(wa[k], w, atol=1e-3) for k, w in load_weights(fresh / "model.safetensors").items())
+    meta = json.loads((ft / "model.json").read_text())
+    assert meta["model"] == json.loads((base / "model.json").read_text())["model"]     # its architecture, not size=
+    assert meta["init"]["weights_sha256"] == sha256_file(base / "model.safetensors")
+    assert meta["init"]["train_step"] == 20
+    # the fine-tune resumes like any run
+    train(tiny_cfg(steps=3, init=str(base)), data, ft)
+    assert [r["step"] for r in rows(ft)] == [1, 2, 3]
+
+    with pytest.raises(ConfigError, match="fixes the architecture; drop dim="):
+        train(tiny_cfg(steps=1, init=str(base), dim=32), data, tmp_path / "e1")
+    with pytest.raises(ConfigError, match="window 4 frames vs clip_len=3"):
+        train(tiny_cfg(steps=1, init=str(base), clip_len=3), data, tmp_path / "e2")
+    other, _ = _with_tokenizer(painted_data, tmp_path, seed=1)
+    with pytest.raises(ConfigError, match="not the one that made this dataset"):
+        train(tiny_cfg(steps=1, init=str(base)), other, tmp_path / "e3")
+    renamed = tmp_path / "renamed"
+    write_dataset(renamed, painted_episodes(4, 8, 0), "train", "tokens", "synthetic", ["noop", "a", "b", "c"])
+    with pytest.raises(ConfigError, match="actions"):
+        train(tiny_cfg(steps=1, init=str(base)), renamed, tmp_path / "e4")
+    with pytest.raises(CheckpointError, match="no world model"):
+        train(tiny_cfg(steps=1, init=str(tmp_path / "nothing")), data, tmp_path / "e5")
+
+
+def test_several_token_datasets_train_as_one_and_must_agree(painted_data, tmp_path):
+    from worldmodel.cli import run
+    from worldmodel.training.data import TokenClips
+
+    more = tmp_path / "more"                                    # a second collection: train split only
+    write_dataset(more, painted_episodes(6, 20, 2, first_id=200), "train", "tokens", "synthetic", ACTIONS)
+    one, two = TokenClips(painted_data, "train", 4), TokenClips(more, "train", 4)
+    both = TokenClips([painted_data, more], "train", 4)
+    assert len(both) == len(one) + len(two) == 12 * 21 + 6 * 17
+    assert np.array_equal(both.batch(np.array([len(one)])).tokens, two.batch(np.array([0])).tokens)
+    assert len(TokenClips([painted_data, more], "test", 4)) == len(TokenClips(painted_data, "test", 4))
+    out = tmp_path / "run"
+    run("train", [f"data=[{painted_data},{more}]", f"out={out}", "size=tiny", "steps=2", "clip_len=4",
+                  "batch_size=4", "vocab_size=16", "threads=1", "progress=false", "tensorboard=false",
+                  "eval_every=1"])
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["train_config"]["data"] == [str(painted_data), str(more)] and meta["eval"]["acc_next"] >= 0
+    # resuming needs the same datasets in the same order (the batch order refers to their clips)
+    for wrong in ([painted_data], [more, painted_data]):
+        with pytest.raises(ConfigError, match=r"trained on \[tokens \(12 episodes, 288 frames\), more \(6 episodes"):
+            train(tiny_cfg(steps=3, clip_len=4, batch_size=4, eval_every=0), wrong, out)
+    assert json.loads((out / "state" / "latest.json").read_text())["step"] == 2     # nothing was overwritten
+    train(tiny_cfg(steps=3, clip_len=4, batch_size=4, eval_every=0), [painted_data, more], out)
+    assert json.loads((out / "state" / "latest.json").read_text())["step"] == 3
+    with pytest.raises(ConfigError, match="twice"):
+        train(tiny_cfg(steps=1), [painted_data, painted_data], tmp_path / "twice")
+    other = tmp_path / "other_actions"
+    write_dataset(other, painted_episodes(2, 20, 3), "train", "tokens", "synthetic", ["a", "b", "c", "d"])
+    with pytest.raises(DatasetError, match="cannot be trained on together: actions"):
+        TokenClips([painted_data, other], "train", 4)
+    a, _ = _with_tokenizer(painted_data, tmp_path, seed=0)
+    b, _ = _with_tokenizer(painted_data, tmp_path, seed=1)
+    with pytest.raises(DatasetError, match="different tokenizers"):
+        train(tiny_cfg(steps=1), [a, b], tmp_path / "mixed")

@@ -1,0 +1,1 @@
+"""Run plumbing of the world-model layer: seeding, device choice, CPU threads, stop signals, run logs."""

@@ -1,0 +1,1 @@
+"""`maskflow eval`: scoring, the report, paired statistics, and the action check."""

@@ -1,0 +1,511 @@
+"""`maskflow eval`: FVD, per-frame PSNR/SSIM and the paper's comparisons for one world-model checkpoint.
+
+N videos are cut from the held-out test mazes of a frames dataset. Every experiment dreams each video's
+real continuation from real context, driven by the real actions, and is scored against it:
+
+    experiments   MODE_SAMPLER. MODE: ``fbf`` (frame by frame: s = 1, m = k − 1; the KV-cached rollout
+                  for causal models) or ``full`` (full sequence, chunkwise: m = full_context, s = k − m).
+                  SAMPLER: mgm | mgm_tfree | fm | df | rolling (rolling is chunkwise only).
+    horizons      extrapolation factors of the training window k (dreamed frames = factor · k). FVD on
+                  the LAST ``fvd_frames`` frames of each horizon and on the first ``fvd_frames``, against
+                  the real clips at the same positions; PSNR / SSIM per frame over the horizon.
+    baselines     copy the last context frame (the floor) and the tokenizer's reconstruction (the ceiling).
+
+Every experiment of a video dreams from the same real frame on (its context ends there whatever m is),
+so all rows are scored on the same real frames. By default each video is dreamed once to its
+experiment's longest horizon and shorter horizons are prefixes of that dream (what a shorter dream
+draws, for the frame-by-frame rollout and for chunk plans whose windows line up); ``separate_horizons``
+re-dreams each horizon. Files (see :mod:`worldmodel.evaluation.report`): report.md, results.json, psnr.png,
+ssim.png, fvd.png in ``out``.
+
+Axis letters: n videos, f frames, h w token grid, y x pixels, c colour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from einops import rearrange
+
+from envs.common.config_check import DEVICE, SEED, THREADS, Check, at_least, check_config, each, one_of
+from envs.common.errors import ConfigError
+from worldmodel.common.seeding import seed_everything
+from worldmodel.common.threads import governor
+from worldmodel.dream.verb import decode_tokens, encode_frames
+from worldmodel.evaluation.report import FVDBank, baseline_rows, frame_scores, make_row, new_views, write_report
+from worldmodel.evaluation.stats import paired_margins, same_videos
+from worldmodel.metrics.quality import PROTOCOL
+from worldmodel.sampling import SAMPLER_NAMES, SamplerConfig, make_sampler
+from worldmodel.sampling.base import ModelDenoiser, make_generator
+from worldmodel.sampling.chunkwise import ChunkConfig, expected_nfe, generate
+from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, CachedRollout, frame_nfe
+from worldmodel.sampling.unmask_schedule import COUNT_MODES
+
+MODES = {"fbf": "frame-by-frame", "full": "full-sequence"}
+EXPERIMENTS = tuple(f"{m}_{s}" for m in MODES for s in SAMPLER_NAMES if (m, s) != ("fbf", "rolling"))
+OUTPUTS = ("report.md", "results.json", "psnr.png", "ssim.png", "fvd.png")
+MIN_FVD_FRAMES = 9          # I3D's temporal pooling needs at least 9 frames
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one evaluation (each key is explained in ``configs/eval.yaml``)."""
+
+    checkpoint: str = "default"
+    data: str = ""
+    split: str = "test"
+    out: str = "runs/eval"
+    overwrite: bool = False
+    seed: int = 0
+    num_videos: int = 8
+    batch_size: int = 8
+    horizons: list[int] = field(default_factory=lambda: [1, 2, 5, 10])
+    long_experiments: list[str] = field(default_factory=lambda: ["fbf_mgm", "full_mgm"])
+    comparison_horizons: list[int] = field(default_factory=lambda: [1])
+    experiments: list[str] = field(default_factory=lambda: ["fbf_mgm", "full_mgm", "full_mgm_tfree", "full_fm",
+                                                            "full_df", "full_rolling"])
+    compare_checkpoint: str = ""
+    compare_label: str = ""
+    compare_experiments: list[str] = field(default_factory=lambda: ["full_mgm", "full_fm"])
+    pair_with: str = ""
+    full_context: int = 0
+    steps_frame: int = 20
+    steps_mgm: int = 20
+    steps_fm: int = 50
+    steps_df: int = 50
+    steps_rolling: int = 50
+    temperature: float = 1.0
+    gumbel: float = 0.0
+    gumbel_frame: float = DEFAULT_FRAME_GUMBEL
+    action_guidance: float = 0.0
+    history_guidance: float = 0.0
+    schedule: str = "arccos"
+    fvd: bool = True
+    fvd_frames: int = 16
+    separate_horizons: bool = False
+    device: str = "cpu"
+    threads: int = 0
+    progress: bool = True
+
+    # allowed ranges and choices beyond the rules of validate() (types come from the annotations above)
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "split": one_of("train", "test"), "seed": SEED, "temperature": at_least(0, "0 = greedy"),
+        "gumbel": at_least(0, "0 = off"), "gumbel_frame": at_least(0, "0 = off"), "schedule": one_of(*COUNT_MODES),
+        "device": DEVICE, "threads": THREADS,
+        **{key: each(at_least(1), non_empty=True) for key in ("horizons", "comparison_horizons")},
+    }
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first key of a wrong type or out of its range."""
+        check_config(self)
+        if not self.data:
+            raise ConfigError("data=DIR is required: a frames dataset (its test split holds the held-out mazes)")
+        for key in ("experiments", "long_experiments", "compare_experiments"):
+            for name in getattr(self, key):
+                if name == "fbf_rolling":
+                    raise ConfigError(f"{key}: rolling diffusion keeps several partially masked frames and cannot "
+                                      "run frame by frame; use full_rolling")
+                if name not in EXPERIMENTS:
+                    raise ConfigError(f"{key}: unknown experiment {name!r}; valid: {', '.join(EXPERIMENTS)}")
+        if not self.experiments:
+            raise ConfigError("experiments: give at least one experiment, e.g. [fbf_mgm]")
+        for key in ("horizons", "comparison_horizons"):
+            values = getattr(self, key)
+            if not values or any(int(v) != v or v < 1 for v in values):
+                raise ConfigError(f"{key} must be a non-empty list of extrapolation factors >= 1 (dreamed frames "
+                                  f"= factor x window k), got {values}")
+        for key in ("num_videos", "batch_size", "steps_frame", "steps_mgm", "steps_fm", "steps_df", "steps_rolling"):
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.fvd and self.num_videos < 2:
+            raise ConfigError(f"num_videos={self.num_videos}: FVD fits a covariance and needs at least 2 videos "
+                              "(headline numbers use 2048); raise num_videos or set fvd=false")
+        if self.fvd_frames < MIN_FVD_FRAMES:
+            raise ConfigError(f"fvd_frames={self.fvd_frames}: I3D needs clips of >= {MIN_FVD_FRAMES} frames (16 is "
+                              "the standard protocol)")
+        for key in ("action_guidance", "history_guidance"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"{key} must be >= 0 (0 = off), got {getattr(self, key)}")
+        if self.full_context < 0:
+            raise ConfigError(f"full_context must be >= 0 (0 = window/2), got {self.full_context}")
+
+
+@dataclass
+class Checkpoint:
+    """A loaded world model with what the rows need to describe it."""
+
+    role: str            # "main" | "compare"
+    label: str
+    model: torch.nn.Module
+    tokenizer: Any
+    meta: dict
+    masking: str         # training masking mode: frame | constant
+    scheduler: str       # κ schedule the model was trained with
+
+    @property
+    def window(self) -> int:
+        return int(self.model.cfg.max_frames)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One dreaming setting on one checkpoint, scored at ``horizons`` (dreamed frames)."""
+
+    name: str
+    role: str
+    mode: str
+    sampler: str
+    steps: int
+    context: int
+    stride: int
+    horizons: tuple[int, ...]
+    horizon_key: str         # the config key its horizons come from (named in errors)
+
+
+def load_checkpoint(path: str, device: torch.device, role: str, label: str = "") -> Checkpoint:
+    """Load a checkpoint that carries its tokenizer (frames must be shown and scored)."""
+    from worldmodel.model.checkpoint import load_world_model
+
+    model, tokenizer, meta = load_world_model(path, device=device)
+    key = "checkpoint" if role == "main" else "compare_checkpoint"
+    if tokenizer is None:
+        raise ConfigError(f"{key}: {meta['path']} carries no tokenizer, so its dreams cannot be scored as frames")
+    train = meta.get("train_config", {})
+    masking = str(train.get("masking", "frame"))
+    return Checkpoint(role, label or f"{role} ({masking} masking)", model, tokenizer, meta, masking,
+                      str(train.get("scheduler", "sigmoid")))
+
+
+def experiment_steps(cfg: EvalConfig, mode: str, sampler: str) -> int:
+    """Steps per frame (fbf MGM) or per chunk (full MGM, FM, DF) or per frame of time (rolling's S)."""
+    if sampler in ("mgm", "mgm_tfree"):
+        return cfg.steps_frame if mode == "fbf" else cfg.steps_mgm
+    return {"fm": cfg.steps_fm, "df": cfg.steps_df, "rolling": cfg.steps_rolling}[sampler]
+
+
+def plan_experiments(cfg: EvalConfig, k: int, full_context: int, compare: bool) -> list[Experiment]:
+    """The experiments to run, main checkpoint first, with their contexts, strides and horizons in frames."""
+    todo = [("main", n, "horizons" if n in cfg.long_experiments else "comparison_horizons") for n in cfg.experiments]
+    if compare:
+        todo += [("compare", n, "comparison_horizons") for n in cfg.compare_experiments]
+    plan = []
+    for role, name, key in todo:
+        mode, sampler = name.split("_", 1)
+        m = k - 1 if mode == "fbf" else full_context
+        plan.append(Experiment(name, role, mode, sampler, experiment_steps(cfg, mode, sampler), m,
+                               1 if mode == "fbf" else k - m, tuple(sorted({int(f) * k for f in getattr(cfg, key)})),
+                               key))
+    return plan
+
+
+# ------------------------------------------------------------------------------------------- real data
+@dataclass
+class RealVideos:
+    """The real side: frames (n f y x c) uint8 and actions (n f) from ``dream_start - max context`` on."""
+
+    frames: np.ndarray
+    actions: np.ndarray
+    dream_start: int         # local index of the first dreamed frame (= the largest context)
+    picks: list[dict]
+    kind: str
+
+
+def choose_videos(lengths: list[int], need: int, n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """(episode, window start) of ``n`` windows of ``need`` frames: round robin over the long-enough
+    episodes in random order, at random starts (distinct within an episode while there is room)."""
+    eligible = [i for i, length in enumerate(lengths) if length >= need]
+    order = [eligible[j] for j in rng.permutation(len(eligible))]
+    counts = {e: 0 for e in order}
+    for i in range(n):
+        counts[order[i % len(order)]] += 1
+    picks = []
+    for e in order:
+        if counts[e]:
+            slots = lengths[e] - need + 1
+            # every start once (random order) before any repeats
+            starts = np.concatenate([rng.permutation(slots) for _ in range(-(-counts[e] // slots))])[:counts[e]]
+            picks += [(e, int(s)) for s in np.sort(starts)]
+    return picks
+
+
+def load_videos(cfg: EvalConfig, plan: list[Experiment], k: int, tokenizer: Any) -> RealVideos:
+    """Cut the videos; a clear :class:`ConfigError` naming the horizon key when episodes are too short."""
+    from envs.dataset import EpisodeDataset
+
+    m_max = max(e.context for e in plan)
+    h_max = max(h for e in plan for h in e.horizons)
+    need = m_max + h_max
+    ds = EpisodeDataset(cfg.data, split=cfg.split)
+    try:
+        lengths = ds.lengths()
+        if max(lengths) < need:
+            keys = sorted({e.horizon_key for e in plan if h_max in e.horizons})
+            raise ConfigError(f"{' / '.join(keys)}: the longest horizon {h_max // k}x{k} = {h_max} dreamed frames plus "
+                              f"{m_max} context frames needs episodes of {need} frames, but the longest {cfg.split} "
+                              f"episode in {cfg.data} has {max(lengths)}; lower {' / '.join(keys)}")
+        rng = np.random.default_rng(cfg.seed)
+        picks = choose_videos(lengths, need, cfg.num_videos, rng)
+        frames, actions, info = [], [], []
+        for e, s in picks:
+            ep = ds.episode(e)
+            sl = slice(s, s + need)
+            obs = ep["frames"][sl] if ds.kind == "frames" else decode_tokens(tokenizer, ep["tokens"][sl])
+            frames.append(np.asarray(obs, np.uint8))
+            actions.append(np.asarray(ep["actions"][sl], np.int64))
+            info.append({"episode": e, "episode_id": int(ep["id"]), "episode_frames": lengths[e],
+                         "first_dreamed_frame": s + m_max})
+    finally:
+        ds.close()
+    return RealVideos(np.stack(frames), np.stack(actions), m_max, info, ds.kind)
+
+
+# -------------------------------------------------------------------------------------------- dreaming
+class TimedDenoiser:
+    """Counts denoiser calls and records the seconds elapsed after each (horizon timings of one dream)."""
+
+    def __init__(self, denoise: ModelDenoiser, bar: Any) -> None:
+        self.denoise, self.bar = denoise, bar
+        self.t0 = time.perf_counter()
+        self.stamps: list[float] = []
+
+    def __call__(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        out = self.denoise(tokens, t, actions)
+        self.stamps.append(time.perf_counter() - self.t0)
+        self.bar.update(1)
+        return out
+
+
+def cached_rollout(ckpt: Checkpoint, exp: Experiment) -> bool:
+    """Frame by frame on a causal model runs the KV-cached rollout (otherwise the chunkwise driver, s = 1)."""
+    return exp.mode == "fbf" and ckpt.model.cfg.temporal == "causal"
+
+
+def formula_nfe(ckpt: Checkpoint, exp: Experiment, scfg: SamplerConfig, frames: int) -> int:
+    """NFE per video of a ``frames``-frame dream: (T_frame + 1 commit pass) per frame for the cached rollout,
+    :func:`expected_nfe` of the chunk plan otherwise."""
+    if cached_rollout(ckpt, exp):
+        return frames * frame_nfe(scfg)
+    return expected_nfe(scfg, ChunkConfig(ckpt.window, exp.context, exp.context + frames, exp.stride))
+
+
+def dream_videos(ckpt: Checkpoint, exp: Experiment, scfg: SamplerConfig, tokens: torch.Tensor, actions: torch.Tensor,
+                 start: int, frames: int, batch_size: int, gen: torch.Generator, progress: bool
+                 ) -> tuple[torch.Tensor, int, np.ndarray]:
+    """Dream ``frames`` frames of every video from real tokens (n f h w) before local index ``start``.
+
+    Returns the dreamed tokens (n frames h w), the counted NFE per video and the batch-summed seconds
+    after each frame (cached rollout) or after each denoiser call (chunkwise)."""
+    from tqdm.auto import tqdm
+
+    model, m, n = ckpt.model, exp.context, len(tokens)
+    ctx, ctx_act = tokens[:, start - m:start], actions[:, start - m:start]
+    future = actions[:, start:start + frames]
+    cached = cached_rollout(ckpt, exp)
+    total = frames if cached else formula_nfe(ckpt, exp, scfg, frames)
+    out, nfe, stamps = [], set(), np.zeros(total)
+    bar = tqdm(total=total * -(-n // batch_size), desc=f"{exp.role}:{exp.name} {frames}f", leave=False,
+               disable=not progress, unit="frame" if cached else "NFE", dynamic_ncols=True)
+    for b0 in range(0, n, batch_size):
+        sl = slice(b0, b0 + batch_size)
+        if cached:
+            t0 = time.perf_counter()
+            ro = CachedRollout(model, scfg, batch_size=len(ctx[sl]))
+            ro.reset(ctx[sl], ctx_act[sl])
+            frames_out = []
+            for j in range(frames):
+                frames_out.append(ro.step(future[sl, j], gen).tokens)
+                stamps[j] += time.perf_counter() - t0
+                bar.update(1)
+            out.append(torch.stack(frames_out, 1))
+            nfe.add(ro.nfe)
+        else:
+            den = TimedDenoiser(ModelDenoiser(model), bar)
+            chunking = ChunkConfig(ckpt.window, m, m + frames, exp.stride)
+            g = generate(den, make_sampler(scfg), ctx[sl], chunking, int(model.cfg.mask_id), gen,
+                         torch.cat([ctx_act[sl], future[sl]], 1))
+            out.append(g.tokens[:, m:])
+            nfe.add(g.nfe)
+            stamps += np.asarray(den.stamps)
+    bar.close()
+    expected = formula_nfe(ckpt, exp, scfg, frames)
+    assert nfe == {expected}, f"NFE bookkeeping error in {exp.name}: counted {nfe}, formula {expected}"
+    return torch.cat(out), expected, stamps
+
+
+def guidance(cfg: EvalConfig, ckpt: Checkpoint, exp: Experiment) -> dict[str, float]:
+    """The guidance weights of one experiment: only cached frame-by-frame rows can guide (chunkwise rows
+    and non-causal models run without)."""
+    if not cached_rollout(ckpt, exp):
+        return {}
+    return {"action_guidance": cfg.action_guidance, "history_guidance": cfg.history_guidance}
+
+
+def run_experiment(cfg: EvalConfig, ckpt: Checkpoint, exp: Experiment, real: RealVideos, tokens: torch.Tensor,
+                   bank: FVDBank, device: torch.device, new_view: np.ndarray) -> list[dict]:
+    """Dream, decode and score one experiment at each of its horizons (``new_view``: see ``make_row``)."""
+    k, start = ckpt.window, real.dream_start
+    scfg = SamplerConfig(exp.sampler, steps=exp.steps, temperature=cfg.temperature,
+                         gumbel=cfg.gumbel_frame if exp.mode == "fbf" else cfg.gumbel,
+                         schedule=cfg.schedule, **guidance(cfg, ckpt, exp),
+                         masking=ckpt.scheduler, seed=cfg.seed + zlib.crc32(f"{exp.role}:{exp.name}".encode()))
+    gen = make_generator(scfg, device)
+    actions = torch.as_tensor(real.actions, device=device)
+    key = exp.name if exp.role == "main" else f"compare:{exp.name}"
+    base = {"key": key, "experiment": exp.name, "checkpoint": exp.role, "model": ckpt.label,
+            "training_masking": ckpt.masking, "mode": MODES[exp.mode], "sampler": exp.sampler, "steps": exp.steps,
+            "context": exp.context, "stride": exp.stride, "kv_cache": cached_rollout(ckpt, exp),
+            "nfe_context": exp.context if cached_rollout(ckpt, exp) else 0, **guidance(cfg, ckpt, exp)}
+    runs = [(h,) for h in exp.horizons] if cfg.separate_horizons else [exp.horizons]
+    rows = []
+    for hs in runs:
+        dreamed, nfe_max, stamps = dream_videos(ckpt, exp, scfg, tokens, actions, start, hs[-1], cfg.batch_size,
+                                                gen, cfg.progress)
+        pred = rearrange(decode_tokens(ckpt.tokenizer, rearrange(dreamed, "n f h w -> (n f) h w")),
+                         "(n f) y x c -> n f y x c", n=len(dreamed))
+        truth = real.frames[:, start:start + hs[-1]]
+        psnr, ssim = frame_scores(pred, truth)
+        acc = (dreamed == tokens[:, start:start + hs[-1]]).float().mean(dim=(2, 3))      # (n f) token accuracy
+        source = key if len(hs) > 1 else f"{key}@{hs[0]}"
+        for h in hs:
+            nfe = formula_nfe(ckpt, exp, scfg, h)
+            # seconds of the first frames / NFE of the longest dream = what a dream of h frames costs
+            at = (h if base["kv_cache"] else nfe) - 1
+            seconds = stamps[min(at, len(stamps) - 1)] / len(dreamed)
+            rows.append({**make_row(base, h, k, psnr, ssim, bank, source, pred, nfe, seconds, new_view),
+                         "token_accuracy": acc[:, :h].mean().item(), "nfe_counted_longest": nfe_max})
+    return rows
+
+
+def load_earlier(path: str) -> dict | None:
+    """The results of an earlier eval to pair with (``pair_with``): its results.json, or the folder holding it."""
+    if not path:
+        return None
+    f = Path(path)
+    f = f / "results.json" if f.is_dir() else f
+    try:
+        earlier = json.loads(f.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"pair_with={path}: no eval results there (give an eval's out= folder or its results.json)") \
+            from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"pair_with={path}: {f} is not a readable results.json ({e})") from None
+    if not isinstance(earlier, dict) or not {"settings", "videos", "rows"} <= earlier.keys():
+        raise ConfigError(f"pair_with={path}: {f} is not a `maskflow eval` results.json")
+    if not any("psnr_bands_new_view" in r for r in earlier["rows"]):
+        raise ConfigError(f"pair_with={path}: its rows carry no per-video scores (written by an older version); "
+                          "re-run that eval to pair with it")
+    return earlier
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Run the evaluation and write its files to ``cfg.out``; returns what results.json holds."""
+    from tqdm.auto import tqdm
+
+    cfg.validate()                      # again: fields may have changed since construction
+    out = Path(cfg.out)
+    present = [name for name in OUTPUTS if (out / name).exists()]
+    if present and not cfg.overwrite:
+        raise ConfigError(f"{out} already holds an eval report; pass overwrite=true or choose another out=")
+    if present and not (out / "results.json").is_file():    # overwrite replaces only a report this project wrote
+        raise ConfigError(f"{out} holds {', '.join(present)} but no results.json, so they are not an eval report "
+                          "this project wrote; overwrite=true will not replace them: choose another out=")
+    governor(cfg.threads)           # 0: adapt to the cores other processes leave free
+    t_start = time.perf_counter()
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    main = load_checkpoint(cfg.checkpoint, device, "main")
+    k = main.window
+    compare = None
+    notes = []
+    if cfg.compare_checkpoint:
+        compare = load_checkpoint(cfg.compare_checkpoint, device, "compare", cfg.compare_label)
+        if compare.window != k:
+            raise ConfigError(f"compare_checkpoint: its window k={compare.window} differs from the checkpoint's "
+                              f"k={k}; horizons are multiples of k, so both models need the same window")
+    else:
+        notes.append("frame-level vs constant masking: skipped (no compare_checkpoint given; train one with "
+                     "`maskflow train masking=constant` and pass compare_checkpoint=DIR)")
+    m_full = cfg.full_context or k // 2
+    if m_full >= k:
+        raise ConfigError(f"full_context={m_full} must be below the window k={k} (full sequence keeps s = k - m >= 1)")
+    plan = plan_experiments(cfg, k, m_full, compare is not None)
+    if cfg.action_guidance > 0 or cfg.history_guidance > 0:
+        unguided = [f"{e.role}:{e.name}" for e in plan if not cached_rollout(main if e.role == "main" else compare, e)]
+        if unguided:
+            notes.append("guidance applies to cached frame-by-frame rows of causal models only; these rows ran "
+                         f"unguided: {', '.join(unguided)}")
+    earlier = load_earlier(cfg.pair_with)
+    real = load_videos(cfg, plan, k, main.tokenizer)
+    if earlier is not None:       # before any dreaming: a mismatch costs nothing
+        same_videos({"settings": dataclasses.asdict(cfg), "videos": real.picks}, earlier, ("this eval", "pair_with"))
+    start = real.dream_start
+    horizons = sorted({h for e in plan for h in e.horizons})
+    bank = FVDBank(real.frames[:, start:], cfg.fvd_frames, cfg.fvd, device, cfg.progress)
+    flat = rearrange(real.frames, "n f y x c -> (n f) y x c")
+    tokens, enc_s = {}, 0.0
+    for ck in (main, compare):
+        if ck is not None:
+            t0 = time.perf_counter()
+            tokens[ck.role] = rearrange(encode_frames(ck.tokenizer, flat), "(n f) h w -> n f h w", n=len(real.frames))
+            enc_s = enc_s or (time.perf_counter() - t0) / len(flat)
+    new_view = new_views(real, max(horizons))                  # (n f): once for every row
+    rows = baseline_rows(real, main, tokens["main"], enc_s, horizons, bank, k, new_view)
+    for exp in tqdm(plan, desc="experiments", disable=not cfg.progress, dynamic_ncols=True):
+        ck = main if exp.role == "main" else compare
+        rows += run_experiment(cfg, ck, exp, real, tokens[exp.role], bank, device, new_view)
+    if real.kind == "tokens":
+        notes.append("data is a token dataset: the real frames are the tokenizer's decode of its tokens, so the "
+                     "reconstruction row is a decode -> encode -> decode round trip, not the tokenizer's ceiling")
+    paired = paired_margins(rows, cfg.seed, earlier["rows"] if earlier is not None else None)
+    if earlier is not None:
+        notes.append(f"pair_with: `pair_with:ROW` is ROW of the earlier eval {cfg.pair_with} (same videos)")
+    results = {
+        "settings": {**dataclasses.asdict(cfg), "window": k, "full_context_used": m_full,
+                     "fbf_context": k - 1, "device_used": str(device), "torch_threads": torch.get_num_threads()},
+        "models": {ck.role: describe(ck) for ck in (main, compare) if ck is not None},
+        "videos": real.picks, "data_kind": real.kind, "num_videos": len(real.frames),
+        "fvd_protocol": PROTOCOL, "rows": rows, "paired": paired, "notes": notes,
+        "repeated_views": int((~new_view).sum()),
+        "seconds_total": round(time.perf_counter() - t_start, 1),
+    }
+    write_report(out, results)
+    return results
+
+
+def describe(ck: Checkpoint) -> dict[str, Any]:
+    """What the report says about a checkpoint."""
+    c = ck.model.cfg
+    return {"label": ck.label, "path": ck.meta["path"], "training_masking": ck.masking, "scheduler": ck.scheduler,
+            "window": c.max_frames, "token_grid": list(c.token_grid), "vocab_size": c.vocab_size, "dim": c.dim,
+            "depth": c.depth, "temporal": c.temporal, "parameters": sum(p.numel() for p in ck.model.parameters()),
+            "train_step": ck.meta.get("train_step")}
+
+
+def run_eval(cfg: Any) -> dict[str, Any]:
+    """CLI entry (``maskflow eval``): compose → :class:`EvalConfig` → :func:`evaluate`; prints a summary."""
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    results = evaluate(EvalConfig(**plain))
+    head = [r for r in results["rows"] if r["fvd_last"] is not None]
+    print(json.dumps({"out": str(Path(plain["out"]).resolve()), "num_videos": results["num_videos"],
+                      "seconds": results["seconds_total"],
+                      "fvd": {r["id"]: round(r["fvd_last"]["fvd"], 2) for r in head}}, indent=1))
+    return results

@@ -1,0 +1,1 @@
+"""The Latte backbone, its layers and KV cache, checkpoint directories and release export."""

@@ -1,0 +1,324 @@
+"""Discrete Latte: the MaskFlow backbone, with per-frame actions, causal temporal attention and a KV cache.
+
+Axis letters (einops): b batch, f frames, h w token grid, p positions (patches) per frame,
+d width, v vocabulary including the mask class, e head width, n cached frames.
+
+tokens (b f h w) ─embed+patchify 2×2─▶ (b f p d) + 2-D sin-cos positions
+    ─[spatial block (attention over p), temporal block (attention over f, rotary)] × depth─▶
+    head ─▶ logits (b f h w v); pooled clean-frame features ─▶ reward / termination logits (b f).
+Each block is adaLN-Zero, modulated by its frame's conditioning c_f = emb(t_f) + emb(action_f).
+Temporal attention is ``bidirectional`` (the paper) or ``causal`` (frame f sees frames ≤ f); the
+rotary temporal positions are relative, so a causal model rolls out past its window with a sliding
+KV cache (:mod:`worldmodel.model.cache`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from envs.common.errors import ConfigError, MaskFlowError
+from worldmodel.model.cache import LatteCache
+from worldmodel.model.layers import FinalLayer, FrameHeads, SpatialBlock, TemporalBlock, TimestepEmbedder
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the discrete Latte backbone."""
+
+    vocab_size: int = 1024                          # V tokenizer codes; the mask id is V
+    token_grid: tuple[int, int] = (16, 16)          # (h, w) tokens per frame
+    patch: int = 2                                  # patchify p×p tokens into one position
+    dim: int = 256                                  # width d
+    depth: int = 4                                  # number of (spatial, temporal) block pairs
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    max_frames: int = 16                            # training window k (temporal attention span)
+    num_actions: int = 9                            # 0 = action-free model
+    temporal: str = "causal"                        # "causal" | "bidirectional"
+    time_freqs: int = 256                           # sinusoidal features of raw t ∈ [0, 1]
+    rope_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        self.token_grid = tuple(int(x) for x in self.token_grid)
+        if self.temporal not in ("causal", "bidirectional"):
+            raise ConfigError(f"temporal={self.temporal!r} is not valid; use 'causal' or 'bidirectional'")
+        h, w = self.token_grid
+        if h % self.patch or w % self.patch:
+            raise ConfigError(f"token grid {self.token_grid} is not divisible by patch {self.patch}")
+        if self.dim % self.heads or (self.dim // self.heads) % 2:
+            raise ConfigError(f"dim {self.dim} must split into {self.heads} heads of even width")
+        if self.vocab_size < 2 or self.max_frames < 1 or self.depth < 1 or self.num_actions < 0:
+            raise ConfigError(f"invalid model sizes: {self}")
+
+    @property
+    def mask_id(self) -> int:
+        """Token id of [M] (one past the last code)."""
+        return self.vocab_size
+
+    @property
+    def positions(self) -> int:
+        """Patches per frame."""
+        return (self.token_grid[0] // self.patch) * (self.token_grid[1] // self.patch)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (``ModelConfig(**d)`` rebuilds it)."""
+        d = asdict(self)
+        d["token_grid"] = list(self.token_grid)
+        return d
+
+
+# name -> (dim, depth pairs, heads). tiny: tests (< 1M parameters); small: the CPU default (~5M), chosen
+# by held-out next-frame accuracy per CPU-second (d=256 x 4 pairs learns no faster per step early on and
+# costs 2x per step; d=128 x 3 is cheaper but learns slower per step); base: Latte-B/2 for a GPU (~135M).
+PRESETS: dict[str, dict] = {
+    "tiny": dict(dim=64, depth=1, heads=2),
+    "small": dict(dim=192, depth=3, heads=3),
+    "base": dict(dim=768, depth=6, heads=12),
+}
+
+
+def model_config(size: str, **overrides) -> ModelConfig:
+    """The preset ``size`` (tiny | small | base) with ``overrides`` (vocab_size, token_grid, …)."""
+    if size not in PRESETS:
+        raise ConfigError(f"unknown model size {size!r}; choose one of {', '.join(PRESETS)}")
+    return ModelConfig(**{**PRESETS[size], **overrides})
+
+
+@dataclass
+class LatteOutput:
+    """Model outputs: logits (b f h w v) with v = V + 1 (the [M] logit is −inf), and per-frame
+    reward / termination logits (b f) (P(reward > 0) and P(terminated) through a sigmoid)."""
+
+    logits: torch.Tensor
+    reward_logits: torch.Tensor
+    done_logits: torch.Tensor
+
+
+def sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
+    """Fixed MAE-style 2-D sin-cos position embedding, (h·w, dim)."""
+    def one_d(d: int, pos: torch.Tensor) -> torch.Tensor:
+        omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2))
+        out = pos.double().flatten()[:, None] * omega[None]
+        return torch.cat([out.sin(), out.cos()], dim=1)
+    gy, gx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.cat([one_d(dim // 2, gy), one_d(dim // 2, gx)], dim=1).float()
+
+
+class Rotary:
+    """Rotary position tables for temporal attention: (cos, sin) of shape (n, e)."""
+
+    def __init__(self, head_dim: int, base: float):
+        self.inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for integer ``positions`` (n,) → each (n, e)."""
+        ang = positions.double()[:, None] * self.inv_freq.to(positions.device)[None]
+        ang = torch.cat([ang, ang], dim=-1)
+        return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+class Latte(nn.Module):
+    """Discrete Latte world model (see module docstring). Build with ``Latte(model_config("small"))``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, h, w, p = cfg.dim, *cfg.token_grid, cfg.patch
+        self.tok_embed = nn.Embedding(cfg.vocab_size + 1, d // 2)
+        self.patchify = nn.Linear(p * p * (d // 2), d)      # = the paper's 2×2 stride-2 conv
+        self.register_buffer("pos_embed", sincos_2d(d, h // p, w // p), persistent=False)
+        self.t_embed = TimestepEmbedder(d, cfg.time_freqs)
+        self.act_embed = nn.Embedding(cfg.num_actions + 1, d)     # last row = "no action" (dropped / reset)
+        self.spatial = nn.ModuleList(SpatialBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.temporal = nn.ModuleList(TemporalBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.final = FinalLayer(d, p * p, cfg.vocab_size + 1)
+        self.frame_heads = FrameHeads(d)
+        self.rotary = Rotary(d // cfg.heads, cfg.rope_base)
+        # −inf bias on the [M] logit of every sub-position: [M] is never a valid prediction.
+        cls_bias = torch.zeros(p * p, cfg.vocab_size + 1)
+        cls_bias[:, cfg.mask_id] = float("-inf")
+        self.register_buffer("class_bias", cls_bias.flatten(), persistent=False)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """Xavier linears, N(0, 0.02) embeddings and time MLP, zero adaLN modulation and zero heads."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.tok_embed.weight, std=0.02)
+        nn.init.normal_(self.act_embed.weight, std=0.02)
+        for lin in self.t_embed.mlp:
+            if isinstance(lin, nn.Linear):
+                nn.init.normal_(lin.weight, std=0.02)
+        for blk in [*self.spatial, *self.temporal]:
+            nn.init.zeros_(blk.ada[-1].weight)
+            nn.init.zeros_(blk.ada[-1].bias)
+        self.final.zero_init()
+        self.frame_heads.zero_init()
+
+    def num_parameters(self) -> int:
+        """Total trainable parameters."""
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------ input checks
+    def validate(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> None:
+        """Raise :class:`MaskFlowError` naming the problem for wrong shapes, dtypes or ranges."""
+        cfg = self.cfg
+        if tokens.dim() != 4 or tuple(tokens.shape[2:]) != cfg.token_grid:
+            raise MaskFlowError(f"tokens must have shape (batch, frames, {cfg.token_grid[0]}, {cfg.token_grid[1]}),"
+                                f" got {tuple(tokens.shape)}")
+        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+            raise MaskFlowError(f"tokens must be integer token ids, got dtype {tokens.dtype}")
+        b, f = tokens.shape[:2]
+        if tuple(t.shape) != (b, f) or tuple(actions.shape) != (b, f):
+            raise MaskFlowError(f"t and actions must have shape (batch, frames) = {(b, f)}, "
+                                f"got t {tuple(t.shape)} and actions {tuple(actions.shape)}")
+        if f > cfg.max_frames and cfg.temporal == "bidirectional":
+            raise MaskFlowError(f"{f} frames exceed the bidirectional model's window of {cfg.max_frames}; "
+                                "roll out chunk by chunk")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi > cfg.mask_id:
+            raise MaskFlowError(f"token ids must lie in [0, {cfg.mask_id}] ({cfg.vocab_size} codes + mask id "
+                                f"{cfg.mask_id}), got range [{lo}, {hi}]: does the tokenizer match the model?")
+        if actions.numel() and (int(actions.min()) < -1 or int(actions.max()) >= cfg.num_actions):
+            raise MaskFlowError(f"actions must lie in [-1, {cfg.num_actions - 1}] (-1 = none), got "
+                                f"[{int(actions.min())}, {int(actions.max())}]")
+
+    # ------------------------------------------------------------------ pieces
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (b f h w) → positions (b f p d)."""
+        e = self.tok_embed(tokens.long())
+        x = rearrange(e, "b f (hp p1) (wp p2) e -> b f (hp wp) (p1 p2 e)", p1=self.cfg.patch, p2=self.cfg.patch)
+        return self.patchify(x) + self.pos_embed.to(x.dtype)
+
+    def condition(self, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Per-frame conditioning c (b f d) = emb(t) + emb(action); action −1 → the "none" row."""
+        a = torch.where(actions < 0, torch.full_like(actions, self.cfg.num_actions), actions).long()
+        return self.t_embed(t.float()) + self.act_embed(a)
+
+    def outputs(self, x: torch.Tensor, c: torch.Tensor) -> LatteOutput:
+        """Features x (b f p d), conditioning c (b f d) → :class:`LatteOutput`."""
+        cfg = self.cfg
+        logits = self.final(x, c, self.class_bias)                        # (b f p (p1 p2 v))
+        hp = cfg.token_grid[0] // cfg.patch
+        logits = rearrange(logits, "b f (hp wp) (p1 p2 v) -> b f (hp p1) (wp p2) v",
+                           hp=hp, p1=cfg.patch, p2=cfg.patch)
+        reward, done = self.frame_heads(x)
+        return LatteOutput(logits, reward, done)
+
+    def masked_logits(self, x: torch.Tensor, c: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Logits of the selected tokens only, over the V real codes (no [M] column): the training path.
+
+        x (b f p d), c (b f d), masked (b f h w) bool → logits (n V) and ``index`` (n,) of flat positions
+        in (b f h w) (gather targets with ``target.flatten()[index]``). Skips the head for unselected
+        tokens and never materialises the (b f h w v) tensor, which makes the head ~2x cheaper at an
+        average mask ratio of one half.
+        """
+        cfg = self.cfg
+        h = self.final.features(x, c)                                           # (b f p d)
+        sel = rearrange(masked, "b f (hp p1) (wp p2) -> b f (hp wp) (p1 p2)", p1=cfg.patch, p2=cfg.patch)
+        flat = rearrange(torch.arange(masked.numel(), device=masked.device).view(masked.shape),
+                         "b f (hp p1) (wp p2) -> b f (hp wp) (p1 p2)", p1=cfg.patch, p2=cfg.patch)
+        w = self.final.linear.weight.view(cfg.patch ** 2, cfg.vocab_size + 1, -1)[:, : cfg.vocab_size]
+        bias = self.final.linear.bias.view(cfg.patch ** 2, cfg.vocab_size + 1)[:, : cfg.vocab_size]
+        rows, index = [], []
+        for j in range(cfg.patch ** 2):                       # one matmul per sub-position of the patch
+            pick = sel[..., j]
+            rows.append(F.linear(h[pick], w[j], bias[j]))
+            index.append(flat[..., j][pick])
+        return torch.cat(rows), torch.cat(index)
+
+    def temporal_mask(self, f: int, device: torch.device) -> torch.Tensor | None:
+        """Boolean (f, f) attention mask for causal sequences longer than the window (sliding band)."""
+        if self.cfg.temporal != "causal" or f <= self.cfg.max_frames:
+            return None
+        i = torch.arange(f, device=device)
+        diff = i[:, None] - i[None, :]
+        return (diff >= 0) & (diff < self.cfg.max_frames)
+
+    # ------------------------------------------------------------------ full forward
+    def features(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Backbone without checks or heads: → features x (b f p d), conditioning c (b f d)."""
+        f = tokens.shape[1]
+        x = self.embed(tokens)
+        c = self.condition(t, actions).to(x.dtype)
+        cos, sin = self.rotary.tables(torch.arange(f, device=x.device), x.dtype)
+        mask = self.temporal_mask(f, x.device)
+        causal = self.cfg.temporal == "causal" and mask is None
+        for sblk, tblk in zip(self.spatial, self.temporal):
+            x = sblk(x, c)
+            x, _ = tblk(x, c, cos, sin, causal=causal, attn_mask=mask)
+        return x, c
+
+    def forward(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> LatteOutput:
+        """tokens (b f h w) long in [0, V] (V = mask id), t (b f) float in [0, 1] (1 = clean),
+        actions (b f) long, −1 = none → LatteOutput(logits (b f h w v), reward_logits (b f), done_logits (b f)).
+
+        Causal models accept f > max_frames: each frame then attends to its last max_frames frames,
+        exactly what the sliding KV cache computes.
+        """
+        self.validate(tokens, t, actions)
+        return self.outputs(*self.features(tokens, t, actions))
+
+    # ------------------------------------------------------------------ cached frame-by-frame rollout
+    def new_cache(self, batch_size: int, device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32, slots: int | None = None) -> LatteCache:
+        """An empty KV cache holding the last (max_frames − 1) finished frames of ``batch_size`` rollouts;
+        ``slots=0`` gives a history-free cache (a new frame then attends to itself only)."""
+        if self.cfg.temporal != "causal":
+            raise MaskFlowError("a KV cache needs a causal model (temporal='causal'); this model is bidirectional")
+        cfg = self.cfg
+        n = cfg.max_frames - 1 if slots is None else int(slots)
+        if not 0 <= n <= cfg.max_frames - 1:
+            raise MaskFlowError(f"slots must lie in [0, {cfg.max_frames - 1}], got {slots}")
+        return LatteCache.empty(cfg.depth, batch_size, cfg.positions, cfg.heads, cfg.dim // cfg.heads,
+                                n, torch.device(device), dtype)
+
+    def _frame_pass(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor,
+                    cache: LatteCache) -> tuple[LatteOutput, list[tuple[torch.Tensor, torch.Tensor]]]:
+        if cache.batch_size != tokens.shape[0]:
+            raise MaskFlowError(f"cache holds {cache.batch_size} rollouts but {tokens.shape[0]} frames were given")
+        tokens, t, actions = tokens[:, None], t.reshape(-1, 1), actions.reshape(-1, 1)
+        self.validate(tokens, t, actions)
+        x = self.embed(tokens)
+        c = self.condition(t, actions).to(x.dtype)
+        n = cache.slots
+        cos, sin = self.rotary.tables(torch.arange(n + 1, device=x.device), x.dtype)
+        # The new frame may see every valid cached slot and itself; slots are right-aligned in time.
+        mask = torch.cat([cache.valid, cache.valid.new_ones(cache.batch_size, 1)], dim=1)
+        new_kv = []
+        for layer, (sblk, tblk) in enumerate(zip(self.spatial, self.temporal)):
+            x = sblk(x, c)
+            x, kv = tblk(x, c, cos, sin, past=cache.layer(layer), past_mask=mask)
+            new_kv.append(kv)
+        return self.outputs(x, c), new_kv
+
+    def forward_new_frame(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor,
+                          cache: LatteCache) -> LatteOutput:
+        """One new frame against the cache, which is not modified.
+
+        tokens (b h w), t (b,), actions (b,) → LatteOutput with f = 1: logits (b 1 h w v), heads (b 1).
+        """
+        return self._frame_pass(tokens, t, actions, cache)[0]
+
+    def commit_frame(self, tokens: torch.Tensor, actions: torch.Tensor, cache: LatteCache) -> LatteOutput:
+        """Run a finished frame (t = 1) once and append its temporal keys/values to ``cache``
+        (evicting the oldest beyond max_frames − 1). tokens (b h w), actions (b,) → LatteOutput (f = 1),
+        whose reward/done logits are the clean-frame predictions for this frame."""
+        out, kv = self._frame_pass(tokens, torch.ones(tokens.shape[0], device=tokens.device), actions, cache)
+        cache.append(kv)
+        return out
+
+
+def describe(model: Latte) -> str:
+    """One line: size, parameter count and layout, printed at the start of training."""
+    c = model.cfg
+    return (f"Latte d={c.dim} depth={c.depth}x(spatial+temporal) heads={c.heads} window={c.max_frames} "
+            f"V={c.vocab_size} grid={c.token_grid} temporal={c.temporal} actions={c.num_actions}: "
+            f"{model.num_parameters() / 1e6:.2f}M parameters")

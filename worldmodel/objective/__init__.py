@@ -1,0 +1,1 @@
+"""The MaskFlow objective: masking schedules, frame-level masking and the loss."""

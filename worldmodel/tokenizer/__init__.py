@@ -1,0 +1,1 @@
+"""The frame tokenizer: the model, its training and resumable state, evaluation, and `tokenize`."""

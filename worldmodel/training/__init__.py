@@ -1,0 +1,1 @@
+"""World-model training: the loop, token clips, resumable state and held-out metrics."""

@@ -1,0 +1,184 @@
+"""Token clips for world-model training: the whole split in memory, sharded and shuffled per epoch.
+
+A token dataset is small (16×16 uint16 per frame: 48k frames are 25 MB), so every episode of a
+split is loaded once into one array and a batch is a single fancy-index — well under a millisecond,
+so data loading never sits on the critical path and needs no worker processes competing for the
+CPU cores the model trains on.
+
+Sampling is DistributedSampler-style: the clip windows (every k-frame window of every episode) are
+permuted with a generator seeded by (seed, epoch); the global batch of step s is positions
+[s·B, (s+1)·B) of the concatenated epoch permutations, and rank r takes rows [r·B/R, (r+1)·B/R).
+A batch therefore depends only on (seed, step), which makes resuming and multi-process runs exact.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from envs.common.errors import DatasetError
+from envs.dataset import EpisodeDataset
+from worldmodel.tokenizer.identity import same_encoder
+
+
+@dataclass
+class ClipBatch:
+    """A batch of clips: tokens (b f h w) long, actions (b f) long (−1 = none), rewards (b f) float,
+    terminated (b f) bool."""
+
+    tokens: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    terminated: torch.Tensor
+
+    def to(self, device: torch.device | str) -> ClipBatch:
+        return ClipBatch(*(x.to(device, non_blocking=True) for x in
+                           (self.tokens, self.actions, self.rewards, self.terminated)))
+
+
+class TokenClips:
+    """All k-frame windows of one split of one token dataset, or of several trained on as one.
+
+    Several datasets must share what gives tokens and actions their meaning: the tokenizer's encoder
+    (its decoder may differ; see tokenizer_identity), the token grid, the env and its action list; a
+    mismatch is a :class:`DatasetError` naming
+    both datasets. A dataset without episodes in ``split`` is skipped when others have some.
+    """
+
+    def __init__(self, root: str | os.PathLike | Sequence[str | os.PathLike], split: str, clip_len: int):
+        roots = [Path(r) for r in ([root] if isinstance(root, (str, os.PathLike)) else root)]
+        if not roots:
+            raise DatasetError("no token dataset given")
+        firsts = []
+        for r in roots:
+            try:
+                ds = EpisodeDataset(r, split)                       # reads the manifest only
+            except DatasetError:
+                if len(roots) == 1:
+                    raise
+                continue                                    # no episodes in this split: others may have some
+            if ds.kind != "tokens":
+                raise DatasetError(f"{r} is a {ds.kind!r} dataset; `maskflow train` needs a token dataset "
+                                   "(make one with `maskflow tokenize data=FRAMES checkpoint=TOKENIZER out=...`)")
+            if firsts:
+                _check_compatible(firsts[0], ds)                    # before any episode is read
+            firsts.append(ds)
+        if not firsts:
+            raise DatasetError(f"none of {[str(r) for r in roots]} has episodes in split {split!r}")
+        eps, self._spans = [], []                  # (dataset, its episodes, its frames) in concatenation order
+        for d in firsts:
+            mine = [d.episode(i) for i in range(len(d))]
+            d.close()
+            eps += mine
+            self._spans.append((d.root.name, len(mine), sum(len(e["tokens"]) for e in mine)))
+        ds = firsts[0]
+        self.roots = [d.root for d in firsts]
+        self.manifest = ds.manifest
+        kwargs = [d.manifest.get("source", {}).get("env_kwargs", {}) for d in firsts]
+        # the live maze settings a dream env should use: known only when every dataset agrees
+        self.env_kwargs = dict(kwargs[0]) if all(k == kwargs[0] for k in kwargs) else {}
+        self.num_actions = ds.num_actions
+        self.action_meanings = ds.action_meanings
+        self.clip_len = clip_len
+        self.tokens = np.concatenate([e["tokens"] for e in eps])          # uint16 on disk: kept compact
+        n = len(self.tokens)
+        self.actions = np.concatenate([_field(e, "actions", -1, np.int64) for e in eps])
+        self.rewards = np.concatenate([_field(e, "rewards", 0, np.float32) for e in eps])
+        self.terminated = np.concatenate([_field(e, "terminated", False, bool) for e in eps])
+        starts = np.cumsum([0] + [len(e["tokens"]) for e in eps])
+        self.starts = np.concatenate([np.arange(s, s + len(e["tokens"]) - clip_len + 1)
+                                      for s, e in zip(starts, eps)]).astype(np.int64)
+        assert len(self.actions) == n
+        if len(self.starts) == 0:
+            longest = max(len(e["tokens"]) for e in eps)
+            names = ", ".join(str(r) for r in self.roots)
+            raise DatasetError(f"no episode of {names} ({split}) has {clip_len} frames (longest: {longest}); "
+                               f"use a shorter clip_len")
+
+    @functools.cached_property
+    def fingerprint(self) -> list[dict]:
+        """What identifies each dataset's split for a resumed run: folder name, size, and a sha256 of its
+        tokens and actions in order (the clip indices a run's batch order refers to depend on all three).
+        Computed on first use (the training set's, once per run)."""
+        out, start = [], 0
+        for name, episodes, frames in self._spans:
+            h = hashlib.sha256(np.ascontiguousarray(self.tokens[start:start + frames]).tobytes())
+            h.update(np.ascontiguousarray(self.actions[start:start + frames]).tobytes())
+            out.append({"dataset": name, "episodes": episodes, "frames": frames, "sha256": h.hexdigest()})
+            start += frames
+        return out
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        return tuple(self.tokens.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def max_token(self) -> int:
+        return int(self.tokens.max())
+
+    def batch(self, windows: np.ndarray) -> ClipBatch:
+        """Clips for window indices ``windows`` (b,)."""
+        idx = self.starts[windows][:, None] + np.arange(self.clip_len)[None]
+        return ClipBatch(torch.from_numpy(self.tokens[idx].astype(np.int64)), torch.from_numpy(self.actions[idx]),
+                         torch.from_numpy(self.rewards[idx]), torch.from_numpy(self.terminated[idx]))
+
+
+def _check_compatible(a: EpisodeDataset, b: EpisodeDataset) -> None:
+    """Raise :class:`DatasetError` unless token datasets ``a`` and ``b`` can be trained on together."""
+    problems = []
+    if a.env_id != b.env_id:
+        problems.append(f"env {a.env_id!r} vs {b.env_id!r}")
+    if a.action_meanings != b.action_meanings:
+        problems.append(f"actions {list(a.action_meanings)} vs {list(b.action_meanings)}")
+    grid_a, grid_b = (list(d.manifest.get("obs_shape") or []) for d in (a, b))
+    if grid_a != grid_b:
+        problems.append(f"token grid {grid_a} vs {grid_b}")
+    ta, tb = (d.manifest.get("tokenizer") or {} for d in (a, b))
+    if not same_encoder(ta, tb) or ta.get("vocab_size") != tb.get("vocab_size"):
+        problems.append("different tokenizers (their encoders differ), so the same token id means different things")
+    if problems:
+        raise DatasetError(f"token datasets {a.root} and {b.root} cannot be trained on together: "
+                           + "; ".join(problems))
+
+
+def _field(ep: dict, key: str, fill, dtype) -> np.ndarray:
+    n = len(ep["tokens"])
+    return np.asarray(ep[key], dtype=dtype) if key in ep else np.full(n, fill, dtype=dtype)
+
+
+class ShardedSampler:
+    """Deterministic, epoch-shuffled, rank-sharded window indices for each training step."""
+
+    def __init__(self, num_windows: int, global_batch: int, seed: int, rank: int = 0, world_size: int = 1):
+        if global_batch % world_size:
+            raise DatasetError(f"batch_size {global_batch} must be divisible by the {world_size} processes")
+        self.n, self.global_batch, self.seed = num_windows, global_batch, seed
+        self.rank, self.world_size = rank, world_size
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            # keep the current and the previous epoch: a batch may straddle the boundary
+            self._perms = {e: p for e, p in self._perms.items() if e == epoch - 1}
+            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._perms[epoch]
+
+    def global_indices(self, step: int) -> np.ndarray:
+        """The global batch of window indices for ``step`` (same on every rank)."""
+        pos = step * self.global_batch + np.arange(self.global_batch)
+        epochs, offs = pos // self.n, pos % self.n
+        return np.array([self._perm(int(e))[o] for e, o in zip(epochs, offs)], dtype=np.int64)
+
+    def indices(self, step: int) -> np.ndarray:
+        """This rank's share of the global batch of ``step``."""
+        local = self.global_batch // self.world_size
+        return self.global_indices(step)[self.rank * local: (self.rank + 1) * local]

@@ -148,21 +148,17 @@ def evaluate_real(model, env_id: str = "DMLabMaze-v0", env_kwargs: dict | None =
     import gymnasium as gym
 
     import envs  # noqa: F401  (registers the env ids)
-    from worldmodel.dream.verb import info_keys
+    from envs.heldout import play_heldout
+
+    class Greedy:                   # the policy's most likely action, as a play_heldout policy
+        def act(self, obs, info=None) -> int:
+            return int(model.predict(obs, deterministic=True)[0])
 
     env = gym.make(env_id, **dict(env_kwargs or {}))
     try:
-        options = {"maze_seed": 2 * seed + 1} if "maze_seed" in info_keys(env) else None
-        obs, _ = env.reset(seed=seed, options=options)
-        total, episodes = 0.0, 0
-        for _ in range(steps):
-            action, _ = model.predict(obs, deterministic=True)
-            obs, r, term, trunc, _ = env.step(int(action))
-            total += float(r)
-            if term or trunc:
-                episodes += 1
-                obs, _ = env.reset(options=options)
-        return {"env_id": env_id, "steps": steps, "total_reward": total, "episodes_ended": episodes}
+        play = play_heldout(env, steps, seed, Greedy())       # a new episode in the same maze after each end
+        return {"env_id": env_id, "steps": steps, "total_reward": float(sum(play.rewards.tolist())),
+                "episodes_ended": play.episodes_ended}
     finally:
         env.close()
 
@@ -203,14 +199,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--max-episode-steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = adapt to the load)")
     p.add_argument("--out", default=None, help="write policy.safetensors and ppo_dream.json here")
     p.add_argument("--eval-real-steps", type=int, default=0, help="then play the policy this long in the real env")
     a = p.parse_args(argv)
-    if a.threads > 0:
-        import torch
+    from worldmodel.common.threads import governor
 
-        torch.set_num_threads(a.threads)
+    governor(a.threads)
     model, stats = train_ppo(a.checkpoint, a.steps, n_envs=a.envs, vector=a.vector, seed=a.seed, n_steps=a.n_steps,
                              batch_size=a.batch_size, n_epochs=a.epochs, device=a.device, data=a.data,
                              steps_per_frame=a.steps_per_frame, max_episode_steps=a.max_episode_steps)

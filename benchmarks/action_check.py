@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--context-length", type=int, default=None, help="real context frames (default window - 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = adapt to the load)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     a = p.parse_args(argv)
     if a.threads > 0:

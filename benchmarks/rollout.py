@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--frames", type=int, default=4, help="timed frames per cached run")
     p.add_argument("--uncached-frames", type=int, default=1, help="timed frames per uncached run")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = adapt to the load)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd cached passes")
     p.add_argument("--dream-frames", type=int, default=360)
     p.add_argument("--dream-window", type=int, default=16, help="k of the default model (train clip_len)")

@@ -20,7 +20,8 @@ import time
 import numpy as np
 import torch
 
-from worldmodel.tokenizer.model import FrameTokenizer, build_tokenizer, load_tokenizer, tokenizer_config
+from worldmodel.tokenizer.files import load_tokenizer
+from worldmodel.tokenizer.model import FrameTokenizer, build_tokenizer, tokenizer_config
 
 
 def _sync(device: torch.device) -> None:

@@ -18,9 +18,9 @@ import torch
 
 from envs.common.files import write_json
 from envs.dataset import EpisodeDataset
-from worldmodel.dream.verb import decode_tokens, encode_frames
 from worldmodel.metrics.quality import frechet_video_distance
-from worldmodel.tokenizer.model import load_tokenizer
+from worldmodel.tokenizer.codec import decode_tokens, encode_frames
+from worldmodel.tokenizer.files import load_tokenizer
 
 
 def main() -> None:

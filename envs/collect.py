@@ -13,12 +13,12 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
 
-from envs.common.config_check import SEED, Check, at_least, check_config, one_of, within
+from envs.common.config_check import SEED, Check, CliKey, at_least, check_config, one_of, within
 from envs.common.errors import ConfigError, DatasetError
 from envs.common.files import check_replaceable, is_temp_name, remove_entries, write_json
 from envs.dataset import (
@@ -55,20 +55,21 @@ class CollectConfig:
         env_kwargs: extra keyword arguments for ``gym.make``.
     """
 
-    out: str
-    env: str = "DMLabMaze-v0"
-    policy: str = "random_walk"
-    episodes: int = 16
-    steps: int = 300
-    workers: int = 2
+    out: str                        # dataset directory (resumed if it holds the same collection)
+    env: str = "DMLabMaze-v0"       # any registered id: DMLabMaze-v0, DMLabMazeLarge-v0, MiniWorldMaze64-v0, ...
+    policy: str = "random_walk"     # random_walk (held actions) | uniform
+    episodes: int = 16              # train + test episodes
+    steps: int = 300                # steps per episode (frames = steps + 1)
+    workers: int = 2                # env processes (AsyncVectorEnv, spawn); 1 = in-process
     seed: int = 0
-    test_fraction: float = 0.125
-    episodes_per_shard: int = 8
-    overwrite: bool = False
-    env_kwargs: dict = dataclasses.field(default_factory=dict)
+    test_fraction: float = 0.125    # held-out test mazes, in [0, 1] (1 = a test-only evaluation set)
+    episodes_per_shard: int = 8     # unit of atomic writes and resumption
+    overwrite: bool = False         # replace an existing, different dataset
+    env_kwargs: dict = dataclasses.field(default_factory=dict)  # extra gym.make kwargs, e.g. env_kwargs.maze=large
 
     # keys `maskflow collect` reads beside the fields (outputs only: not part of the dataset's identity)
-    CLI_KEYS: ClassVar[dict[str, Any]] = {"video": bool}
+    CLI_KEYS: ClassVar[dict[str, CliKey]] = {
+        "video": CliKey(bool, True, "also write an mp4 of the first training episode")}
     # allowed ranges and choices (types come from the annotations above; see envs.common.config_check)
     CHECKS: ClassVar[dict[str, Check]] = {
         "policy": one_of(*POLICIES), "episodes": at_least(1), "steps": at_least(1), "workers": at_least(1),

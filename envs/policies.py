@@ -8,8 +8,15 @@ travels through the maze instead of jittering in place.
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
 
 import numpy as np
+
+
+class Policy(Protocol):
+    """What plays an env: the next action from the observation and the info of the last step."""
+
+    def act(self, obs=None, info: dict | None = None) -> int: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +102,7 @@ class UniformRandomPolicy:
 POLICIES = {"random_walk": RandomWalkPolicy, "uniform": UniformRandomPolicy}
 
 
-def make_policy(name: str, action_meanings: tuple[str, ...], seed: int | None = None):
+def make_policy(name: str, action_meanings: tuple[str, ...], seed: int | None = None) -> Policy:
     """Build a collection policy by name (``random_walk`` or ``uniform``)."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(POLICIES)}")

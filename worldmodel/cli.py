@@ -11,14 +11,19 @@ checked against the verb's typed config dataclass (type, then range or choices; 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib
+import json
 import os
 import sys
+import typing
 from importlib import resources
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from envs.common.config_check import check_mapping
+from envs.common.config_check import check_mapping, check_value, field_docs, keys_of
 from envs.common.errors import ConfigError, MaskFlowError
 
 # verb -> (config name, "module:function", one-line help)
@@ -37,7 +42,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
 # verb -> "module:Class" of its typed config dataclass: the types and ranges every key is checked against
 CONFIGS: dict[str, str] = {
     "collect": "envs.collect:CollectConfig",
-    "train-tokenizer": "worldmodel.tokenizer.training:TokenizerTrainConfig",
+    "train-tokenizer": "worldmodel.tokenizer.config:TokenizerTrainConfig",
     "tokenize": "worldmodel.tokenizer.tokenize:TokenizeConfig",
     "train": "worldmodel.training.loop:TrainConfig",
     "dream": "worldmodel.dream.verb:DreamConfig",
@@ -50,22 +55,54 @@ def configs_dir() -> str:
     return str(resources.files("configs"))
 
 
-def _flat_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
-    keys = []
-    for k in cfg.keys():
-        v = cfg._get_node(k)
-        name = f"{prefix}{k}"
-        if isinstance(v, DictConfig):
-            keys.extend(_flat_keys(v, name + ".") if len(v) else [name])  # an empty dict takes any sub-key
-        else:
-            keys.append(name)
-    return keys
+def _omegaconf_type(tp: Any) -> Any:
+    """``tp`` if OmegaConf can hold it in a structured config, else ``Any`` (e.g. ``str | list[str]``:
+    the verb's own checker still types such a key)."""
+    probe = dataclasses.make_dataclass("Probe", [("x", tp, dataclasses.field(default="???"))])
+    try:
+        OmegaConf.structured(probe)
+        return tp
+    except Exception:  # noqa: BLE001  (omegaconf raises several kinds for unsupported annotations)
+        return Any
+
+
+@functools.cache
+def schema(verb: str) -> type:
+    """The structured config Hydra composes ``verb`` against: the verb's config dataclass (each key
+    defined once, there, with its type, default and comment) plus its ``CLI_KEYS``."""
+    cls = config_class(verb)
+    hints = typing.get_type_hints(cls)
+    # a key the verb's YAML marks `???` must be given (OmegaConf would not let `???` override a default)
+    marked = OmegaConf.load(resources.files("configs") / f"{VERBS[verb][0]}.yaml")
+    required = set(OmegaConf.missing_keys(marked))
+    fields: list[tuple[str, Any, Any]] = []
+    for f in dataclasses.fields(cls):
+        tp = _omegaconf_type(hints[f.name])
+        if tp is not hints[f.name] or f.name in required:     # re-declared: a type OmegaConf can hold, or required
+            default = dataclasses.field(default="???") if f.name in required else \
+                dataclasses.field(default=f.default) if f.default is not dataclasses.MISSING else \
+                dataclasses.field(default_factory=f.default_factory)
+            fields.append((f.name, tp, default))
+    for key, spec in getattr(cls, "CLI_KEYS", {}).items():
+        fields.append((key, _omegaconf_type(spec.type), dataclasses.field(default=spec.default)))
+    return dataclasses.make_dataclass(f"{cls.__name__}Schema", fields, bases=(cls,))
+
+
+def _dict_keys(verb: str) -> set[str]:
+    """Keys of ``verb`` that hold a dict (``env_kwargs``): their sub-keys are the user's to choose."""
+    return {f.name for f in dataclasses.fields(schema(verb))
+            if typing.get_origin(typing.get_type_hints(schema(verb))[f.name]) is dict
+            or typing.get_type_hints(schema(verb))[f.name] is dict}
 
 
 def compose(verb: str, overrides: list[str]) -> DictConfig:
-    """Compose the config of ``verb`` with Hydra ``overrides``; raise :class:`ConfigError` on bad keys."""
+    """Compose the config of ``verb`` with Hydra ``overrides``; raise :class:`ConfigError` on bad keys.
+
+    Hydra composes ``configs/<verb>.yaml`` over the verb's structured schema (:func:`schema`), so it
+    rejects unknown keys and values of the wrong type itself; the error is then said in our words."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
     from hydra.errors import ConfigCompositionException, MissingConfigException
 
     if verb not in VERBS:
@@ -73,25 +110,64 @@ def compose(verb: str, overrides: list[str]) -> DictConfig:
     if not available(verb):
         raise ConfigError(f"`maskflow {verb}` is not available in this version")
     name = VERBS[verb][0]
+    ConfigStore.instance().store(name=f"{name}_schema", node=schema(verb))
+    valid = [f.name for f in dataclasses.fields(schema(verb))]
+    dict_keys = _dict_keys(verb)
+    given = []
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r} is not key=value; valid keys for {verb}: {', '.join(valid)}")
+        key = ov.split("=", 1)[0]
+        if key.split(".", 1)[0] in dict_keys and "." in key and not key.startswith("+"):
+            ov = "++" + ov                          # a new sub-key of a dict key (env_kwargs.maze=large)
+        given.append(ov)
+    _check_given(verb, given)
     with initialize_config_dir(config_dir=configs_dir(), version_base="1.3", job_name=f"maskflow-{verb}"):
-        base = hydra_compose(config_name=name)
-        valid = _flat_keys(base)
-        for ov in overrides:
-            key = ov.split("=", 1)[0].lstrip("+~")
-            if "=" not in ov:
-                raise ConfigError(f"override {ov!r} is not key=value; valid keys for {verb}: {', '.join(valid)}")
-            known = key in valid or any(v.startswith(key + ".") or key.startswith(v + ".") for v in valid)
-            if not known:
-                raise ConfigError(f"unknown key {key!r} for `maskflow {verb}`; valid keys: {', '.join(valid)}")
         try:
-            cfg = hydra_compose(config_name=name, overrides=overrides)
+            cfg = hydra_compose(config_name=name, overrides=given)
         except (ConfigCompositionException, MissingConfigException) as e:
-            raise ConfigError(f"bad override for `maskflow {verb}`: {e}; valid keys: {', '.join(valid)}") from e
+            raise _say(verb, e, valid) from e
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"`maskflow {verb}` needs {', '.join(k + '=...' for k in missing)}; "
                           f"valid keys: {', '.join(valid)}")
     return cfg
+
+
+def _check_given(verb: str, overrides: list[str]) -> None:
+    """Each value as the user typed it, through the verb's checker, before Hydra converts it (Hydra would
+    take ``overwrite=1`` for true; our rule says a bool is true or false)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    cls = config_class(verb)
+    typed, rules = keys_of(cls), getattr(cls, "CHECKS", {})
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise ConfigError(f"cannot read the overrides of `maskflow {verb}`: {e}") from e
+    for ov in parsed:
+        key = ov.key_or_group
+        if key in typed and not ov.is_delete():
+            check_value(key, ov.value(), typed[key], rules.get(key), lenient=True)
+
+
+def _say(verb: str, e: Exception, valid: list[str]) -> ConfigError:
+    """Hydra's composition error in our words: an unknown key with the valid ones, or a wrong value
+    through the verb's own checker (which names the key, its value and what is allowed)."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    cause = e.__cause__
+    key = str(getattr(cause, "full_key", "") or "")
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+        return ConfigError(f"unknown key {key!r} for `maskflow {verb}`; valid keys: {', '.join(valid)}")
+    if isinstance(cause, ValidationError) and key in keys_of(config_class(verb)):
+        cls = config_class(verb)
+        try:
+            check_value(key, getattr(cause, "value", None), keys_of(cls)[key], getattr(cls, "CHECKS", {}).get(key))
+        except ConfigError as ours:
+            return ours
+    return ConfigError(f"bad override for `maskflow {verb}`: {e}; valid keys: {', '.join(valid)}")
 
 
 def config_class(verb: str) -> type:
@@ -124,12 +200,36 @@ def available(verb: str) -> bool:
 
 
 def config_text(verb: str) -> str:
-    """The verb's config file as written (defaults and comments; ``???`` marks a required key)."""
+    """``maskflow VERB --help``: every key with its default (``???`` = required), what it means and
+    what it allows, from the verb's config dataclass (the one place a key is defined)."""
     if verb not in VERBS:
         raise ConfigError(f"unknown verb {verb!r}; valid verbs: {', '.join(VERBS)}")
     if not available(verb):
         raise ConfigError(f"`maskflow {verb}` is not available in this version")
-    return (resources.files("configs") / f"{VERBS[verb][0]}.yaml").read_text()
+    cls = config_class(verb)
+    defaults = OmegaConf.to_container(compose_defaults(verb), resolve=False)
+    docs = field_docs(cls)
+    rules = getattr(cls, "CHECKS", {})
+    lines = [f"# maskflow {verb}: {VERBS[verb][2]}",
+             f"# keys defined by {cls.__module__}.{cls.__name__}; set them as key=value", ""]
+    for key, value in defaults.items():
+        shown = "???" if value == "???" else json.dumps(value)
+        note = docs.get(key, "")
+        if key in rules:
+            note = f"{note} [{rules[key].allowed}]" if note else f"[{rules[key].allowed}]"
+        lines.append(f"{key}: {shown}".ljust(30) + (f"  # {note}" if note else ""))
+    return "\n".join(lines) + "\n"
+
+
+def compose_defaults(verb: str) -> DictConfig:
+    """The verb's composed defaults, required keys left as ``???``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=f"{VERBS[verb][0]}_schema", node=schema(verb))
+    with initialize_config_dir(config_dir=configs_dir(), version_base="1.3", job_name=f"maskflow-{verb}"):
+        return hydra_compose(config_name=VERBS[verb][0])
 
 
 def usage() -> str:

@@ -22,6 +22,7 @@ import math
 import numbers
 import os
 import re
+import textwrap
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -178,10 +179,49 @@ def _fields(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.init]
 
 
+class CliKey(typing.NamedTuple):
+    """A key a verb reads beside its config dataclass's fields (``CLI_KEYS``): type, default, meaning."""
+
+    type: Any
+    default: Any
+    help: str = ""
+
+
 def keys_of(cls: type) -> dict[str, Any]:
     """Every key a config class types: its fields, then its ``CLI_KEYS`` -> annotation."""
     hints = _hints(cls)
-    return {**{k: hints[k] for k in _fields(cls)}, **getattr(cls, "CLI_KEYS", {})}
+    return {**{k: hints[k] for k in _fields(cls)}, **{k: v.type for k, v in getattr(cls, "CLI_KEYS", {}).items()}}
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's comment in the class source (``name: type = default  # comment`` and the comment
+    lines indented under it), then each ``CLI_KEYS`` entry's help: the text ``maskflow VERB --help`` shows."""
+    import inspect
+    import io
+    import tokenize
+
+    docs: dict[str, str] = {}
+    for klass in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):
+        try:
+            src = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        names = set(_fields(klass))
+        current, field_col = None, 0
+        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+            if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in names:
+                current, field_col = tok.string, tok.start[1]
+            elif tok.type == tokenize.COMMENT and current is not None:
+                text = tok.string.lstrip("#").strip()
+                if tok.line.lstrip().startswith("#") and tok.start[1] <= field_col:
+                    current = None                       # a comment of its own, not this field's
+                else:
+                    docs[current] = f"{docs[current]} {text}" if current in docs else text
+            elif tok.type == tokenize.NAME and tok.start[1] == 4:
+                current = None
+    for key, spec in getattr(cls, "CLI_KEYS", {}).items():
+        docs[key] = spec.help
+    return docs
 
 
 def check_config(cfg: Any) -> None:

@@ -2,8 +2,9 @@
 
 Every file a long job writes goes through :func:`atomic_write`: the data is written to a temp
 file in the same directory and renamed over the target, so a killed job never leaves a
-half-written file behind. Weights are safetensors with a JSON config beside them; nothing a user
-might download is ever unpickled.
+half-written file behind; a folder written as one piece (a checkpoint, a release, a resumable
+state) goes through :func:`atomic_dir` the same way. Weights are safetensors with a JSON config
+beside them; nothing a user might download is ever unpickled.
 
 Integrity: a JSON file written with :func:`write_sealed_json` carries an ``integrity`` block, the
 sha256 of each file it describes (the weights beside it) and a digest of its own content.
@@ -22,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -50,6 +52,23 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, prefix: str | None = None) -> Iterator[Path]:
+    """Yield a new empty temp folder beside ``path`` (named ``prefix…``, default ``.NAME-…``); on success
+    replace ``path`` with it, else delete it. A job killed while filling it leaves ``path`` as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix or f".{path.name}-", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.rename(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 INTEGRITY_KEY = "integrity"
@@ -172,6 +191,19 @@ def read_sealed_json(path: str | os.PathLike, what: str = "file", error: type[Ex
     return obj
 
 
+def read_format_json(path: str | os.PathLike, what: str, fmt: str, version: int, required: tuple[str, ...] = (),
+                     check_files: bool = False, hint: str = "") -> dict:
+    """Read a sealed JSON (:func:`read_sealed_json`) that must be a ``fmt`` record of ``version`` holding the
+    ``required`` keys; else raise :class:`CheckpointError` naming the file (and ``hint``, how to fix an old one)."""
+    meta = read_sealed_json(path, what=what, check_files=check_files)
+    if not isinstance(meta, dict) or meta.get("format") != fmt or any(k not in meta for k in required):
+        raise CheckpointError(f"{path} is not a MaskFlow {what} (format {fmt!r} expected)")
+    if meta.get("format_version") != version:
+        raise CheckpointError(f"{path} has format_version {meta.get('format_version')}; this code reads version "
+                              f"{version}{'. ' + hint if hint else ''}")
+    return meta
+
+
 def verify_files(root: Path, sums: Mapping[str, str], source: Path, error: type[Exception] = CheckpointError) -> None:
     """Check each ``root/name`` against its recorded sha256 (recorded in ``source``)."""
     for name, digest in sums.items():
@@ -252,8 +284,6 @@ def is_temp_name(name: str) -> bool:
 
 def remove_entries(root: str | os.PathLike, names: tuple[str, ...] | list[str]) -> None:
     """Delete the named top-level entries of ``root`` (files or folders); the folder itself stays."""
-    import shutil
-
     for name in names:
         q = Path(root) / name
         if q.is_dir() and not q.is_symlink():

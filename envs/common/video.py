@@ -1,4 +1,4 @@
-"""Videos (moviepy) and contact sheets (PNG) of frame sequences.
+"""Videos (moviepy) and contact sheets (PNG) of frame sequences, and plots saved as PNG.
 
 Frames are uint8 arrays shaped (T, H, W, 3). Videos are upscaled with nearest-neighbour so 64×64
 frames stay crisp, and written atomically (temp file + rename).
@@ -91,4 +91,15 @@ def contact_sheet(frames: np.ndarray, path: str | os.PathLike, every: int = 1, c
         sheet[r * (h + 2): r * (h + 2) + h, c * (w + 2): c * (w + 2) + w] = t
     with atomic_write(path) as tmp:
         Image.fromarray(sheet).save(tmp, format="PNG")
+    return Path(path)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Lay out a matplotlib figure, write it as a PNG atomically and close it (pyplot keeps no reference)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
     return Path(path)

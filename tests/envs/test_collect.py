@@ -11,6 +11,7 @@ from envs.common.errors import DatasetError
 from envs.dataset import ClipDataset, EpisodeDataset, load_manifest
 
 
+@pytest.mark.slow
 def test_tiny_collection_end_to_end(tiny_frames_dataset):
     m = load_manifest(tiny_frames_dataset)
     assert m["complete"] and m["env_id"] == "DMLabMaze-v0" and len(m["action_meanings"]) == 9
@@ -33,19 +34,11 @@ def test_splits_use_disjoint_mazes():
     assert len({p.id for p in plans}) == 40
 
 
-def test_resume_after_killed_collection_has_no_duplicates(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_resume_after_killed_collection_has_no_duplicates(tmp_path, monkeypatch, kill_on_call):
     cfg = CollectConfig(out=str(tmp_path / "d"), episodes=6, steps=6, workers=1, seed=5, test_fraction=0.34,
                         episodes_per_shard=2)
-    real = collect_mod.write_shard
-    calls = {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("killed")
-        return real(*a, **k)
-
-    monkeypatch.setattr(collect_mod, "write_shard", dying)
+    real = kill_on_call(collect_mod, "write_shard", 2, KeyboardInterrupt("killed"))
     with pytest.raises(KeyboardInterrupt):
         collect(cfg, progress=False)
     assert len(load_manifest(cfg.out)["shards"]) == 1
@@ -63,6 +56,7 @@ def test_resume_after_killed_collection_has_no_duplicates(tmp_path, monkeypatch)
             assert np.array_equal(a.episode(i)["frames"], b.episode(i)["frames"])
 
 
+@pytest.mark.slow
 def test_existing_dataset_not_overwritten(tmp_path):
     cfg = CollectConfig(out=str(tmp_path / "d"), episodes=2, steps=3, workers=1, seed=0)
     collect(cfg, progress=False)
@@ -72,6 +66,7 @@ def test_existing_dataset_not_overwritten(tmp_path):
     assert load_manifest(cfg.out)["config"]["seed"] == 1
 
 
+@pytest.mark.slow
 def test_two_workers_match_one_worker(tmp_path):
     base = dict(episodes=2, steps=10, seed=11, test_fraction=0.5)
     collect(CollectConfig(out=str(tmp_path / "a"), workers=1, **base), progress=False)
@@ -81,6 +76,7 @@ def test_two_workers_match_one_worker(tmp_path):
         assert np.array_equal(a["frames"], b["frames"]) and np.array_equal(a["actions"], b["actions"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "delete"])
 def test_corrupt_shard_is_named(tiny_frames_dataset, tmp_path, damage):
     import shutil
@@ -99,6 +95,7 @@ def test_corrupt_shard_is_named(tiny_frames_dataset, tmp_path, damage):
         EpisodeDataset(root, "train").episode(0)
 
 
+@pytest.mark.slow
 def test_clip_dataset_shapes(tiny_frames_dataset):
     ds = ClipDataset(tiny_frames_dataset, "train", clip_len=8)
     assert len(ds) == 3 * (25 - 8 + 1)
@@ -111,6 +108,7 @@ def test_clip_dataset_shapes(tiny_frames_dataset):
         EpisodeDataset(tiny_frames_dataset, "valid")
 
 
+@pytest.mark.slow
 def test_random_walk_covers_more_than_uniform():
     from envs.maze.dmlab import ACTION_MEANINGS, DMLabMazeEnv
     from envs.policies import RandomWalkPolicy, UniformRandomPolicy, coverage

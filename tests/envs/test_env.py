@@ -23,6 +23,7 @@ def env():
     e.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env_id", ["DMLabMaze-v0", "DMLabMazeLarge-v0", "DMLabMazeGoal-v0",
                                     "MiniWorldMazeS3Fast64-v0"])
 def test_check_env_passes(env_id):
@@ -38,6 +39,7 @@ def test_ids_registered():
         assert env_id in gym.registry
 
 
+@pytest.mark.slow
 def test_same_seed_same_frames_different_seed_differs():
     def rollout(seed):
         e = DMLabMazeEnv()
@@ -53,6 +55,7 @@ def test_same_seed_same_frames_different_seed_differs():
     assert not np.array_equal(f1, f3)
 
 
+@pytest.mark.slow
 def test_turning_changes_heading_and_image(env):
     obs, info = env.reset(seed=1)
     obs2, _, _, _, info2 = env.step(A["turn_left"])
@@ -64,6 +67,7 @@ def test_turning_changes_heading_and_image(env):
     assert info3["pose"][2] == pytest.approx(info["pose"][2], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_forward_moves_along_heading_and_walls_block(env):
     env.reset(seed=2)
     u = env.unwrapped
@@ -84,6 +88,7 @@ def test_forward_moves_along_heading_and_walls_block(env):
     assert u.clearance() < 0.5  # it ended up against a wall
 
 
+@pytest.mark.slow
 def test_goal_gives_reward_and_respawns_or_terminates():
     for mode in ("respawn", "terminate"):
         e = DMLabMazeEnv(goal_mode=mode)
@@ -98,6 +103,7 @@ def test_goal_gives_reward_and_respawns_or_terminates():
         e.close()
 
 
+@pytest.mark.slow
 def test_truncation_at_max_steps_and_invalid_action():
     e = DMLabMazeEnv(max_episode_steps=5)
     e.reset(seed=0)
@@ -108,6 +114,7 @@ def test_truncation_at_max_steps_and_invalid_action():
     e.close()
 
 
+@pytest.mark.slow
 def test_options_pin_layout_and_maze_seed(env):
     _, info = env.reset(seed=0, options={"maze_seed": 1234})
     _, info2 = env.reset(seed=99, options={"maze_seed": 1234})
@@ -117,6 +124,7 @@ def test_options_pin_layout_and_maze_seed(env):
     assert info3["layout"] == grid and info3["cell"] == (1, 1)
 
 
+@pytest.mark.slow
 def test_top_view_and_render(env):
     obs, _ = env.reset(seed=0)
     top = env.render_top_view(scale=4)
@@ -127,6 +135,7 @@ def test_top_view_and_render(env):
     e.close()
 
 
+@pytest.mark.slow
 def test_textures_are_dmlab_assets(env):
     env.reset(seed=5)
     lay = env.unwrapped.layout
@@ -135,6 +144,7 @@ def test_textures_are_dmlab_assets(env):
     assert len({lay.floor_textures[r] for r in rooms}) >= min(len(rooms), 2)
 
 
+@pytest.mark.slow
 def test_only_diffuse_textures_are_drawn_so_walls_are_never_black():
     import warnings
 

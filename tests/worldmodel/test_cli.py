@@ -39,6 +39,7 @@ def test_bad_key_exit_code_and_message(capsys):
     assert "unknown key 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_collect_from_other_directory(tmp_path):
     out = tmp_path / "d"
     r = subprocess.run([sys.executable, "-m", "worldmodel.cli", "collect", "episodes=2", "steps=4", "workers=1",
@@ -47,6 +48,7 @@ def test_collect_from_other_directory(tmp_path):
     assert (out / "manifest.json").is_file() and (out / "contact_sheet.png").is_file()
 
 
+@pytest.mark.slow
 def test_collect_test_split_only(tmp_path):
     """test_fraction=1 (a held-out evaluation set) has no train split; the contact sheet comes from test."""
     from worldmodel.cli import main

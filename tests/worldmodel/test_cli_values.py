@@ -102,6 +102,7 @@ def test_dream_context_at_the_window_is_refused_right_after_loading(capsys, tmp_
     assert not any(tmp_path.iterdir())                      # nothing dreamed, nothing written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv", [["dream", "frames=abc"], ["train", "data=x", "lr=-1"]])
 def test_subprocess_exit_code_2_and_no_traceback(argv, tmp_path):
     r = subprocess.run([sys.executable, "-m", "worldmodel.cli", *argv], cwd=tmp_path, capture_output=True,
@@ -122,8 +123,9 @@ def test_every_yaml_key_is_typed_and_every_rule_names_a_key(verb):
 
     cls = config_class(verb)
     typed = keys_of(cls)
-    yaml_keys = set(OmegaConf.load(Path(configs_dir()) / f"{VERBS[verb][0]}.yaml"))
+    yaml_keys = set(OmegaConf.load(Path(configs_dir()) / f"{VERBS[verb][0]}.yaml")) - {"defaults"}
     assert yaml_keys <= set(typed), f"{verb}: untyped keys {sorted(yaml_keys - set(typed))}"
+    assert set(compose(verb, required(verb))) == set(typed)    # the schema is the config class: one source
     assert set(getattr(cls, "CHECKS", {})) <= set(typed), f"{verb}: rules for unknown keys"
     for annotation in typed.values():
         describe(annotation)                                # every annotation has a checker
@@ -155,8 +157,8 @@ def test_python_entry_points_run_the_same_checks(tmp_path):
     from envs.collect import CollectConfig, collect
     from worldmodel.dream.verb import DreamConfig, dream
     from worldmodel.evaluation.evaluate import EvalConfig
+    from worldmodel.tokenizer.config import TokenizerTrainConfig
     from worldmodel.tokenizer.tokenize import tokenize_dataset
-    from worldmodel.tokenizer.training import TokenizerTrainConfig
     from worldmodel.training.loop import TrainConfig, train
 
     out = tmp_path / "out"
@@ -191,6 +193,7 @@ def test_config_fields_round_trip_through_the_checker():
         cls(**required_fields, **extra).validate()
 
 
+@pytest.mark.slow
 def test_help_piped_into_head_is_quiet():
     r = subprocess.run(f"'{sys.executable}' -m worldmodel.cli train --help | head -1", shell=True, cwd=REPO,
                        capture_output=True, text=True, timeout=120)
@@ -198,6 +201,7 @@ def test_help_piped_into_head_is_quiet():
     assert r.stderr == "", r.stderr
 
 
+@pytest.mark.slow
 def test_help_into_a_closed_pipe_exits_quietly():
     # deterministic form of `| head`: the reader is gone before the first write
     p = subprocess.Popen([sys.executable, "-m", "worldmodel.cli", "eval", "--help"], cwd=REPO,
@@ -206,3 +210,27 @@ def test_help_into_a_closed_pipe_exits_quietly():
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 1
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+@pytest.mark.parametrize("override", ["frames=abc", "no_such_key=1"])
+def test_hydra_itself_refuses_unknown_and_mistyped_keys(override):
+    """The YAML composes over the config dataclass as a structured schema: Hydra alone refuses these."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.errors import ConfigCompositionException
+
+    from worldmodel.cli import configs_dir, schema
+
+    ConfigStore.instance().store(name="dream_schema", node=schema("dream"))
+    with initialize_config_dir(config_dir=configs_dir(), version_base="1.3"), \
+            pytest.raises(ConfigCompositionException):
+        hydra_compose(config_name="dream", overrides=[override])
+
+
+def test_help_shows_each_key_with_its_comment_and_rule(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("lr:"))
+    assert "0.001" in line and "[> 0]" in line and "#" in line
+    assert next(x for x in out.splitlines() if x.startswith("data:")).split()[1] == "???"

@@ -1,15 +1,21 @@
-"""Training logs of a world-model run: CSV files, TensorBoard scalars and a curves PNG.
+"""Run logs: CSV files of log rows, TensorBoard scalars and a curves PNG.
 
-``OUT/train_log.csv`` (every ``log_every`` steps) and ``OUT/eval_log.csv`` (held-out metrics) are
-appended row by row; on resume, rows past the restored step are dropped so the files never hold
-two histories. TensorBoard keys are namespaced ``world/train/...`` and ``world/eval/...``.
+A world-model run appends ``OUT/train_log.csv`` (every ``log_every`` steps) and ``OUT/eval_log.csv``
+(held-out metrics) row by row (:class:`RunLogger`); on resume, rows past the restored step are
+dropped so the files never hold two histories. TensorBoard keys are namespaced ``world/train/...``
+and ``world/eval/...``. A tokenizer run keeps its rows in its resumable state and rewrites its one
+``train_log.csv`` whole (:func:`write_csv`).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from envs.common.files import atomic_write
 
 
 def _number(text: str) -> int | float:
@@ -18,6 +24,20 @@ def _number(text: str) -> int | float:
         return int(text)
     except ValueError:
         return float(text)
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, int | float]],
+              fields: Sequence[str] | None = None) -> None:
+    """Write ``rows`` as one CSV file, atomically. Columns: ``fields`` (keys outside them are left out), by
+    default ``step``, ``time`` and then every other key of any row, sorted; a row lacking one leaves it empty."""
+    if fields is None:
+        fields = ["step", "time", *sorted({k for r in rows for k in r} - {"step", "time"})]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    with atomic_write(path) as tmp:
+        tmp.write_text(buf.getvalue())
 
 
 class CsvLog:
@@ -42,12 +62,8 @@ class CsvLog:
             self.path.unlink()
 
     def _rewrite(self) -> None:
-        if self.fields is None:
-            return
-        with self.path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(self.rows)
+        if self.fields is not None:
+            write_csv(self.path, self.rows, self.fields)
 
     def append(self, row: dict[str, float]) -> None:
         if self.fields is None:
@@ -86,8 +102,6 @@ class RunLogger:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-
-        from envs.common.files import atomic_write
 
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         tr, ev = self.train.rows, self.eval.rows

@@ -31,7 +31,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs.common.errors import ConfigError
-from worldmodel.dream.env import DEFAULT_MAX_EPISODE_STEPS, RESET_OPTIONS, DreamCore, DreamEnvError, check_reset_options
+from worldmodel.dream.core import DreamCore, DreamEnvError
+from worldmodel.dream.env import DEFAULT_MAX_EPISODE_STEPS, RESET_OPTIONS, check_reset_options
 
 
 def _with_mask(infos: dict[str, Any], key: str, values: np.ndarray, mask: np.ndarray) -> None:

@@ -36,11 +36,14 @@ from envs.common.errors import ConfigError
 from envs.common.files import atomic_write, write_json
 from envs.policies import POLICIES
 from worldmodel.common.threads import governor
-from worldmodel.sampling import SAMPLER_NAMES, SamplerConfig, make_sampler
-from worldmodel.sampling.base import ModelDenoiser, guidance_label, make_generator
-from worldmodel.sampling.chunkwise import ChunkConfig, expected_nfe, generate
-from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, DEFAULT_FRAME_STEPS, CachedRollout
+from worldmodel.dream.context import RealEpisode, dataset_episode, live_episode
+from worldmodel.metrics.quality import psnr_per_frame
+from worldmodel.sampling import SAMPLER_NAMES, SamplerConfig
+from worldmodel.sampling.base import guidance_label, make_generator
+from worldmodel.sampling.imagine import imagine, runs_cached
+from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, DEFAULT_FRAME_STEPS
 from worldmodel.sampling.unmask_schedule import COUNT_MODES
+from worldmodel.tokenizer.codec import decode_tokens, encode_frames
 
 OUTPUTS = ("dream.mp4", "dream.gif", "contact_sheet.png", "psnr.png", "dream.json", "dream_tokens.npy")
 
@@ -49,31 +52,34 @@ OUTPUTS = ("dream.mp4", "dream.gif", "contact_sheet.png", "psnr.png", "dream.jso
 class DreamConfig:
     """Settings of one dream (see ``configs/dream.yaml`` for each key's meaning)."""
 
-    checkpoint: str = "default"
-    data: str = ""
-    split: str = "test"
-    episode: int = 0
-    frames: int = 360
-    context: int = 0
-    stride: int = 1
-    sampler: str = "mgm"
-    steps: int = 0
-    temperature: float = 1.0
+    checkpoint: str = "default"     # default (the shipped model) | DIR written by `maskflow train`
+    data: str = ""                  # "" = a live episode of the checkpoint's env in a held-out maze | DIR (frames or
+                                    # tokens dataset)
+    split: str = "test"             # dataset split the real episode comes from
+    episode: int = 0                # episode index within the split
+    frames: int = 360               # frames to imagine after the context (N)
+    context: int = 0                # real context frames m, in [0, window - 1]; 0 = window - 1 (all the model can see)
+    stride: int = 1                 # 1 = frame by frame (KV cache, causal models); > 1 = chunkwise, <= window - context
+    sampler: str = "mgm"            # mgm | mgm_tfree | fm | df (rolling: chunkwise only)
+    steps: int = 0                  # unmasking steps per frame (stride 1) or per chunk; 0 = default (20 per frame,
+                                    # paper T per chunk)
+    temperature: float = 1.0        # softmax temperature of each draw; 0 = greedy
     gumbel: float | None = None       # None: DEFAULT_FRAME_GUMBEL frame by frame, 0 chunkwise (by measurement)
-    schedule: str = "arccos"
+    schedule: str = "arccos"        # MGM unmask-count schedule: arccos | cosine | linear | square | root
     action_guidance: float = 0.0      # classifier-free guidance, frame by frame only (see SamplerConfig)
-    history_guidance: float = 0.0
-    seed: int = 0
-    policy: str = "random_walk"
-    env_kwargs: dict = field(default_factory=dict)
-    out: str = "runs/dream"
-    overwrite: bool = False
-    fps: int = 15
-    scale: int = 4
+    history_guidance: float = 0.0   # guidance towards what the remembered frames imply (frame by frame only; 0 = off)
+    seed: int = 0                   # seeds the sampler and the live episode (maze seed 2*seed+1, a test maze)
+    policy: str = "random_walk"     # policy of the live episode: random_walk | uniform
+    env_kwargs: dict = field(default_factory=dict)  # overrides of the live env's settings (default: those recorded in
+                                                    # the checkpoint)
+    out: str = "runs/dream"         # output directory
+    overwrite: bool = False         # replace an earlier dream in out
+    fps: int = 15                   # >= 1
+    scale: int = 4                  # video upscaling (64x64 frames -> 256x256 at scale 4); the gif uses scale/2
     gif: bool = True
-    device: str = "cpu"
-    threads: int = 0
-    compile: bool = False
+    device: str = "cpu"             # cpu | cuda | auto
+    threads: int = 0                # torch CPU threads (0 = adapt to the cores other processes leave free)
+    compile: bool = False           # torch.compile the one-frame passes (slow start, faster frames)
     progress: bool = True
 
     # allowed ranges and choices (types come from the annotations above; see envs.common.config_check).
@@ -91,93 +97,6 @@ class DreamConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first key of a wrong type or out of its range."""
         check_config(self)
-
-
-@dataclass
-class RealEpisode:
-    """The real side: frames (f y x c) uint8, the action that led to each frame (f,) (-1 = none)."""
-
-    frames: np.ndarray
-    actions: np.ndarray
-    rewards: np.ndarray
-    source: str
-
-
-def live_episode(env_id: str, env_kwargs: dict, length: int, seed: int, policy: str) -> RealEpisode:
-    """Play ``length`` frames of a fresh test-maze episode (odd maze seed) with an exploration policy."""
-    import gymnasium as gym
-
-    import envs  # noqa: F401  (registers the env ids)
-    from envs.policies import make_policy
-
-    if env_id.startswith("DMLabMaze") and "max_episode_steps" not in env_kwargs:
-        env_kwargs = {**env_kwargs, "max_episode_steps": length}      # one unbroken episode in one maze
-    try:
-        env = gym.make(env_id, **env_kwargs)
-    except gym.error.Error as e:
-        raise ConfigError(f"cannot open the live env {env_id!r} with {env_kwargs}: {e}") from e
-    try:
-        meanings = tuple(getattr(env.unwrapped, "action_meanings", ())) or tuple(
-            str(i) for i in range(env.action_space.n))
-        pol = make_policy(policy, meanings, seed=seed + 1)
-        maze_seed = 2 * seed + 1                      # odd maze seeds are never in a training split
-        options = {"maze_seed": maze_seed} if "maze_seed" in info_keys(env) else None
-        obs, info = env.reset(seed=seed, options=options)
-        frames, actions, rewards = [obs], [-1], [0.0]
-        for _ in range(length - 1):
-            a = pol.act(obs, info)
-            obs, r, term, trunc, info = env.step(a)
-            frames.append(obs)
-            actions.append(a)
-            rewards.append(float(r))
-            if term or trunc:                         # keep the stream going: the dream has no episode end
-                obs, info = env.reset(options=options)
-        return RealEpisode(np.stack(frames), np.asarray(actions, np.int64), np.asarray(rewards, np.float32),
-                           f"live {env_id} maze_seed={maze_seed} seed={seed} policy={policy}")
-    finally:
-        env.close()
-
-
-def info_keys(env) -> set[str]:
-    """Reset options the env understands (DMLabMaze takes a maze seed; adapters may not)."""
-    return {"maze_seed"} if hasattr(env.unwrapped, "fixed_maze_seed") else set()
-
-
-def dataset_episode(root: str, split: str, index: int, tokenizer) -> RealEpisode:
-    """Episode ``index`` of a frames dataset (or a token dataset, decoded by the tokenizer)."""
-    from envs.dataset import EpisodeDataset
-
-    ds = EpisodeDataset(root, split=split)
-    try:
-        if not 0 <= index < len(ds):
-            raise ConfigError(f"episode={index} is out of range: {root} has {len(ds)} {split} episodes")
-        ep = ds.episode(index)
-    finally:
-        ds.close()
-    if "frames" in ep:
-        frames = np.asarray(ep["frames"])
-    else:
-        frames = decode_tokens(tokenizer, np.asarray(ep["tokens"]))
-    return RealEpisode(frames, np.asarray(ep["actions"], np.int64), np.asarray(ep["rewards"], np.float32),
-                       f"{root} {split} episode {index}")
-
-
-@torch.no_grad()
-def decode_tokens(tokenizer, tokens: np.ndarray | torch.Tensor, batch: int = 64) -> np.ndarray:
-    """(f h w) token ids -> (f y x c) uint8 frames."""
-    return np.concatenate([tokenizer.decode(tokens[i:i + batch]).cpu().numpy() for i in range(0, len(tokens), batch)])
-
-
-@torch.no_grad()
-def encode_frames(tokenizer, frames: np.ndarray, batch: int = 64) -> torch.Tensor:
-    """(f y x c) uint8 -> (f h w) long token ids on the tokenizer's device."""
-    return torch.cat([tokenizer.encode(frames[i:i + batch]) for i in range(0, len(frames), batch)])
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-frame PSNR (dB) of uint8 (f y x c) pairs; identical frames give 100 dB."""
-    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
-    return np.where(mse > 0, 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-12)), 100.0)
 
 
 def sampler_config(cfg: DreamConfig, masking: str) -> SamplerConfig:
@@ -219,9 +138,7 @@ def dream(cfg: DreamConfig) -> dict[str, Any]:
     if cfg.context > k - 1:         # the model sees k frames: at most k - 1 given, one imagined
         raise ConfigError(f"context must be in [0, {k - 1}] for this checkpoint (window k={k}; 0 = k - 1), "
                           f"got {cfg.context}")
-    causal = model.cfg.temporal == "causal"
     m = cfg.context if cfg.context > 0 else k - 1
-    frame_by_frame = causal and cfg.stride == 1
     n_total = m + cfg.frames
     masking = str(meta.get("train_config", {}).get("scheduler", "sigmoid"))
     scfg = sampler_config(cfg, masking)
@@ -245,39 +162,32 @@ def dream(cfg: DreamConfig) -> dict[str, Any]:
     recon = decode_tokens(tokenizer, real_tokens)
     actions = torch.as_tensor(real.actions, device=device)
     gen = make_generator(scfg, device)
-    rewards_p, done_p, frame_ms = [], [], []
-    t0 = time.perf_counter()
-    if frame_by_frame:
-        ro = CachedRollout(model, scfg, batch_size=1, device=device, compile=cfg.compile)
-        ro.reset(real_tokens[None, :m], actions[None, :m])
-        frames_out = [real_tokens[:m]]
-        it = range(cfg.frames)
-        if cfg.progress:
-            from tqdm.auto import tqdm
+    bar = None
+    if cfg.progress and runs_cached(model, cfg.stride):
+        from tqdm.auto import tqdm
 
-            it = tqdm(it, desc="dream", unit="frame", dynamic_ncols=True)
-        for i in it:
-            ts = time.perf_counter()
-            fo = ro.step(actions[m + i: m + i + 1], gen)
-            frame_ms.append(1000 * (time.perf_counter() - ts))
-            frames_out.append(fo.tokens)
-            rewards_p.append(float(torch.sigmoid(fo.reward_logits[0])))
-            done_p.append(float(torch.sigmoid(fo.done_logits[0])))
-        tokens = torch.cat(frames_out)
-        nfe, mode = ro.nfe, "frame-by-frame (KV cache)"
-        nfe_context = m  # one commit pass per context frame filled the cache (not in nfe)
-    else:
-        chunking = ChunkConfig(window=k, context=m, total=n_total, stride=cfg.stride)
-        g = generate(ModelDenoiser(model), make_sampler(scfg), real_tokens[None, :m], chunking,
-                     int(model.cfg.mask_id), gen, actions[None, :n_total])
-        tokens, nfe, mode, nfe_context = g.tokens[0], g.nfe, f"chunkwise (stride {cfg.stride})", 0
-        if nfe != expected_nfe(scfg, chunking):
-            raise RuntimeError(f"NFE bookkeeping error: counted {nfe}, formula {expected_nfe(scfg, chunking)}")
+        bar = tqdm(total=cfg.frames, desc="dream", unit="frame", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    im = imagine(model, scfg, real_tokens[None, :m], actions[None, :m], actions[None, m:n_total], cfg.frames, gen,
+                 stride=cfg.stride, compile=cfg.compile, tick=bar.update if bar is not None else None)
     dream_s = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    tokens, nfe = torch.cat([real_tokens[:m], im.tokens[0]]), im.nfe               # (m + N, h, w)
+    if im.cached:       # one commit pass per context frame filled the cache (nfe_context, not in nfe)
+        mode, nfe_context = "frame-by-frame (KV cache)", m
+        frame_ms = (1000 * np.diff(im.stamps, prepend=im.ready_s)).tolist()
+        rewards_p = [float(torch.sigmoid(x)) for x in im.reward_logits[0]]
+        done_p = [float(torch.sigmoid(x)) for x in im.done_logits[0]]
+    else:
+        mode, nfe_context, frame_ms, rewards_p, done_p = f"chunkwise (stride {cfg.stride})", 0, [], [], []
     dreamed = decode_tokens(tokenizer, tokens)
 
-    p_dream, p_recon = psnr(dreamed[m:], real.frames[m:]), psnr(recon[m:], real.frames[m:])
-    p_copy = psnr(np.repeat(real.frames[m - 1:m], cfg.frames, 0), real.frames[m:])
+    def psnr(pred: np.ndarray) -> np.ndarray:      # per frame after the context; 100 dB where identical
+        return psnr_per_frame(pred, real.frames[m:], identical=100.0)
+
+    p_dream, p_recon = psnr(dreamed[m:]), psnr(recon[m:])
+    p_copy = psnr(np.repeat(real.frames[m - 1:m], cfg.frames, 0))
     token_acc = (tokens[m:] == real_tokens[m:]).float().mean(dim=(1, 2)).cpu().numpy()
     summary = {
         "checkpoint": meta["path"], "source": real.source, "mode": mode,
@@ -353,6 +263,8 @@ def plot_psnr(path: Path, summary: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from envs.common.video import save_figure
+
     pf = summary["per_frame"]
     x = np.arange(1, len(pf["psnr_dream"]) + 1)
     fig, ax = plt.subplots(figsize=(8, 3.6))
@@ -373,10 +285,7 @@ def plot_psnr(path: Path, summary: dict[str, Any]) -> None:
                 top=(max(finite) + 2) if finite else None)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_dream(cfg: Any) -> dict[str, Any]:

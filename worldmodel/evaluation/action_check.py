@@ -19,9 +19,12 @@ Axis letters: f frames, y x pixels, c colour.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from envs.policies import Policy
 
 # Sign of the horizontal image motion that turn_left causes (+1 = content moves right), measured on
 # DMLabMaze-v0 by measure_turn_sign (+12 px per 12° turn); turn_right moves it the other way.
@@ -88,6 +91,19 @@ def turn_agreement(frames: np.ndarray, actions: np.ndarray, meanings: tuple[str,
     return out
 
 
+class TurnScript:
+    """A probe's policy: ``warmup`` steps of a collection policy, then (turn_left × hold, turn_right × hold)
+    repeated (``act(obs, info) -> int``, as :func:`envs.heldout.play_heldout` wants)."""
+
+    def __init__(self, walk: Policy, warmup: int, meanings: tuple[str, ...], hold: int) -> None:
+        self.walk, self.warmup, self.t = walk, warmup, 0
+        self.script = [meanings.index("turn_left")] * hold + [meanings.index("turn_right")] * hold
+
+    def act(self, obs=None, info: dict | None = None) -> int:
+        t, self.t = self.t, self.t + 1
+        return self.walk.act(obs, info) if t < self.warmup else self.script[(t - self.warmup) % len(self.script)]
+
+
 def turn_probe(env_id: str = "DMLabMaze-v0", env_kwargs: dict | None = None, seed: int = 0, warmup: int = 8,
                hold: int = 6, cycles: int = 2, policy: str = "random_walk") -> tuple[np.ndarray, np.ndarray, tuple]:
     """A real probe sequence: ``warmup`` random-walk frames (the reset frame included) in a held-out maze
@@ -96,25 +112,17 @@ def turn_probe(env_id: str = "DMLabMaze-v0", env_kwargs: dict | None = None, see
     import gymnasium as gym
 
     import envs  # noqa: F401  (registers the env ids)
+    from envs.heldout import env_action_meanings, play_heldout
     from envs.policies import make_policy
-    from worldmodel.dream.verb import info_keys
 
     warmup = max(1, warmup)
     n = warmup - 1 + 2 * hold * cycles               # steps: the warm-up frames include the reset frame
     env = gym.make(env_id, **{**dict(env_kwargs or {}), "max_episode_steps": n + 1})
     try:
-        meanings = tuple(getattr(env.unwrapped, "action_meanings", ()))
-        pol = make_policy(policy, meanings, seed=seed + 1)
-        options = {"maze_seed": 2 * seed + 1} if "maze_seed" in info_keys(env) else None   # a held-out maze
-        obs, info = env.reset(seed=seed, options=options)
-        frames, actions = [obs], [-1]
-        script = [meanings.index("turn_left")] * hold + [meanings.index("turn_right")] * hold
-        for t in range(n):
-            a = pol.act(obs, info) if t < warmup - 1 else script[(t - warmup + 1) % len(script)]
-            obs, _, _, _, info = env.step(a)
-            frames.append(obs)
-            actions.append(a)
-        return np.stack(frames), np.asarray(actions, np.int64), meanings
+        meanings = env_action_meanings(env)
+        probe = TurnScript(make_policy(policy, meanings, seed=seed + 1), warmup - 1, meanings, hold)
+        play = play_heldout(env, n, seed, probe)     # (the time limit n + 1 lies past the last step)
+        return play.frames, play.actions, meanings
     finally:
         env.close()
 
@@ -144,8 +152,9 @@ def action_check(checkpoint: str, data: str | None = None, split: str = "test", 
     ``episodes`` held-out episodes; without, ``episodes`` live turn probes (held turns of ``hold`` steps).
     ``gumbel``, ``schedule``, ``context_length`` and the guidance weights are the dream env's drift controls.
     Returns ``{"real", "recon", "dream"}`` agreement rates, ``turns`` counted and the settings."""
+    from worldmodel.dream.context import dataset_episode
     from worldmodel.dream.env import MaskFlowDreamEnv
-    from worldmodel.dream.verb import dataset_episode, decode_tokens, encode_frames
+    from worldmodel.tokenizer.codec import decode_tokens, encode_frames
 
     env = MaskFlowDreamEnv(checkpoint, context="given", sampler=sampler, steps_per_frame=steps_per_frame,
                            temperature=temperature, gumbel=gumbel, schedule=schedule, context_length=context_length,

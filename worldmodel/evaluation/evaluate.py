@@ -39,15 +39,17 @@ from envs.common.config_check import DEVICE, SEED, THREADS, Check, at_least, che
 from envs.common.errors import ConfigError
 from worldmodel.common.seeding import seed_everything
 from worldmodel.common.threads import governor
-from worldmodel.dream.verb import decode_tokens, encode_frames
-from worldmodel.evaluation.report import FVDBank, baseline_rows, frame_scores, make_row, new_views, write_report
+from worldmodel.evaluation.report import write_report
+from worldmodel.evaluation.scores import FVDBank, baseline_rows, frame_scores, make_row, new_views
 from worldmodel.evaluation.stats import paired_margins, same_videos
+from worldmodel.evaluation.videos import Checkpoint, Experiment, RealVideos, describe, load_checkpoint, load_videos
 from worldmodel.metrics.quality import PROTOCOL
-from worldmodel.sampling import SAMPLER_NAMES, SamplerConfig, make_sampler
-from worldmodel.sampling.base import ModelDenoiser, make_generator
-from worldmodel.sampling.chunkwise import ChunkConfig, expected_nfe, generate
-from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, CachedRollout, frame_nfe
+from worldmodel.sampling import SAMPLER_NAMES, SamplerConfig
+from worldmodel.sampling.base import make_generator
+from worldmodel.sampling.imagine import imagine, planned_nfe, runs_cached
+from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL
 from worldmodel.sampling.unmask_schedule import COUNT_MODES
+from worldmodel.tokenizer.codec import decode_tokens, encode_frames
 
 MODES = {"fbf": "frame-by-frame", "full": "full-sequence"}
 EXPERIMENTS = tuple(f"{m}_{s}" for m in MODES for s in SAMPLER_NAMES if (m, s) != ("fbf", "rolling"))
@@ -59,41 +61,57 @@ MIN_FVD_FRAMES = 9          # I3D's temporal pooling needs at least 9 frames
 class EvalConfig:
     """Settings of one evaluation (each key is explained in ``configs/eval.yaml``)."""
 
-    checkpoint: str = "default"
-    data: str = ""
-    split: str = "test"
-    out: str = "runs/eval"
-    overwrite: bool = False
-    seed: int = 0
-    num_videos: int = 8
-    batch_size: int = 8
-    horizons: list[int] = field(default_factory=lambda: [1, 2, 5, 10])
-    long_experiments: list[str] = field(default_factory=lambda: ["fbf_mgm", "full_mgm"])
-    comparison_horizons: list[int] = field(default_factory=lambda: [1])
+    checkpoint: str = "default"     # default (the shipped model) | DIR written by `maskflow train`
+    data: str = ""                  # frames dataset DIR (its test split = held-out mazes); a token dataset is decoded
+                                    # by the tokenizer
+    split: str = "test"             # split the videos come from
+    out: str = "runs/eval"          # output directory
+    overwrite: bool = False         # replace an earlier report in out
+    seed: int = 0                   # picks the videos and seeds every sampler: same config, same numbers
+    num_videos: int = 8             # N videos (FVD needs >= 2; small N biases FVD upward; the report states N
+                                    # everywhere)
+    batch_size: int = 8             # videos dreamed together (wall-clock per video = batch time / videos)
+    horizons: list[int] = field(default_factory=lambda: [1, 2, 5, 10])  # extrapolation factors of the window k (dreamed
+                                                                        # frames = factor x k) for long_experiments
+    long_experiments: list[str] = field(default_factory=lambda: ["fbf_mgm", "full_mgm"])  # experiments scored at every
+                                                                                          # horizon in `horizons`
+    comparison_horizons: list[int] = field(default_factory=lambda: [1])  # factors for every other experiment
+                                                                         # (FM/DF/Rolling are costly on CPU)
     experiments: list[str] = field(default_factory=lambda: ["fbf_mgm", "full_mgm", "full_mgm_tfree", "full_fm",
                                                             "full_df", "full_rolling"])
-    compare_checkpoint: str = ""
-    compare_label: str = ""
-    compare_experiments: list[str] = field(default_factory=lambda: ["full_mgm", "full_fm"])
-    pair_with: str = ""
-    full_context: int = 0
-    steps_frame: int = 20
-    steps_mgm: int = 20
-    steps_fm: int = 50
-    steps_df: int = 50
-    steps_rolling: int = 50
-    temperature: float = 1.0
-    gumbel: float = 0.0
-    gumbel_frame: float = DEFAULT_FRAME_GUMBEL
-    action_guidance: float = 0.0
-    history_guidance: float = 0.0
-    schedule: str = "arccos"
-    fvd: bool = True
-    fvd_frames: int = 16
-    separate_horizons: bool = False
-    device: str = "cpu"
-    threads: int = 0
-    progress: bool = True
+    compare_checkpoint: str = ""    # optional second model, e.g. trained with masking=constant ("" = skip that
+                                    # comparison, noted)
+    compare_label: str = ""         # its label in the tables ("" = "compare (<its training masking> masking)")
+    compare_experiments: list[str] = field(default_factory=lambda: ["full_mgm", "full_fm"])  # experiments run on
+                                                                                             # compare_checkpoint (at
+                                                                                             # comparison_horizons)
+    pair_with: str = ""             # an earlier eval's out DIR (or results.json) with the same
+                                    # data/seed/num_videos/horizons: its rows are paired video by video with this run's
+                                    # (margins with 95% CIs in the report); "" = none
+    full_context: int = 0           # context m of full-sequence experiments (0 = k/2); stride s = k - m
+    steps_frame: int = 20           # MGM / timestep-free unmasking steps per frame (frame by frame)
+    steps_mgm: int = 20             # MGM steps per chunk (full sequence; paper 20)
+    steps_fm: int = 50              # FM Euler steps per chunk (per frame for fbf_fm); paper 250, reduced for CPU
+                                    # (labelled)
+    steps_df: int = 50              # Diffusion-Forcing T per chunk (NFE T + k per chunk); paper 250
+    steps_rolling: int = 50         # Rolling-Diffusion S (NFE 2S + (N - k) ceil(S / (k - m))); paper 250
+    temperature: float = 1.0        # softmax temperature of every draw (0 = greedy)
+    gumbel: float = 0.0             # MGM confidence annealing (MaskGIT choice temperature; 0 = off) of full-sequence
+                                    # rows
+    gumbel_frame: float = DEFAULT_FRAME_GUMBEL  # the same for frame-by-frame rows (8 = the dream default; it hurt full-
+                                                # sequence FVD)
+    action_guidance: float = 0.0    # classifier-free guidance on the action, frame-by-frame rows only (0 = off; +1 NFE
+                                    # per step)
+    history_guidance: float = 0.0   # guidance towards what the remembered frames imply, frame-by-frame rows only (0 =
+                                    # off)
+    schedule: str = "arccos"        # MGM unmask-count schedule: arccos | cosine | linear | square | root
+    fvd: bool = True                # false = skip FVD (PSNR/SSIM only; much faster)
+    fvd_frames: int = 16            # FVD clip length (16 = standard; >= 9)
+    separate_horizons: bool = False  # true = dream every horizon separately (default: shorter horizons are prefixes of
+                                     # the longest dream)
+    device: str = "cpu"             # cpu | cuda | auto
+    threads: int = 0                # torch CPU threads (0 = adapt to the cores other processes leave free)
+    progress: bool = True           # tqdm progress bars
 
     # allowed ranges and choices beyond the rules of validate() (types come from the annotations above)
     CHECKS: ClassVar[dict[str, Check]] = {
@@ -141,52 +159,6 @@ class EvalConfig:
             raise ConfigError(f"full_context must be >= 0 (0 = window/2), got {self.full_context}")
 
 
-@dataclass
-class Checkpoint:
-    """A loaded world model with what the rows need to describe it."""
-
-    role: str            # "main" | "compare"
-    label: str
-    model: torch.nn.Module
-    tokenizer: Any
-    meta: dict
-    masking: str         # training masking mode: frame | constant
-    scheduler: str       # κ schedule the model was trained with
-
-    @property
-    def window(self) -> int:
-        return int(self.model.cfg.max_frames)
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """One dreaming setting on one checkpoint, scored at ``horizons`` (dreamed frames)."""
-
-    name: str
-    role: str
-    mode: str
-    sampler: str
-    steps: int
-    context: int
-    stride: int
-    horizons: tuple[int, ...]
-    horizon_key: str         # the config key its horizons come from (named in errors)
-
-
-def load_checkpoint(path: str, device: torch.device, role: str, label: str = "") -> Checkpoint:
-    """Load a checkpoint that carries its tokenizer (frames must be shown and scored)."""
-    from worldmodel.model.checkpoint import load_world_model
-
-    model, tokenizer, meta = load_world_model(path, device=device)
-    key = "checkpoint" if role == "main" else "compare_checkpoint"
-    if tokenizer is None:
-        raise ConfigError(f"{key}: {meta['path']} carries no tokenizer, so its dreams cannot be scored as frames")
-    train = meta.get("train_config", {})
-    masking = str(train.get("masking", "frame"))
-    return Checkpoint(role, label or f"{role} ({masking} masking)", model, tokenizer, meta, masking,
-                      str(train.get("scheduler", "sigmoid")))
-
-
 def experiment_steps(cfg: EvalConfig, mode: str, sampler: str) -> int:
     """Steps per frame (fbf MGM) or per chunk (full MGM, FM, DF) or per frame of time (rolling's S)."""
     if sampler in ("mgm", "mgm_tfree"):
@@ -209,138 +181,43 @@ def plan_experiments(cfg: EvalConfig, k: int, full_context: int, compare: bool) 
     return plan
 
 
-# ------------------------------------------------------------------------------------------- real data
-@dataclass
-class RealVideos:
-    """The real side: frames (n f y x c) uint8 and actions (n f) from ``dream_start - max context`` on."""
-
-    frames: np.ndarray
-    actions: np.ndarray
-    dream_start: int         # local index of the first dreamed frame (= the largest context)
-    picks: list[dict]
-    kind: str
-
-
-def choose_videos(lengths: list[int], need: int, n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """(episode, window start) of ``n`` windows of ``need`` frames: round robin over the long-enough
-    episodes in random order, at random starts (distinct within an episode while there is room)."""
-    eligible = [i for i, length in enumerate(lengths) if length >= need]
-    order = [eligible[j] for j in rng.permutation(len(eligible))]
-    counts = {e: 0 for e in order}
-    for i in range(n):
-        counts[order[i % len(order)]] += 1
-    picks = []
-    for e in order:
-        if counts[e]:
-            slots = lengths[e] - need + 1
-            # every start once (random order) before any repeats
-            starts = np.concatenate([rng.permutation(slots) for _ in range(-(-counts[e] // slots))])[:counts[e]]
-            picks += [(e, int(s)) for s in np.sort(starts)]
-    return picks
-
-
-def load_videos(cfg: EvalConfig, plan: list[Experiment], k: int, tokenizer: Any) -> RealVideos:
-    """Cut the videos; a clear :class:`ConfigError` naming the horizon key when episodes are too short."""
-    from envs.dataset import EpisodeDataset
-
-    m_max = max(e.context for e in plan)
-    h_max = max(h for e in plan for h in e.horizons)
-    need = m_max + h_max
-    ds = EpisodeDataset(cfg.data, split=cfg.split)
-    try:
-        lengths = ds.lengths()
-        if max(lengths) < need:
-            keys = sorted({e.horizon_key for e in plan if h_max in e.horizons})
-            raise ConfigError(f"{' / '.join(keys)}: the longest horizon {h_max // k}x{k} = {h_max} dreamed frames plus "
-                              f"{m_max} context frames needs episodes of {need} frames, but the longest {cfg.split} "
-                              f"episode in {cfg.data} has {max(lengths)}; lower {' / '.join(keys)}")
-        rng = np.random.default_rng(cfg.seed)
-        picks = choose_videos(lengths, need, cfg.num_videos, rng)
-        frames, actions, info = [], [], []
-        for e, s in picks:
-            ep = ds.episode(e)
-            sl = slice(s, s + need)
-            obs = ep["frames"][sl] if ds.kind == "frames" else decode_tokens(tokenizer, ep["tokens"][sl])
-            frames.append(np.asarray(obs, np.uint8))
-            actions.append(np.asarray(ep["actions"][sl], np.int64))
-            info.append({"episode": e, "episode_id": int(ep["id"]), "episode_frames": lengths[e],
-                         "first_dreamed_frame": s + m_max})
-    finally:
-        ds.close()
-    return RealVideos(np.stack(frames), np.stack(actions), m_max, info, ds.kind)
-
-
 # -------------------------------------------------------------------------------------------- dreaming
-class TimedDenoiser:
-    """Counts denoiser calls and records the seconds elapsed after each (horizon timings of one dream)."""
-
-    def __init__(self, denoise: ModelDenoiser, bar: Any) -> None:
-        self.denoise, self.bar = denoise, bar
-        self.t0 = time.perf_counter()
-        self.stamps: list[float] = []
-
-    def __call__(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        out = self.denoise(tokens, t, actions)
-        self.stamps.append(time.perf_counter() - self.t0)
-        self.bar.update(1)
-        return out
-
-
 def cached_rollout(ckpt: Checkpoint, exp: Experiment) -> bool:
-    """Frame by frame on a causal model runs the KV-cached rollout (otherwise the chunkwise driver, s = 1)."""
-    return exp.mode == "fbf" and ckpt.model.cfg.temporal == "causal"
+    """Frame by frame on a causal model runs the KV-cached rollout (otherwise the chunkwise driver, s = 1);
+    full-sequence rows run the chunkwise driver even at s = 1."""
+    return runs_cached(ckpt.model, exp.stride, cache=exp.mode == "fbf")
 
 
 def formula_nfe(ckpt: Checkpoint, exp: Experiment, scfg: SamplerConfig, frames: int) -> int:
-    """NFE per video of a ``frames``-frame dream: (T_frame + 1 commit pass) per frame for the cached rollout,
-    :func:`expected_nfe` of the chunk plan otherwise."""
-    if cached_rollout(ckpt, exp):
-        return frames * frame_nfe(scfg)
-    return expected_nfe(scfg, ChunkConfig(ckpt.window, exp.context, exp.context + frames, exp.stride))
+    """NFE per video of a ``frames``-frame dream of ``exp`` (:func:`~worldmodel.sampling.imagine.planned_nfe`)."""
+    return planned_nfe(ckpt.model, scfg, exp.context, frames, exp.stride, cache=exp.mode == "fbf")
 
 
 def dream_videos(ckpt: Checkpoint, exp: Experiment, scfg: SamplerConfig, tokens: torch.Tensor, actions: torch.Tensor,
                  start: int, frames: int, batch_size: int, gen: torch.Generator, progress: bool
                  ) -> tuple[torch.Tensor, int, np.ndarray]:
-    """Dream ``frames`` frames of every video from real tokens (n f h w) before local index ``start``.
+    """Dream ``frames`` frames of every video from real tokens (n f h w) before local index ``start``, driven
+    by the real actions (n f), ``batch_size`` videos per :func:`~worldmodel.sampling.imagine.imagine` call.
 
-    Returns the dreamed tokens (n frames h w), the counted NFE per video and the batch-summed seconds
-    after each frame (cached rollout) or after each denoiser call (chunkwise)."""
+    Returns the dreamed tokens (n frames h w), the NFE per video and the batch-summed seconds after each
+    frame (cached rollout) or after each denoiser call (chunkwise)."""
     from tqdm.auto import tqdm
 
-    model, m, n = ckpt.model, exp.context, len(tokens)
-    ctx, ctx_act = tokens[:, start - m:start], actions[:, start - m:start]
-    future = actions[:, start:start + frames]
-    cached = cached_rollout(ckpt, exp)
-    total = frames if cached else formula_nfe(ckpt, exp, scfg, frames)
-    out, nfe, stamps = [], set(), np.zeros(total)
+    m, n, cached = exp.context, len(tokens), cached_rollout(ckpt, exp)
+    nfe = formula_nfe(ckpt, exp, scfg, frames)
+    total = frames if cached else nfe
+    out, stamps = [], np.zeros(total)
     bar = tqdm(total=total * -(-n // batch_size), desc=f"{exp.role}:{exp.name} {frames}f", leave=False,
                disable=not progress, unit="frame" if cached else "NFE", dynamic_ncols=True)
     for b0 in range(0, n, batch_size):
         sl = slice(b0, b0 + batch_size)
-        if cached:
-            t0 = time.perf_counter()
-            ro = CachedRollout(model, scfg, batch_size=len(ctx[sl]))
-            ro.reset(ctx[sl], ctx_act[sl])
-            frames_out = []
-            for j in range(frames):
-                frames_out.append(ro.step(future[sl, j], gen).tokens)
-                stamps[j] += time.perf_counter() - t0
-                bar.update(1)
-            out.append(torch.stack(frames_out, 1))
-            nfe.add(ro.nfe)
-        else:
-            den = TimedDenoiser(ModelDenoiser(model), bar)
-            chunking = ChunkConfig(ckpt.window, m, m + frames, exp.stride)
-            g = generate(den, make_sampler(scfg), ctx[sl], chunking, int(model.cfg.mask_id), gen,
-                         torch.cat([ctx_act[sl], future[sl]], 1))
-            out.append(g.tokens[:, m:])
-            nfe.add(g.nfe)
-            stamps += np.asarray(den.stamps)
+        dreamed = imagine(ckpt.model, scfg, tokens[sl, start - m:start], actions[sl, start - m:start],
+                          actions[sl, start:start + frames], frames, gen, stride=exp.stride, cache=exp.mode == "fbf",
+                          tick=bar.update)
+        out.append(dreamed.tokens)
+        stamps += dreamed.stamps
     bar.close()
-    expected = formula_nfe(ckpt, exp, scfg, frames)
-    assert nfe == {expected}, f"NFE bookkeeping error in {exp.name}: counted {nfe}, formula {expected}"
-    return torch.cat(out), expected, stamps
+    return torch.cat(out), nfe, stamps
 
 
 def guidance(cfg: EvalConfig, ckpt: Checkpoint, exp: Experiment) -> dict[str, float]:
@@ -409,6 +286,7 @@ def load_earlier(path: str) -> dict | None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """Torch device of ``device=``: "auto" is CUDA when available, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -452,7 +330,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             notes.append("guidance applies to cached frame-by-frame rows of causal models only; these rows ran "
                          f"unguided: {', '.join(unguided)}")
     earlier = load_earlier(cfg.pair_with)
-    real = load_videos(cfg, plan, k, main.tokenizer)
+    real = load_videos(cfg.data, cfg.split, cfg.num_videos, cfg.seed, plan, k, main.tokenizer)
     if earlier is not None:       # before any dreaming: a mismatch costs nothing
         same_videos({"settings": dataclasses.asdict(cfg), "videos": real.picks}, earlier, ("this eval", "pair_with"))
     start = real.dream_start
@@ -487,15 +365,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     }
     write_report(out, results)
     return results
-
-
-def describe(ck: Checkpoint) -> dict[str, Any]:
-    """What the report says about a checkpoint."""
-    c = ck.model.cfg
-    return {"label": ck.label, "path": ck.meta["path"], "training_masking": ck.masking, "scheduler": ck.scheduler,
-            "window": c.max_frames, "token_grid": list(c.token_grid), "vocab_size": c.vocab_size, "dim": c.dim,
-            "depth": c.depth, "temporal": c.temporal, "parameters": sum(p.numel() for p in ck.model.parameters()),
-            "train_step": ck.meta.get("train_step")}
 
 
 def run_eval(cfg: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ Axis letters (einops): b batch, f frames, h w pixels, c colour channels.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -257,14 +258,14 @@ def _to_unit_float(x: np.ndarray) -> torch.Tensor:
     return rearrange(torch.from_numpy(np.ascontiguousarray(x)), "f h w c -> f c h w").double() / 255.0
 
 
-def psnr_per_frame(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """PSNR in dB of each frame of uint8 (T, H, W, 3) arrays -> (T,) float64 (inf where identical)."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio
+def psnr_per_frame(pred: np.ndarray, target: np.ndarray, identical: float = math.inf) -> np.ndarray:
+    """PSNR in dB of each frame of uint8 (T, H, W, 3) arrays -> (T,) float64: 10·log10(255² / MSE).
 
+    The one PSNR of the project. Identical frames have no finite PSNR: they get ``identical`` (inf;
+    ``maskflow dream`` passes 100 so its JSON stays finite)."""
     pred, target = _check_frames(pred, target)
-    values = peak_signal_noise_ratio(_to_unit_float(pred), _to_unit_float(target), data_range=1.0,
-                                     reduction="none", dim=(1, 2, 3))
-    return values.numpy()
+    mse = ((pred.astype(np.float64) - target.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
+    return np.where(mse > 0, 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-12)), identical)
 
 
 def ssim_per_frame(pred: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,26 +34,29 @@ from envs.common.errors import CheckpointError, ConfigError
 from envs.common.files import (
     INTEGRITY_KEY,
     SUMS_NAME,
+    atomic_dir,
+    check_replaceable,
     load_state_dict_strict,
     load_weights,
-    read_sealed_json,
+    read_format_json,
     save_weights,
     sha256_file,
     verify_files,
     verify_sums,
     write_sealed_json,
 )
+from worldmodel.common.assets import default_checkpoint
 from worldmodel.model.latte import Latte, ModelConfig
-from worldmodel.tokenizer.identity import identity_of_dir, short, tokenizer_identity
+from worldmodel.tokenizer.files import CONFIG_NAME as TOK_CONFIG
+from worldmodel.tokenizer.files import WEIGHTS_NAME as TOK_WEIGHTS
+from worldmodel.tokenizer.files import identity_of_dir, load_tokenizer, read_tokenizer_meta, resolve_tokenizer_dir
+from worldmodel.tokenizer.identity import short, tokenizer_identity
 
 FORMAT = "maskflow-world-model"
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "model.json"
 TOKENIZER_DIR = "tokenizer"
-# Where checkpoint="default" points; the lead ships a model there (or sets the environment variable).
-DEFAULT_CHECKPOINT = Path(__file__).parents[1] / "assets" / "world_model"
-DEFAULT_ENV = "MASKFLOW_DEFAULT_CHECKPOINT"
 
 
 def config_digest(cfg: ModelConfig) -> str:
@@ -63,13 +65,10 @@ def config_digest(cfg: ModelConfig) -> str:
 
 
 def resolve_checkpoint(name_or_dir: str | os.PathLike) -> Path:
-    """``"default"`` → the shipped model directory; otherwise a directory holding ``model.json``."""
+    """``"default"`` → the shipped model directory (see :mod:`worldmodel.common.assets`); otherwise a
+    directory holding ``model.json``."""
     if str(name_or_dir) == "default":
-        p = Path(os.environ.get(DEFAULT_ENV) or DEFAULT_CHECKPOINT)
-        if not (p / CONFIG_NAME).is_file():
-            raise CheckpointError(f"no default world model is installed at {p}; pass checkpoint=DIR (a "
-                                  f"`maskflow train` output directory) or set {DEFAULT_ENV}")
-        return p
+        return default_checkpoint()
     p = Path(name_or_dir)
     if (p / CONFIG_NAME).is_file():
         return p
@@ -81,24 +80,13 @@ def resolve_checkpoint(name_or_dir: str | os.PathLike) -> Path:
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
-    from worldmodel.tokenizer.model import CONFIG_NAME as TOK_CONFIG
-    from worldmodel.tokenizer.model import WEIGHTS_NAME as TOK_WEIGHTS
-    from worldmodel.tokenizer.model import resolve_tokenizer_dir
-
     src = resolve_tokenizer_dir(src)
     if (dst / TOK_WEIGHTS).is_file() and sha256_file(dst / TOK_WEIGHTS) == sha256_file(src / TOK_WEIGHTS) \
             and (dst / TOK_CONFIG).read_bytes() == (src / TOK_CONFIG).read_bytes():
         return
-    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=dst.parent))
-    try:
+    with atomic_dir(dst) as tmp:
         for name in (TOK_CONFIG, TOK_WEIGHTS):
             shutil.copy2(src / name, tmp / name)
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.rename(tmp, dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def save_world_model(out_dir: str | os.PathLike, cfg: ModelConfig, weights: Mapping[str, torch.Tensor], *,
@@ -106,8 +94,6 @@ def save_world_model(out_dir: str | os.PathLike, cfg: ModelConfig, weights: Mapp
                      train_config: Mapping[str, Any] | None = None,
                      extra: Mapping[str, Any] | None = None) -> Path:
     """Write a self-contained checkpoint directory (weights, tokenizer copy, then ``model.json``)."""
-    from worldmodel.tokenizer.model import read_tokenizer_meta
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok_record = None
@@ -154,12 +140,7 @@ def check_env_id(env_id: Any, source: Path) -> None:
 def read_world_model_meta(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check ``model.json`` of a checkpoint directory, without loading weights."""
     p = resolve_checkpoint(path)
-    meta = read_sealed_json(p / CONFIG_NAME, what="world-model config", check_files=False)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model" not in meta:
-        raise CheckpointError(f"{p / CONFIG_NAME} is not a MaskFlow world-model config (format {FORMAT!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{p / CONFIG_NAME} has format_version {meta.get('format_version')}; this code "
-                              f"reads version {FORMAT_VERSION}")
+    meta = read_format_json(p / CONFIG_NAME, "world-model config", FORMAT, FORMAT_VERSION, required=("model",))
     check_env_id(meta.get("env_id"), p / CONFIG_NAME)
     return meta
 
@@ -183,8 +164,6 @@ def load_world_model(path: str | os.PathLike, device: str | torch.device = "cpu"
 
     Raises :class:`CheckpointError` naming the file for a missing, corrupt or mismatched part.
     """
-    from worldmodel.tokenizer.model import load_tokenizer
-
     p = resolve_checkpoint(path)
     meta = read_world_model_meta(p)
     verify_checkpoint(p, meta)
@@ -218,8 +197,6 @@ def load_world_model(path: str | os.PathLike, device: str | torch.device = "cpu"
 def _check_tokenizer_record(rec: Mapping[str, Any], tdir: Path, source: Path) -> None:
     """Refuse a tokenizer whose token ids are not those the model was trained on: a different encoder
     (``encoder_sha256``), or, for a record that predates encoder identities, a different file."""
-    from worldmodel.tokenizer.model import WEIGHTS_NAME as TOK_WEIGHTS
-
     if not (tdir / TOK_WEIGHTS).is_file():
         return                                        # load_tokenizer names the missing file
     if rec.get("weights_sha256") and sha256_file(tdir / TOK_WEIGHTS) == rec["weights_sha256"]:
@@ -253,9 +230,6 @@ def swap_decoder(checkpoint: str | os.PathLike, tokenizer_dir: str | os.PathLike
     tokenizer does not match its record, and a non-empty ``out_dir`` unless ``overwrite`` (which
     replaces only a world-model checkpoint).
     """
-    from envs.common.files import check_replaceable
-    from worldmodel.tokenizer.model import load_tokenizer, resolve_tokenizer_dir
-
     src = resolve_checkpoint(checkpoint)
     meta = read_world_model_meta(src)
     verify_checkpoint(src, meta)
@@ -280,9 +254,7 @@ def swap_decoder(checkpoint: str | os.PathLike, tokenizer_dir: str | os.PathLike
             raise CheckpointError(f"{out} is not empty; choose another output or pass overwrite=True")
         check_replaceable(out, own=lambda q: (q / CONFIG_NAME).is_file(), what=f"a world model ({CONFIG_NAME})",
                           inputs=(src, new_dir))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         shutil.copy2(src / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
         _copy_tokenizer(new_dir, tmp / TOKENIZER_DIR)
         for key in (INTEGRITY_KEY, "path"):
@@ -294,10 +266,4 @@ def swap_decoder(checkpoint: str | os.PathLike, tokenizer_dir: str | os.PathLike
         meta["tokenizer"] = {**rec, "dir": TOKENIZER_DIR, "source": str(tokenizer_dir), **new}
         write_sealed_json(tmp / CONFIG_NAME, meta, files=sealed_files(tmp))
         load_world_model(tmp)                          # refuse to write something that does not load
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out

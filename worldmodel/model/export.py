@@ -32,6 +32,7 @@ from envs.common.errors import CheckpointError
 from envs.common.files import (
     INTEGRITY_KEY,
     SUMS_NAME,
+    atomic_dir,
     check_replaceable,
     is_temp_name,
     load_weights,
@@ -105,9 +106,9 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool
         sealed_files,
         swap_decoder,
     )
-    from worldmodel.tokenizer.identity import identity_of_dir
-    from worldmodel.tokenizer.model import CONFIG_NAME as TOK_CONFIG
-    from worldmodel.tokenizer.model import WEIGHTS_NAME as TOK_WEIGHTS
+    from worldmodel.tokenizer.files import CONFIG_NAME as TOK_CONFIG
+    from worldmodel.tokenizer.files import WEIGHTS_NAME as TOK_WEIGHTS
+    from worldmodel.tokenizer.files import identity_of_dir
 
     src, dst = Path(src), Path(dst)
     if decoder is not None:
@@ -124,9 +125,7 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool
         check_replaceable(dst, own=lambda p: (p / SUMS_NAME).is_file() and (p / "model.json").is_file(),
                           what=f"a release ({SUMS_NAME})", key="dst", inputs=(src,),
                           allowed=lambda name: name in RELEASE_ENTRIES or is_temp_name(name))
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
-    try:
+    with atomic_dir(dst) as tmp:
         (tmp / TOKENIZER_DIR).mkdir()
         copy = _half if half else (lambda a, b: shutil.copy2(a, b))
         copy(src / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
@@ -154,12 +153,6 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool
                                      "bytes": sum((tmp / f).stat().st_size for f in files)})
         load_world_model(tmp)                                  # refuse to ship something that does not load
         verify_release(tmp)
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.rename(tmp, dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return dst
 
 

@@ -1,1 +1,1 @@
-"""The MaskFlow objective: masking schedules, frame-level masking and the loss."""
+"""The MaskFlow objective: masking schedules, frame-level masking, the clip batch and the loss."""

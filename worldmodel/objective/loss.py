@@ -28,7 +28,6 @@ from envs.common.errors import ConfigError
 from worldmodel.model.latte import Latte
 from worldmodel.objective.masking import MaskingConfig, corrupt, frame_weights, sample_times
 from worldmodel.objective.schedules import get_scheduler
-from worldmodel.training.data import ClipBatch
 
 
 @dataclass
@@ -45,6 +44,22 @@ class ObjectiveConfig:
         if not 0.0 <= self.token_noise < 1.0:
             raise ConfigError(f"token_noise={self.token_noise} must lie in [0, 1) (the largest fraction of a "
                               "frame's visible tokens replaced by random ids; 0 = off)")
+
+
+@dataclass
+class ClipBatch:
+    """A batch of clips: tokens (b f h w) long, actions (b f) long (−1 = none), rewards (b f) float,
+    terminated (b f) bool."""
+
+    tokens: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    terminated: torch.Tensor
+
+    def to(self, device: torch.device | str) -> ClipBatch:
+        """The batch on ``device`` (copied without blocking where the memory allows)."""
+        return ClipBatch(*(x.to(device, non_blocking=True) for x in
+                           (self.tokens, self.actions, self.rewards, self.terminated)))
 
 
 @dataclass

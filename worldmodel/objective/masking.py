@@ -2,8 +2,8 @@
 
 Axis letters: b batch, f frames, h w token grid, v vocabulary including the mask class.
 
-Training (maskflow-algorithm.md §3): every frame f of every clip gets its own time t[b, f]
-("frame-level masking"; the constant-masking baseline shares one t per clip), each token is kept
+Training (docs/algorithm.md#frame-level-masking): every frame f of every clip gets its own time
+t[b, f] ("frame-level masking"; the constant-masking baseline shares one t per clip), each token is kept
 with probability κ(t_f) and otherwise replaced by the mask id, and the loss is a cross-entropy
 over the masked tokens only, weighted per frame by the discrete fused-SNR rule.
 """
@@ -73,7 +73,8 @@ def corrupt(tokens: torch.Tensor, t: torch.Tensor, scheduler: Scheduler, mask_id
 
 
 def fused_snr_weights(kappa: torch.Tensor, snr_clip: float = 6.0, decay: float = 0.8) -> torch.Tensor:
-    """Per-frame loss weights (b f) in [0, snr_clip], the discrete fused-SNR rule of §3.3.
+    """Per-frame loss weights (b f) in [0, snr_clip], the discrete fused-SNR rule
+    (docs/algorithm.md#frame-weights).
 
     SNR_f = κ²/(1−κ)², n_f = min(SNR_f, c)/c, a_1 = n_1, a_f = d·a_{f−1} + (1−d)·n_f,
     ā_1 = 0, ā_f = a_{f−1}, w_f = c·[1 − (1 − d·ā_f)(1 − n_f)].

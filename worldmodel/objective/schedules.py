@@ -1,6 +1,6 @@
 """Masking schedules κ(t): the probability that a token is *unmasked* at per-frame time t.
 
-t = 0 is fully masked, t = 1 is clean, and the mask ratio is 1 − κ(t) (maskflow-algorithm.md §2).
+t = 0 is fully masked, t = 1 is clean, and the mask ratio is 1 − κ(t) (docs/algorithm.md#schedulers).
 Every scheduler also gives κ'(t), which the flow-matching Euler sampler needs for its jump rate.
 The sigmoid scheduler (the paper's) is the default; cosine and linear are the configs' alternatives.
 """

@@ -1,4 +1,4 @@
-"""Samplers that turn mask tokens into frames, behind one interface (maskflow-algorithm.md §5).
+"""Samplers that turn mask tokens into frames, behind one interface (docs/algorithm.md#samplers).
 
     cfg = SamplerConfig(name="mgm", steps=20)
     sampler = make_sampler(cfg)
@@ -9,7 +9,8 @@
 Samplers: ``mgm`` (default), ``mgm_tfree``, ``fm``, ``df`` (Diffusion-Forcing pyramid), ``rolling``
 (Rolling Diffusion). Chunk samplers expose ``sample_chunk`` and ``nfe_per_chunk``; rolling has its
 own ``generate_sequence``. For causal models, :mod:`worldmodel.sampling.rollout` runs the cached
-frame-by-frame rollout with the same samplers.
+frame-by-frame rollout with the same samplers. :func:`worldmodel.sampling.imagine.imagine` picks one of
+the two drivers for a dream from real context and checks its NFE.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A *denoiser* is any callable ``denoise(tokens, t, actions) -> logits`` with
 
     tokens  (b f h w) long    codebook ids in [0, V); the mask token is id V
-    t       (b f)     float   per-frame time, 0 = fully masked, 1 = clean (maskflow-algorithm.md §2)
+    t       (b f)     float   per-frame time, 0 = fully masked, 1 = clean (docs/algorithm.md#masking-schedule)
     actions (b f)     long    the action that led to each frame; -1 = none
     logits  (b f h w v) float v = V + 1 classes (the last one is the mask class, never sampled)
 
@@ -24,7 +24,7 @@ from worldmodel.sampling.unmask_schedule import COUNT_MODES
 
 SAMPLER_NAMES = ("mgm", "mgm_tfree", "fm", "df", "rolling")
 
-# Smallest time shown to the model: training draws t from [1e-3, 1] (maskflow-algorithm.md §3.1).
+# Smallest time shown to the model: training draws t from [1e-3, 1] (docs/algorithm.md#frame-level-masking).
 TIME_EPS = 1e-3
 
 # Steps when SamplerConfig.steps is None: per chunk for MGM/FM/DF (the paper's T), per frame for rolling (S).

@@ -1,10 +1,10 @@
-"""Diffusion-Forcing "pyramid" schedule re-expressed for masks (maskflow-algorithm.md §5.3), a baseline.
+"""Diffusion-Forcing "pyramid" schedule, re-expressed for masks (docs/algorithm.md#diffusion-forcing-pyramid).
 
-Frame ``c`` of a window (columns count from the window start, context included, as upstream) is at
-pyramid level ℓ = clip(r − c, 1, T) on row r, so each frame lags its left neighbour by one step. At
-level ℓ a frame takes the FM Euler step from (ℓ − 1)/T to ℓ/T, and level T unmasks what is left.
-Frames that have not started yet repeat the first step (upstream's minimum level 1/T); finished
-frames are clean and seen at t = 1.
+A baseline. Frame ``c`` of a window (columns count from the window start, context included, as
+upstream) is at pyramid level ℓ = clip(r − c, 1, T) on row r, so each frame lags its left neighbour
+by one step. At level ℓ a frame takes the FM Euler step from (ℓ − 1)/T to ℓ/T, and level T unmasks
+what is left. Frames that have not started yet repeat the first step (upstream's minimum level 1/T);
+finished frames are clean and seen at t = 1.
 
 Upstream runs rows 0..T+k−2 (T+k−1 calls), which leaves the last frame one step short of t = 1; this
 runs T+k rows, the paper's count (NFE_DF = C·(T+k)), so every frame reaches level T.
@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from worldmodel.objective.schedules import Scheduler, get_scheduler
-from worldmodel.sampling.base import Denoiser, SamplerConfig
-from worldmodel.sampling.fm import euler_unmask_probability, frame_times, masked_euler_step
+from worldmodel.sampling.base import Denoiser
+from worldmodel.sampling.fm import EulerSampler, euler_unmask_probability, frame_times, masked_euler_step
 
 
 def pyramid_levels(rows: int, frames: int, steps: int) -> torch.Tensor:
@@ -28,13 +27,8 @@ def pyramid_levels(rows: int, frames: int, steps: int) -> torch.Tensor:
     return (r - c).clamp(1, steps)
 
 
-class DiffusionForcingSampler:
+class DiffusionForcingSampler(EulerSampler):
     """Pyramid schedule over one window: T + f denoiser calls for an f-frame window."""
-
-    def __init__(self, config: SamplerConfig, scheduler: Scheduler | None = None) -> None:
-        self.config = config
-        self.steps = config.num_steps
-        self.scheduler = scheduler or get_scheduler(config.masking)
 
     def nfe_per_chunk(self, frames: int) -> int:
         """T + f calls (the paper's T + k)."""

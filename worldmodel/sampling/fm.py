@@ -1,4 +1,4 @@
-"""FM-style discrete flow-matching Euler sampler (maskflow-algorithm.md §5.2) and the masked Euler step
+"""FM-style discrete flow-matching Euler sampler (docs/algorithm.md#fm-euler-sampler) and the masked Euler step
 that the Diffusion-Forcing and Rolling-Diffusion baselines reuse.
 
 The masked DFM velocity is u = κ'(t)/(1 − κ(t)) · (p_θ − δ_x) (paper eq. 6), so one Euler step of size h
@@ -51,13 +51,18 @@ def frame_times(x: torch.Tensor, t: torch.Tensor, mask_id: int) -> torch.Tensor:
     return torch.where(clean, torch.ones_like(t), t.clamp(min=TIME_EPS))
 
 
-class FMSampler:
-    """Discrete flow-matching Euler sampler with T uniform steps over t ∈ [0, 1]."""
+class EulerSampler:
+    """What the masked-Euler samplers (FM, Diffusion Forcing, Rolling) hold: their config, their number of
+    steps (T, or rolling's S) and the κ schedule the model was trained with (``scheduler`` overrides it)."""
 
     def __init__(self, config: SamplerConfig, scheduler: Scheduler | None = None) -> None:
         self.config = config
         self.steps = config.num_steps
         self.scheduler = scheduler or get_scheduler(config.masking)
+
+
+class FMSampler(EulerSampler):
+    """Discrete flow-matching Euler sampler with T uniform steps over t ∈ [0, 1]."""
 
     def nfe_per_chunk(self, frames: int) -> int:
         """T calls per chunk."""

@@ -1,4 +1,4 @@
-"""MGM-style confidence sampling (maskflow-algorithm.md §5.1), rebuilt without the upstream bugs.
+"""MGM-style confidence sampling (docs/algorithm.md#mgm-confidence-sampling), rebuilt without the upstream bugs.
 
 Each of the T steps: call the denoiser on the *current* window (upstream's ``MGMSampler.sample`` fed
 a frozen copy of the input, pitfall 1), draw one token per position from softmax(logits/τ) with the

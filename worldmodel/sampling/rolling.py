@@ -1,4 +1,4 @@
-"""Rolling-Diffusion schedule re-expressed for masks (maskflow-algorithm.md §5.4), a baseline.
+"""Rolling-Diffusion schedule re-expressed for masks (docs/algorithm.md#rolling-diffusion), a baseline.
 
 A window of k frames holds m clean context frames and L = k − m generated frames on a time ramp: the
 j-th generated frame is at t = (L − 1 − j)/L, so the newest is fully masked. Three phases:
@@ -22,9 +22,8 @@ import math
 import torch
 
 from envs.common.errors import SamplerSettingsError
-from worldmodel.objective.schedules import Scheduler, get_scheduler
-from worldmodel.sampling.base import Denoiser, SamplerConfig
-from worldmodel.sampling.fm import euler_unmask_probability, frame_times, masked_euler_step
+from worldmodel.sampling.base import Denoiser
+from worldmodel.sampling.fm import EulerSampler, euler_unmask_probability, frame_times, masked_euler_step
 
 
 def rolling_nfe(total: int, window: int, context: int, steps: int) -> int:
@@ -32,13 +31,8 @@ def rolling_nfe(total: int, window: int, context: int, steps: int) -> int:
     return 2 * steps + (total - window) * math.ceil(steps / (window - context))
 
 
-class RollingSampler:
+class RollingSampler(EulerSampler):
     """Rolling-Diffusion over a whole sequence (its own driver: it slides one frame at a time)."""
-
-    def __init__(self, config: SamplerConfig, scheduler: Scheduler | None = None) -> None:
-        self.config = config
-        self.steps = config.num_steps
-        self.scheduler = scheduler or get_scheduler(config.masking)
 
     def _walk(self, denoise: Denoiser, x: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, calls: int,
               finish: torch.Tensor, actions: torch.Tensor, mask_id: int, generator: torch.Generator) -> torch.Tensor:

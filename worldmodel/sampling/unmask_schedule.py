@@ -1,9 +1,9 @@
 """How many tokens each sampling step unmasks, and the inverse of the masking schedule κ.
 
-MGM unmasks ``n_i`` tokens at step i (maskflow-algorithm.md §5.1). Upstream's ``adap_scheduler`` spreads
-the count over *all* window tokens, context included, so its loop runs out early (pitfall 3); here the
-count is spread over each sample's *masked* tokens only, so a chunk always takes exactly T steps, and
-the bookkeeping is per sample (pitfall 4).
+MGM unmasks ``n_i`` tokens at step i (docs/algorithm.md#unmask-count-schedules). Upstream's
+``adap_scheduler`` spreads the count over *all* window tokens, context included, so its loop runs out
+early (pitfall 3); here the count is spread over each sample's *masked* tokens only, so a chunk always
+takes exactly T steps, and the bookkeeping is per sample (pitfall 4).
 
 Axis letters: b batch, i step.
 """

@@ -1,1 +1,2 @@
-"""The frame tokenizer: the model, its training and resumable state, evaluation, and `tokenize`."""
+"""The frame tokenizer: the network, its files and identity, its training (frames, discriminator, resumable
+state), evaluation, the encode / decode loop, and `tokenize`."""

@@ -15,15 +15,15 @@ one identity, because they compute the same ids. An fp32 → fp16 export of a *t
 rounds its weights, which can move ids that sit on an FSQ bin edge, so it is a different encoder
 (as before, when the whole file's sha256 was compared); the export records the identity of what it
 wrote. Records written before identities existed carry only ``weights_sha256`` (the whole file);
-:func:`same_encoder` then compares that, unless it can compute the encoder identity from the file
-the record names.
+:func:`worldmodel.tokenizer.files.same_encoder` then compares that, unless it can compute the
+encoder identity from the file the record names. This module computes identities from a config and
+tensors alone; reading them from a tokenizer's files is :mod:`worldmodel.tokenizer.files`' job.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,52 +49,6 @@ def tokenizer_identity(config: Mapping[str, Any], state: Mapping[str, torch.Tens
     enc_cfg = {k: v for k, v in config.items() if k not in DECODER_KEYS}
     return {"encoder_sha256": _digest(enc_cfg, state, ENCODER_PREFIXES),
             "decoder_sha256": _digest(config, state, DECODER_PREFIXES)}
-
-
-def identity_of_dir(path: str | os.PathLike) -> dict[str, str]:
-    """``{"weights_sha256", "encoder_sha256", "decoder_sha256"}`` of the tokenizer at ``path`` (a tokenizer
-    dir, a train-tokenizer run or a world-model checkpoint), computed from its files after checking them."""
-    from envs.common.files import load_weights, sha256_file
-    from worldmodel.tokenizer.model import (
-        WEIGHTS_NAME,
-        TokenizerConfig,
-        read_tokenizer_meta,
-        resolve_tokenizer_dir,
-        verify_tokenizer_files,
-    )
-
-    p = resolve_tokenizer_dir(path)
-    meta = read_tokenizer_meta(p)
-    verify_tokenizer_files(p, meta)
-    cfg = TokenizerConfig.from_dict(meta["config"]).to_dict()      # canonical form: defaults filled in
-    return {"weights_sha256": sha256_file(p / WEIGHTS_NAME), **tokenizer_identity(cfg, load_weights(p / WEIGHTS_NAME))}
-
-
-def encoder_of(record: Mapping[str, Any]) -> str | None:
-    """The encoder identity of a tokenizer record (a token dataset's or a model.json's): its
-    ``encoder_sha256``, or for an older record the identity of the tokenizer at its ``path`` when that
-    file still has the recorded ``weights_sha256``; None when unknown."""
-    if record.get("encoder_sha256"):
-        return str(record["encoder_sha256"])
-    path, want = record.get("path"), record.get("weights_sha256")
-    if not path or not want:
-        return None
-    try:
-        ident = identity_of_dir(path)
-    except Exception:  # noqa: BLE001  (a moved, deleted or corrupt tokenizer only means "unknown")
-        return None
-    return ident["encoder_sha256"] if ident["weights_sha256"] == want else None
-
-
-def same_encoder(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Whether two tokenizer records give token ids the same meaning: equal encoder identities when both
-    are known, else (records from before encoder identities) the same whole tokenizer file."""
-    if a.get("weights_sha256") and a.get("weights_sha256") == b.get("weights_sha256"):
-        return True
-    ea, eb = encoder_of(a), encoder_of(b)
-    if ea and eb:
-        return ea == eb
-    return a.get("weights_sha256") == b.get("weights_sha256")
 
 
 def short(sha: str | None) -> str:

@@ -2,8 +2,8 @@
 
 A 64×64 RGB frame becomes an ``h × w`` grid of token ids (16×16 at downsampling 4, 8×8 at 8) and
 back. Everything downstream (token datasets, the MaskFlow model, the dream env) talks to it only
-through :meth:`FrameTokenizer.encode` / :meth:`FrameTokenizer.decode` and the checkpoint files
-written by :func:`save_tokenizer` (``tokenizer.safetensors`` + ``tokenizer.json``).
+through :meth:`FrameTokenizer.encode` / :meth:`FrameTokenizer.decode` and the files that
+:mod:`worldmodel.tokenizer.files` writes and reads (``tokenizer.safetensors`` + ``tokenizer.json``).
 
 Axis letters used in this file: b batch, c channels, h w token grid, y x pixel rows/columns,
 n positions (h·w), d latent width.
@@ -12,12 +12,8 @@ n positions (h·w), d latent width.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -26,23 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from envs.common.errors import CheckpointError, ConfigError
-from envs.common.files import (
-    INTEGRITY_KEY,
-    SUMS_NAME,
-    load_state_dict_strict,
-    load_weights,
-    read_json,
-    read_sealed_json,
-    save_weights,
-    verify_files,
-    write_sealed_json,
-)
-
-FORMAT = "maskflow-tokenizer"
-FORMAT_VERSION = 1
-WEIGHTS_NAME = "tokenizer.safetensors"
-CONFIG_NAME = "tokenizer.json"
+from envs.common.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -383,127 +363,6 @@ class FrameTokenizer(nn.Module):
         return self.output_to_frames(self.decoder(self.quantizer.codes(ids)))
 
 
-def resolve_device(name: str) -> torch.device:
-    """Torch device from "cpu" | "cuda[:i]" | "auto" (CUDA when available); clear error without CUDA."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu")
-    return torch.device(name)
-
-
 def build_tokenizer(cfg: TokenizerConfig) -> FrameTokenizer:
     """Construct an untrained tokenizer from its config."""
     return FrameTokenizer(cfg)
-
-
-def config_digest(cfg: TokenizerConfig) -> str:
-    """sha256 of the canonical config JSON; stored in the weights so a swapped JSON is detected."""
-    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()
-
-
-def save_tokenizer(model: FrameTokenizer, out_dir: str | os.PathLike,
-                   provenance: Mapping[str, Any] | None = None) -> Path:
-    """Write ``tokenizer.safetensors`` + ``tokenizer.json`` (config, format version, encoder and decoder
-    identities, provenance) atomically."""
-    from worldmodel.tokenizer.identity import tokenizer_identity
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = model.cfg
-    prov = dict(model.provenance, **(provenance or {}))
-    state = model.state_dict()
-    save_weights(out / WEIGHTS_NAME, state, metadata={"format": FORMAT, "config_sha256": config_digest(cfg)})
-    write_sealed_json(out / CONFIG_NAME, {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_dict(),
-        "vocab_size": cfg.vocab_size, "token_grid": list(cfg.token_grid), "resolution": cfg.resolution,
-        **tokenizer_identity(cfg.to_dict(), state), "provenance": prov,
-    }, files=(WEIGHTS_NAME,))
-    return out
-
-
-def resolve_tokenizer_dir(path: str | os.PathLike) -> Path:
-    """Accept a tokenizer dir, or a training run dir holding ``tokenizer/``."""
-    p = Path(path)
-    if not (p / CONFIG_NAME).is_file() and (p / "tokenizer" / CONFIG_NAME).is_file():
-        p = p / "tokenizer"
-    if not (p / CONFIG_NAME).is_file():
-        raise CheckpointError(f"no tokenizer found at {path}: expected {CONFIG_NAME} and {WEIGHTS_NAME} there "
-                              "(train one with `maskflow train-tokenizer data=... out=...`)")
-    return p
-
-
-def read_tokenizer_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check ``tokenizer.json`` without loading weights."""
-    p = resolve_tokenizer_dir(path)
-    meta = read_sealed_json(p / CONFIG_NAME, what="tokenizer config", check_files=False)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
-        raise CheckpointError(f"{p / CONFIG_NAME} is not a MaskFlow tokenizer config (format {FORMAT!r} expected)")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{p / CONFIG_NAME} has format_version {meta.get('format_version')}; this code reads "
-                              f"version {FORMAT_VERSION}. Re-export the tokenizer with this version.")
-    return meta
-
-
-def load_tokenizer(path: str | os.PathLike, expect: Mapping[str, Any] | TokenizerConfig | None = None,
-                   device: str | torch.device = "cpu") -> FrameTokenizer:
-    """Rebuild a tokenizer from its directory and check it against what the caller needs.
-
-    ``expect`` holds any of ``resolution``, ``vocab_size``, ``token_grid``, ``downsample`` or other
-    config keys (or a whole :class:`TokenizerConfig`); any disagreement raises :class:`CheckpointError`
-    naming the key, both values and the file. A missing or corrupt file raises it too. Returns an
-    eval-mode model on ``device``.
-    """
-    p = resolve_tokenizer_dir(path)
-    meta = read_tokenizer_meta(p)
-    try:
-        cfg = TokenizerConfig.from_dict(meta["config"])
-    except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"{p / CONFIG_NAME} holds an invalid tokenizer config: {e}") from e
-    stated = {"vocab_size": meta.get("vocab_size"), "token_grid": meta.get("token_grid"),
-              "resolution": meta.get("resolution")}
-    actual = {"vocab_size": cfg.vocab_size, "token_grid": list(cfg.token_grid), "resolution": cfg.resolution}
-    if stated != actual:
-        raise CheckpointError(f"{p / CONFIG_NAME} is inconsistent: it states {stated} but its config gives {actual}")
-    if expect is not None:
-        want = expect.to_dict() if isinstance(expect, TokenizerConfig) else dict(expect)
-        have = dict(cfg.to_dict(), vocab_size=cfg.vocab_size, token_grid=list(cfg.token_grid))
-        for key, value in want.items():
-            if key not in have:
-                raise ConfigError(f"load_tokenizer: cannot check unknown key {key!r}; valid: {sorted(have)}")
-            v = list(value) if isinstance(value, tuple | list) else value
-            if have[key] != v:
-                raise CheckpointError(f"tokenizer at {p} has {key}={have[key]} but {v} is required here "
-                                      f"(data or config mismatch); use a tokenizer trained for {key}={v}")
-    verify_tokenizer_files(p, meta)
-    state = load_weights(p / WEIGHTS_NAME)
-    model = FrameTokenizer(cfg)
-    _check_digest(p / WEIGHTS_NAME, cfg)
-    load_state_dict_strict(model, state, source=str(p / WEIGHTS_NAME))
-    model.provenance = dict(meta.get("provenance") or {})
-    return model.to(device).eval()
-
-
-def verify_tokenizer_files(p: Path, meta: Mapping[str, Any]) -> None:
-    """Check the tokenizer's files against the sha256 its JSON records or, for a tokenizer inside a
-    release written before JSONs recorded them, against the release's ``SHA256SUMS.json``."""
-    seal = meta.get(INTEGRITY_KEY)
-    if isinstance(seal, dict):
-        verify_files(p, seal.get("files", {}), source=p / CONFIG_NAME)
-        return
-    sums_path = p.parent / SUMS_NAME
-    if sums_path.is_file():
-        sums = read_json(sums_path, "release checksums").get("files", {})
-        mine = {k.split("/", 1)[1]: v for k, v in sums.items() if k.startswith(p.name + "/")}
-        verify_files(p, mine, source=sums_path)
-
-
-def _check_digest(weights: Path, cfg: TokenizerConfig) -> None:
-    from safetensors import safe_open
-
-    with safe_open(str(weights), framework="pt") as f:
-        digest = (f.metadata() or {}).get("config_sha256")
-    if digest is not None and digest != config_digest(cfg):
-        raise CheckpointError(f"{weights} was saved with a different tokenizer config than "
-                              f"{weights.parent / CONFIG_NAME}; the two files do not belong together — "
-                              "re-export the tokenizer")

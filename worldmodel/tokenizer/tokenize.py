@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from envs.common.config_check import DEVICE, THREADS, Check, at_least, check_config
 from envs.common.errors import ConfigError, DatasetError
@@ -33,14 +32,16 @@ from envs.dataset import (
     write_shard,
 )
 from worldmodel.common import threads
+from worldmodel.common.assets import default_tokenizer
+from worldmodel.common.device import resolve_device
 from worldmodel.common.threads import governor
-from worldmodel.tokenizer.identity import identity_of_dir, same_encoder
-from worldmodel.tokenizer.model import (
-    FrameTokenizer,
+from worldmodel.tokenizer.codec import encode_frames
+from worldmodel.tokenizer.files import (
+    identity_of_dir,
     load_tokenizer,
     read_tokenizer_meta,
-    resolve_device,
     resolve_tokenizer_dir,
+    same_encoder,
 )
 
 COPIED = ("actions", "rewards", "terminated", "truncated")
@@ -56,7 +57,7 @@ class TokenizeConfig:
     batch_size: int = 256           # frames encoded per forward pass
     device: str = "cpu"             # cpu | cuda[:N] | auto
     overwrite: bool = False         # replace a token dataset made from other frames or by another tokenizer
-    threads: int = 0                # torch CPU threads (0 = torch default)
+    threads: int = 0                # torch CPU threads (0 = adapt to the cores other processes leave free)
 
     # allowed ranges and choices (types come from the annotations above; see envs.common.config_check)
     CHECKS: ClassVar[dict[str, Check]] = {"batch_size": at_least(1), "device": DEVICE, "threads": THREADS}
@@ -74,15 +75,6 @@ def tokenizer_record(tokenizer_dir: str | os.PathLike) -> dict[str, Any]:
     return {"path": str(p.resolve()), **identity_of_dir(p),
             "vocab_size": meta["vocab_size"], "token_grid": meta["token_grid"], "resolution": meta["resolution"],
             "config": meta["config"], "format_version": meta["format_version"]}
-
-
-@torch.no_grad()
-def encode_frames(model: FrameTokenizer, frames: np.ndarray, batch_size: int) -> np.ndarray:
-    """uint8 frames (L, y, x, 3) -> uint16 token grids (L, h, w), encoded ``batch_size`` at a time."""
-    out = [model.encode(frames[i: i + batch_size]).cpu().numpy() for i in range(0, len(frames), batch_size)]
-    tokens = np.concatenate(out) if out else np.zeros((0, *model.token_grid), np.int64)
-    assert tokens.size == 0 or (tokens.min() >= 0 and tokens.max() < model.vocab_size), "id outside vocabulary"
-    return tokens.astype(np.uint16)
 
 
 def _overlaps(a: Path, b: Path) -> bool:
@@ -167,7 +159,9 @@ def tokenize_dataset(frames_root: str | os.PathLike, tokenizer_dir: str | os.Pat
             for i in (i for i, (s, _) in enumerate(ds.index) if s == si):
                 ep = ds.episode(i)
                 threads.tick()
-                tokens = encode_frames(model, ep["frames"], batch_size)
+                ids = encode_frames(model, ep["frames"], batch_size).cpu().numpy()
+                assert ids.size == 0 or (ids.min() >= 0 and ids.max() < model.vocab_size), "id outside vocabulary"
+                tokens = ids.astype(np.uint16)                  # the token files' dtype
                 episodes.append({"id": ep["id"], "tokens": tokens, "attrs": ep["attrs"],
                                  **{k: ep[k] for k in COPIED if k in ep}})
                 bar.update(len(tokens))
@@ -189,9 +183,7 @@ def run_tokenize(cfg: Any) -> Path:
 
     c = OmegaConf.to_container(cfg, resolve=True)
     if str(c["checkpoint"]) == "default":      # the tokenizer shipped inside the default world model
-        from worldmodel.model.checkpoint import resolve_checkpoint
-
-        c["checkpoint"] = str(resolve_checkpoint("default") / "tokenizer")
+        c["checkpoint"] = str(default_tokenizer())
     governor(int(c.get("threads") or 0))      # 0: adapt to the cores other processes leave free
     out = tokenize_dataset(c["data"], c["checkpoint"], c["out"], batch_size=int(c["batch_size"]),
                            device=str(c["device"]), overwrite=bool(c["overwrite"]))

@@ -12,7 +12,9 @@ quantizer are loaded and frozen (no gradients, eval mode, not in the optimizer) 
 exactly the init's token ids and its decoder can replace the old one under a trained world model.
 
 Output directory: ``train_log.csv``, ``curves.png``, ``samples.png``, ``checkpoints/`` (resumable
-full state), ``tokenizer/`` (the exported EMA model), ``summary.json``.
+full state, see :mod:`worldmodel.tokenizer.state`), ``tokenizer/`` (the exported EMA model),
+``summary.json``. The frames come from :mod:`worldmodel.tokenizer.data`, the adversarial part from
+:mod:`worldmodel.tokenizer.discriminator`.
 
 Axis letters: b batch, c channels, y x pixel rows/columns.
 """
@@ -24,186 +26,31 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from einops import rearrange
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from envs.common.config_check import (
-    DEVICE,
-    SEED,
-    THREADS,
-    Check,
-    above,
-    at_least,
-    check_config,
-    each,
-    one_of,
-    within,
-)
 from envs.common.errors import ConfigError, MaskFlowError
 from envs.common.files import write_json
 from worldmodel.common import threads
+from worldmodel.common.device import resolve_device
+from worldmodel.common.ema import ema_update, warmup_decay
+from worldmodel.common.runlog import write_csv
 from worldmodel.common.seeding import seed_everything
+from worldmodel.common.signals import StopSignals, resume_hint
 from worldmodel.common.threads import governor
-from worldmodel.tokenizer.evaluation import Episodes, evaluate_tokenizer, preview_frames, save_recon_grid
+from worldmodel.tokenizer.config import TokenizerTrainConfig
+from worldmodel.tokenizer.data import load_frames_for_training, sample_batch
+from worldmodel.tokenizer.discriminator import PatchDiscriminator, adaptive_weight, discriminator_step
+from worldmodel.tokenizer.evaluation import Episodes, evaluate_tokenizer, preview_frames, save_curves, save_recon_grid
+from worldmodel.tokenizer.files import load_init, save_tokenizer
 from worldmodel.tokenizer.model import (
-    TOKENIZER_PRESETS,
-    TokenizerConfig,
     build_tokenizer,
-    read_tokenizer_meta,
-    resolve_device,
-    save_tokenizer,
-    tokenizer_config,
-    with_decoder,
 )
-from worldmodel.tokenizer.state import (
-    catch_stop_signals,
-    init_tokenizer_dir,
-    load_frames_for_training,
-    load_init,
-    load_train_state,
-    restore_signals,
-    save_train_state,
-    write_log,
-)
-
-
-@dataclasses.dataclass
-class TokenizerTrainConfig:
-    """Settings of one tokenizer training run (model keys first, then optimisation, then bookkeeping).
-
-    Attributes:
-        size, downsample, quantizer, fsq_levels, vq_codebook_size, norm: the model (see TokenizerConfig;
-            fsq_levels None = [8,5,5,5] at downsample 4, [7,5,5,5,5] at 8).
-        steps, batch_size: optimisation steps and frames per step.
-        lr, warmup, min_lr_ratio, weight_decay, grad_clip: AdamW with linear warmup then cosine decay.
-        l1_weight, l2_weight: reconstruction terms; quant_weight: quantizer aux loss — FSQ: squared
-            distance of latents to their bin centres (0.03 measured to keep ids stable at equal PSNR);
-            VQ: commitment loss (use 0.25).
-        disc_start: step at which the patch discriminator starts (-1: never); disc_weight, disc_ramp,
-            disc_adaptive, disc_lr, disc_width: its weight, ramp-up length, gradient-ratio scaling,
-            learning rate and width.
-        ema_decay: decay of the exported EMA weights.
-        flip: random horizontal flips (maze frames are mirror-symmetric).
-        spike_factor, guard_patience, guard_every, max_restores, collapse_ratio: divergence guard.
-        eval_every, eval_frames, final_eval_frames, log_every, ckpt_every, keep_checkpoints: bookkeeping.
-        seed, device, max_minutes: randomness, "cpu" | "cuda" | "auto", optional wall-clock budget.
-        init: "" (a fresh tokenizer), "default" (the shipped world model's tokenizer) or a tokenizer /
-            train-tokenizer run / world-model checkpoint directory to start from; with it the encoder
-            side is the init's (size, downsample, quantizer, fsq_levels, vq_codebook_size, norm unused).
-        freeze_encoder: keep the init's encoder and quantizer fixed (the token ids stay the init's); only
-            the decoder and the discriminator train.
-        decoder_size: "" = the decoder of the init (its weights too) or mirroring the encoder; tiny | small
-            | base = a fresh decoder of that preset.
-    """
-
-    size: str = "small"
-    downsample: int = 4
-    quantizer: str = "fsq"
-    fsq_levels: tuple[int, ...] | None = None
-    vq_codebook_size: int = 1024
-    norm: str = "pixel"
-    steps: int = 20000
-    batch_size: int = 32
-    lr: float = 5e-4
-    warmup: int = 500
-    min_lr_ratio: float = 0.05
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0
-    l1_weight: float = 1.0
-    l2_weight: float = 1.0
-    quant_weight: float = 0.03
-    disc_start: int = 10000
-    disc_weight: float = 0.1
-    disc_ramp: int = 1000
-    disc_adaptive: bool = True
-    disc_lr: float = 2e-4
-    disc_width: int = 32
-    ema_decay: float = 0.999
-    flip: bool = True
-    spike_factor: float = 5.0
-    guard_patience: int = 3
-    guard_every: int = 100
-    max_restores: int = 8
-    collapse_ratio: float = 0.2
-    eval_every: int = 1000
-    eval_frames: int = 512
-    final_eval_frames: int = 8192
-    log_every: int = 50
-    ckpt_every: int = 1000
-    keep_checkpoints: int = 2
-    seed: int = 0
-    device: str = "cpu"
-    max_minutes: float = 0.0
-    init: str = ""
-    freeze_encoder: bool = False
-    decoder_size: str = ""
-
-    # keys `maskflow train-tokenizer` reads beside the fields (they do not change the trained model)
-    CLI_KEYS: ClassVar[dict[str, Any]] = {"data": str, "out": str, "threads": int, "max_train_frames": int}
-    # allowed ranges and choices (types come from the annotations above; see envs.common.config_check)
-    CHECKS: ClassVar[dict[str, Check]] = {
-        "size": one_of(*TOKENIZER_PRESETS), "downsample": one_of(2, 4, 8, 16), "quantizer": one_of("fsq", "vq"),
-        "fsq_levels": each(at_least(2), non_empty=True), "vq_codebook_size": at_least(2),
-        "norm": one_of("pixel", "group"), "steps": at_least(1), "batch_size": at_least(1), "lr": above(0),
-        "warmup": at_least(0), "min_lr_ratio": within(0, 1), "weight_decay": at_least(0), "grad_clip": above(0),
-        "l1_weight": at_least(0), "l2_weight": at_least(0), "quant_weight": at_least(0),
-        "disc_start": at_least(-1, "-1 = never"), "disc_weight": at_least(0), "disc_ramp": at_least(0),
-        "disc_lr": above(0), "disc_width": at_least(1), "ema_decay": within(0, 1, hi_open=True),
-        "spike_factor": above(1), "guard_patience": at_least(1), "guard_every": at_least(1),
-        "max_restores": at_least(0), "collapse_ratio": within(0, 1), "eval_every": at_least(1),
-        "eval_frames": at_least(1), "final_eval_frames": at_least(1), "log_every": at_least(1),
-        "ckpt_every": at_least(1), "keep_checkpoints": at_least(1), "seed": SEED, "device": DEVICE,
-        "max_minutes": at_least(0, "0 = no limit"), "threads": THREADS,
-        "max_train_frames": at_least(0, "0 = all train frames"),
-        "decoder_size": one_of("", *TOKENIZER_PRESETS, note="'' = the init's decoder, or the encoder's size"),
-    }
-
-    def __post_init__(self) -> None:
-        if isinstance(self.fsq_levels, list):       # YAML gives a list; the model config keeps a tuple
-            self.fsq_levels = tuple(self.fsq_levels)
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first key of a wrong type or out of its range."""
-        check_config(self)
-        if self.freeze_encoder and not self.init:
-            raise ConfigError("freeze_encoder=true needs init=default|DIR: the tokenizer whose encoder to keep")
-
-    def model_config(self) -> TokenizerConfig:
-        """The architecture this run trains (with ``init``: the init's encoder side)."""
-        if self.init:
-            cfg = TokenizerConfig.from_dict(read_tokenizer_meta(init_tokenizer_dir(self.init))["config"])
-            return with_decoder(cfg, self.decoder_size) if self.decoder_size else cfg
-        return tokenizer_config(self.size, self.downsample, quantizer=self.quantizer, fsq_levels=self.fsq_levels,
-                                vq_codebook_size=self.vq_codebook_size, norm=self.norm,
-                                decoder_size=self.decoder_size or None)
-
-    @classmethod
-    def from_mapping(cls, d: Any) -> TokenizerTrainConfig:
-        """Build from a mapping (e.g. a resolved Hydra config), ignoring keys that are not fields."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in dict(d).items() if k in names})
-
-
-class PatchDiscriminator(nn.Module):
-    """PatchGAN from scratch: frames (b, 3, y, x) in [-1, 1] -> real/fake logits (b, 1, y/8, x/8)."""
-
-    def __init__(self, width: int = 32):
-        super().__init__()
-        w = width
-        self.net = nn.Sequential(
-            nn.Conv2d(3, w, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(w, 2 * w, 4, 2, 1), nn.GroupNorm(8, 2 * w), nn.LeakyReLU(0.2),
-            nn.Conv2d(2 * w, 4 * w, 4, 2, 1), nn.GroupNorm(8, 4 * w), nn.LeakyReLU(0.2),
-            nn.Conv2d(4 * w, 1, 3, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+from worldmodel.tokenizer.state import COUNTERS, load_train_state, save_train_state
 
 
 def lr_at(cfg: TokenizerTrainConfig, step: int) -> float:
@@ -217,35 +64,6 @@ def lr_at(cfg: TokenizerTrainConfig, step: int) -> float:
 def recon_loss(cfg: TokenizerTrainConfig, recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """L1 + L2 reconstruction loss of (b, 3, y, x) frames in [-1, 1]."""
     return cfg.l1_weight * (recon - x).abs().mean() + cfg.l2_weight * (recon - x).pow(2).mean()
-
-
-def adaptive_weight(rec: torch.Tensor, gen: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-    """VQGAN's balance: ||∇_last rec|| / ||∇_last gen||, so the adversarial term never dominates."""
-    g_rec = torch.autograd.grad(rec, last, retain_graph=True)[0]
-    g_gen = torch.autograd.grad(gen, last, retain_graph=True)[0]
-    return (g_rec.norm() / (g_gen.norm() + 1e-4)).clamp(0.0, 1e3).detach()
-
-
-def sample_batch(frames: np.ndarray, batch: int, rng: np.random.Generator, flip: bool,
-                 device: torch.device) -> torch.Tensor:
-    """Random uint8 frames (n, y, x, 3) -> float batch (b, 3, y, x) in [-1, 1], channels-last."""
-    idx = np.sort(rng.integers(0, len(frames), size=batch))
-    x = np.ascontiguousarray(frames[idx])
-    if flip:
-        m = rng.random(batch) < 0.5
-        x[m] = x[m, :, ::-1]
-    t = rearrange(torch.from_numpy(x).to(device), "b y x c -> b c y x")
-    return t.float().div(127.5).sub(1.0)
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """EMA of the trained parameters (frozen ones stay bit-identical); buffers (e.g. a VQ codebook,
-    itself an EMA) are copied."""
-    pairs = [(e, m) for e, m in zip(ema.parameters(), model.parameters()) if m.requires_grad]
-    torch._foreach_lerp_([e for e, _ in pairs], [m for _, m in pairs], 1.0 - decay)
-    for eb, mb in zip(ema.buffers(), model.buffers()):
-        eb.copy_(mb)
 
 
 class Trainer:
@@ -277,6 +95,23 @@ class Trainer:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Named optimizers."""
         return {"opt_g": self.opt_g, "opt_d": self.opt_d}
+
+    def save(self, out: Path, rng: np.random.Generator, rows: list[dict[str, float]]) -> Path:
+        """Write the resumable full state (with ``rng`` and the log ``rows``) under ``out/checkpoints``."""
+        return save_train_state(out, self.modules(), self.optimizers(), {k: getattr(self, k) for k in COUNTERS},
+                                dataclasses.asdict(self.cfg), rng, rows, self.cfg.keep_checkpoints)
+
+    def resume(self, out: Path, rng: np.random.Generator) -> list[dict[str, float]]:
+        """Continue from the newest readable state in ``out`` (none: stay fresh); return its log rows."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self.cfg)}
+        found = load_train_state(out, self.modules(), self.optimizers(), rng, dataclasses.asdict(self.cfg),
+                                 defaults, self.device)
+        if found is None:
+            return []
+        counters, rows = found
+        for k, v in counters.items():
+            setattr(self, k, v)
+        return rows
 
     def take_snapshot(self) -> None:
         """Remember the current state in memory as the last good one."""
@@ -318,7 +153,7 @@ class Trainer:
         rec = recon_loss(cfg, recon, x)
         loss = rec + cfg.quant_weight * aux
         logs = {"tokenizer/train/recon": rec.item(), "tokenizer/train/quant": aux.item(), "tokenizer/train/lr": lr,
-                "tokenizer/train/psnr": _psnr(recon.detach(), x)}
+                "tokenizer/train/psnr": float(peak_signal_noise_ratio(recon.detach().clamp(-1, 1), x, data_range=2.0))}
         if disc_on:
             self.disc.requires_grad_(False)
             gen = -self.disc(recon).mean()
@@ -337,16 +172,10 @@ class Trainer:
                 problem = "non-finite gradient"
             else:
                 self.opt_g.step()
-                ema_update(self.ema, self.model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+                ema_update(self.ema, self.model, warmup_decay(step, cfg.ema_decay))
                 logs["tokenizer/train/grad_norm"] = gn.item()
         if problem is None and disc_on:
-            self.disc.requires_grad_(True)
-            d_loss = F.relu(1 - self.disc(x)).mean() + F.relu(1 + self.disc(recon.detach())).mean()
-            self.opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.disc.parameters(), cfg.grad_clip)
-            self.opt_d.step()
-            logs["tokenizer/train/disc"] = d_loss.item()
+            logs["tokenizer/train/disc"] = discriminator_step(self.disc, self.opt_d, x, recon.detach(), cfg.grad_clip)
         if problem is None:
             self.loss_ema = rec.item() if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * rec.item()
             self.unique_ema = unique if self.unique_ema is None else 0.98 * self.unique_ema + 0.02 * unique
@@ -363,11 +192,6 @@ class Trainer:
                 unique <= 1 or unique < cfg.collapse_ratio * self.unique_ema):
             return f"code collapse ({unique:.0f} codes in the batch vs running {self.unique_ema:.0f})"
         return None
-
-
-def _psnr(recon: torch.Tensor, x: torch.Tensor) -> float:
-    mse = ((recon.clamp(-1, 1) - x) / 2).pow(2).mean().item()
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
 def train_tokenizer(cfg: TokenizerTrainConfig, train_source: np.ndarray, val_frames: np.ndarray | Episodes | None,
@@ -391,14 +215,11 @@ def train_tokenizer(cfg: TokenizerTrainConfig, train_source: np.ndarray, val_fra
     rng = np.random.default_rng(cfg.seed)
     device = resolve_device(cfg.device)
     tr = Trainer(cfg, device)
-    rows = load_train_state(tr, out, rng)
+    rows = tr.resume(out, rng)
     tr.take_snapshot()
     t_start, window = time.perf_counter(), []
-    stop: dict[str, int | None] = {"signal": None}
-    previous = catch_stop_signals(stop)
-    bar = tqdm(total=cfg.steps, initial=tr.step, desc="tokenizer", dynamic_ncols=True)
-    try:
-        while tr.step < cfg.steps and stop["signal"] is None:
+    with StopSignals() as stop, tqdm(total=cfg.steps, initial=tr.step, desc="tokenizer", dynamic_ncols=True) as bar:
+        while tr.step < cfg.steps and not stop.requested:
             threads.tick()
             if cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes:
                 bar.write(f"max_minutes={cfg.max_minutes} reached at step {tr.step}; stopping (resumable)")
@@ -427,20 +248,14 @@ def train_tokenizer(cfg: TokenizerTrainConfig, train_source: np.ndarray, val_fra
             if val_frames is not None and tr.step % cfg.eval_every == 0:
                 rows.append(_eval_row(tr, val_frames, cfg.eval_frames, out, action_names))
             if tr.step % cfg.log_every == 0 or tr.step % cfg.eval_every == 0:
-                write_log(rows, out, plot=tr.step % cfg.eval_every == 0)
+                _write_log(rows, out, plot=tr.step % cfg.eval_every == 0)
             if tr.step % cfg.ckpt_every == 0:
-                save_train_state(tr, out, rng, rows)
-    finally:
-        bar.close()
-        restore_signals(previous)
-    if stop["signal"] is not None:
+                tr.save(out, rng, rows)
+    tr.save(out, rng, rows)
+    _write_log(rows, out)
+    if stop.requested:
         # stopped between two steps, so the saved state resumes exactly where this run left off
-        save_train_state(tr, out, rng, rows)
-        write_log(rows, out)
-        raise KeyboardInterrupt(f"tokenizer training stopped by signal {stop['signal']} at step {tr.step}; "
-                                f"run again with out={out} to resume")
-    save_train_state(tr, out, rng, rows)
-    write_log(rows, out)
+        raise KeyboardInterrupt(resume_hint("tokenizer training", stop.signum, tr.step, out))
     final = None
     if val_frames is not None:
         final = evaluate_tokenizer(tr.ema, val_frames, max_frames=cfg.final_eval_frames, action_names=action_names)
@@ -468,6 +283,13 @@ def _log_row(tr: Trainer, window: list[dict[str, float]], rows: list[dict[str, f
         row[k] = float(np.mean(vals))
     row["tokenizer/train/usage"] = row.get("tokenizer/train/unique", 0.0) / tr.model.vocab_size
     return row
+
+
+def _write_log(rows: list[dict[str, float]], out: Path, plot: bool = True) -> None:
+    """``train_log.csv``, the whole file each time (it is small), and with ``plot`` ``curves.png``."""
+    write_csv(out / "train_log.csv", rows)
+    if rows and plot:
+        save_curves(rows, out / "curves.png")
 
 
 def _eval_row(tr: Trainer, val: np.ndarray | Episodes, n: int, out: Path,

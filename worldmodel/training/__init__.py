@@ -1,1 +1,1 @@
-"""World-model training: the loop, token clips, resumable state and held-out metrics."""
+"""World-model training: the loop and its setup, token clips, resumable state and held-out metrics."""

@@ -17,7 +17,6 @@ import functools
 import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,22 +24,8 @@ import torch
 
 from envs.common.errors import DatasetError
 from envs.dataset import EpisodeDataset
-from worldmodel.tokenizer.identity import same_encoder
-
-
-@dataclass
-class ClipBatch:
-    """A batch of clips: tokens (b f h w) long, actions (b f) long (−1 = none), rewards (b f) float,
-    terminated (b f) bool."""
-
-    tokens: torch.Tensor
-    actions: torch.Tensor
-    rewards: torch.Tensor
-    terminated: torch.Tensor
-
-    def to(self, device: torch.device | str) -> ClipBatch:
-        return ClipBatch(*(x.to(device, non_blocking=True) for x in
-                           (self.tokens, self.actions, self.rewards, self.terminated)))
+from worldmodel.objective.loss import ClipBatch
+from worldmodel.tokenizer.files import same_encoder
 
 
 class TokenClips:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,25 +31,31 @@ import torch.distributed as dist
 
 from envs.common.config_check import SEED, THREADS, Check, above, at_least, check_config, one_of, within
 from envs.common.errors import ConfigError, DatasetError
-from envs.common.files import sha256_file, write_json
+from envs.common.files import write_json
 from worldmodel.common import threads
+from worldmodel.common.device import resolve_device
+from worldmodel.common.ema import ema_update, warmup_decay
 from worldmodel.common.runlog import RunLogger
 from worldmodel.common.seeding import seed_everything
+from worldmodel.common.signals import StopSignals, resume_hint
 from worldmodel.common.threads import governor
-from worldmodel.model.checkpoint import (
-    WEIGHTS_NAME,
-    load_world_model,
-    read_world_model_meta,
-    resolve_checkpoint,
-    save_world_model,
-)
-from worldmodel.model.latte import PRESETS, Latte, describe, model_config
+from worldmodel.model.checkpoint import save_world_model
+from worldmodel.model.latte import PRESETS, Latte, describe
 from worldmodel.objective.loss import MaskFlowObjective, ObjectiveConfig, draw_step
 from worldmodel.objective.masking import MaskingConfig
 from worldmodel.objective.schedules import SCHEDULERS
-from worldmodel.tokenizer.identity import same_encoder
 from worldmodel.training.data import ShardedSampler, TokenClips
 from worldmodel.training.heldout import evaluate
+from worldmodel.training.setup import (
+    autocast_dtype,
+    check_same_data,
+    data_roots,
+    dist_env,
+    init_record,
+    model_from_init,
+    new_model,
+    tokenizer_dir,
+)
 from worldmodel.training.state import load_state, save_state
 
 
@@ -63,8 +68,8 @@ class TrainConfig:
     out: str = "runs/world"         # run directory: model export, state/, logs, curves.png
     size: str = "small"             # tiny | small | base (see worldmodel.model.latte.PRESETS)
     dim: int = 0                    # > 0 overrides the preset's width / depth pairs / heads
-    depth: int = 0
-    heads: int = 0
+    depth: int = 0                  # > 0 overrides the preset's number of (spatial, temporal) block pairs
+    heads: int = 0                  # > 0 overrides the preset's attention heads
     patch: int = 0                  # > 0 overrides the 2x2 patchify (1 suits an 8x8 token grid: 64 positions)
     temporal: str = "causal"        # causal (KV-cache rollouts) | bidirectional (the paper)
     clip_len: int = 16              # training window k (frames per clip)
@@ -75,17 +80,17 @@ class TrainConfig:
     warmup_steps: int = 100
     cooldown_steps: int = 0         # > 0: decay lr linearly to 0 over the last cooldown_steps of `steps`
     grad_clip: float = 2.0
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999        # the exported model is the EMA of the weights
     masking: str = "frame"          # frame (independent t per frame) | constant (one t per clip)
     scheduler: str = "sigmoid"      # sigmoid | cosine | linear
     loss_weighting: str = "fused_snr"   # fused_snr | min_snr | none
     clean_context_prob: float = 0.0     # chance that a clip keeps a random number of leading frames clean
     token_noise: float = 0.0            # max fraction of visible tokens per frame replaced by random ids
-    action_dropout: float = 0.1
-    reward_weight: float = 0.1
-    eval_every: int = 500
+    action_dropout: float = 0.1     # fraction of frames trained without their action (action-free sampling)
+    reward_weight: float = 0.1      # weight of the reward + termination heads' BCE (clean frames only)
+    eval_every: int = 500           # held-out metrics on test mazes (0 = off)
     eval_clips: int = 32
-    ckpt_every: int = 500
+    ckpt_every: int = 500           # resumable state + model export (also at the end, on Ctrl-C / SIGTERM)
     log_every: int = 25
     keep_states: int = 2
     max_minutes: float = 0.0        # > 0: stop (resumably) after this many minutes
@@ -94,7 +99,7 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda
     precision: str = "auto"         # auto (bf16 where supported) | bf16 | fp32
     compile: bool = False           # torch.compile the backbone (slow start, ~10-15 % faster steps)
-    threads: int = 0                # torch CPU threads (0 = torch default)
+    threads: int = 0                # torch CPU threads (0 = adapt to the cores other processes leave free)
     nice: int = 0                   # > 0: lower this process's CPU priority (background runs)
     tensorboard: bool = True
     progress: bool = True
@@ -143,155 +148,26 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return lr
 
 
-def _dist_env() -> tuple[int, int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def _device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device=cuda but no CUDA GPU is visible; use device=cpu or device=auto")
-        return torch.device("cuda", local_rank)
-    if name != "cpu":
-        raise ConfigError(f"device={name!r}; use cpu, cuda or auto")
-    return torch.device("cpu")
-
-
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where it pays: CUDA, or a CPU with native bf16 dot products (AVX512-BF16 / AMX)."""
-    if precision == "fp32":
-        return None
-    if precision not in ("auto", "bf16"):
-        raise ConfigError(f"precision={precision!r}; use auto, bf16 or fp32")
-    if precision == "bf16" or device.type == "cuda":
-        return torch.bfloat16
-    try:
-        native = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    return torch.bfloat16 if native else None
-
-
 def _step_generator(seed: int, step: int) -> torch.Generator:
     """The generator of one step's masking draws: a function of (seed, step) only."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
-
-
-def _tokenizer_dir(cfg: TrainConfig, manifest: dict) -> Path | None:
-    if cfg.tokenizer:
-        return Path(cfg.tokenizer)
-    rec = manifest.get("tokenizer")
-    if not rec:
-        return None
-    p = Path(rec["path"])
-    if not p.is_dir():
-        raise DatasetError(f"the tokenizer that made this dataset is not at {p} any more; pass tokenizer=DIR")
-    return p
-
-
-def data_roots(data: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """The token dataset directories of ``data=``: one directory or a list of them."""
-    items = [data] if isinstance(data, (str, os.PathLike)) else list(data or [])
-    roots = [Path(d) for d in items if str(d)]
-    if not roots:
-        raise ConfigError("train needs data=DIR (a token dataset) or data=[DIR,DIR,...]")
-    if len({r.resolve() for r in roots}) != len(roots):
-        raise ConfigError(f"data= names a dataset twice: {[str(r) for r in roots]}")
-    return roots
-
-
-def _build(cfg: TrainConfig, clips: TokenClips, data: str) -> Latte:
-    if cfg.init:
-        return _build_from(cfg, clips, data)
-    rec = clips.manifest.get("tokenizer") or {}
-    vocab = cfg.vocab_size or rec.get("vocab_size") or 0
-    if not vocab:
-        raise DatasetError("the dataset records no tokenizer; pass vocab_size=N (the number of token ids)")
-    if clips.max_token() >= vocab:
-        raise DatasetError(f"the dataset holds token id {clips.max_token()} but the vocabulary has {vocab} ids")
-    over = {k: v for k, v in (("dim", cfg.dim), ("depth", cfg.depth), ("heads", cfg.heads), ("patch", cfg.patch))
-            if v > 0}
-    mcfg = model_config(cfg.size, vocab_size=int(vocab), token_grid=clips.token_grid, max_frames=cfg.clip_len,
-                        num_actions=clips.num_actions, temporal=cfg.temporal, **over)
-    return Latte(mcfg)
-
-
-def _build_from(cfg: TrainConfig, clips: TokenClips, data: str) -> Latte:
-    """The model of checkpoint ``cfg.init`` (its architecture and weights), checked against the dataset.
-
-    The weights only make sense on tokens of the same tokenizer and actions of the same action space,
-    so every mismatch is an error that names it; the architecture is the checkpoint's.
-    """
-    over = [k for k in ("dim", "depth", "heads", "patch") if getattr(cfg, k) > 0]
-    if over:
-        raise ConfigError(f"init={cfg.init} fixes the architecture; drop {', '.join(f'{k}=' for k in over)} "
-                          "(the model is the checkpoint's)")
-    model, _, meta = load_world_model(cfg.init)
-    src, mcfg = meta["path"], model.cfg
-    rec = clips.manifest.get("tokenizer") or {}
-    problems = []
-    if mcfg.temporal != cfg.temporal:
-        problems.append(f"temporal {mcfg.temporal} vs temporal={cfg.temporal}")
-    if mcfg.max_frames != cfg.clip_len:
-        problems.append(f"window {mcfg.max_frames} frames vs clip_len={cfg.clip_len}")
-    if list(mcfg.token_grid) != list(clips.token_grid):
-        problems.append(f"token grid {list(mcfg.token_grid)} vs the dataset's {list(clips.token_grid)}")
-    if rec.get("vocab_size") and mcfg.vocab_size != rec["vocab_size"]:
-        problems.append(f"vocabulary {mcfg.vocab_size} vs the dataset's {rec['vocab_size']}")
-    if list(meta.get("action_space", {}).get("meanings", [])) != list(clips.action_meanings):
-        problems.append(f"actions {meta.get('action_space', {}).get('meanings')} vs the dataset's "
-                        f"{list(clips.action_meanings)}")
-    tok = meta.get("tokenizer") or {}      # load_world_model fills in its encoder identity
-    if tok.get("weights_sha256") and rec.get("weights_sha256") and not same_encoder(tok, rec):
-        problems.append("its tokenizer's encoder is not the one that made this dataset, so the token ids mean "
-                        "different things")
-    if problems:
-        raise ConfigError(f"init={cfg.init} ({src}) does not fit data={data}: " + "; ".join(problems))
-    return model.float().train()
-
-
-def _init_record(cfg: TrainConfig) -> dict[str, Any]:
-    """Where a fine-tuned model started: recorded in its model.json."""
-    if not cfg.init:
-        return {}
-    p = resolve_checkpoint(cfg.init)
-    meta = read_world_model_meta(p)
-    return {"init": {"checkpoint": cfg.init, "path": str(p), "weights_sha256": sha256_file(p / WEIGHTS_NAME),
-                     "train_step": meta.get("train_step")}}
-
-
-def _check_same_data(out: Path, meta: dict, clips: TokenClips) -> None:
-    """A resumed run must see the training clips it started with (same datasets, same order): its batch
-    order and learning-rate schedule refer to them. States written before this check carry no record."""
-    saved = meta.get("data")
-    if saved is None or [d["sha256"] for d in saved] == [d["sha256"] for d in clips.fingerprint]:
-        return
-
-    def names(sets: list[dict]) -> str:
-        return "[" + ", ".join(f"{d['dataset']} ({d['episodes']} episodes, {d['frames']} frames)" for d in sets) + "]"
-
-    raise ConfigError(f"{out} was trained on {names(saved)} but this run was given {names(clips.fingerprint)}; "
-                      "resume with the same data= (same datasets, same order), or train on new data in a new "
-                      f"out= with init={out}")
 
 
 def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
           out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train (or resume) a world model; returns a summary dict (also written to ``OUT/summary.json``)."""
     cfg.validate()
-    rank, world, local_rank = _dist_env()
+    rank, world, local_rank = dist_env()
     roots, out = data_roots(data_root or cfg.data), Path(out_dir or cfg.out)
     data = ",".join(str(r) for r in roots)          # for messages
-    device = _device(cfg.device, local_rank)
+    device = resolve_device(cfg.device, local_rank)
     owns_group = world > 1 and not dist.is_initialized()
     if owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     governor(cfg.threads)           # 0: adapt to the cores other processes leave free
     if cfg.nice > 0:
         os.nice(cfg.nice)
-    amp = _autocast_dtype(cfg.precision, device)
+    amp = autocast_dtype(cfg.precision, device)
     seed_everything(cfg.seed)                       # same init on every rank (DDP also broadcasts)
     clips = TokenClips(roots, "train", cfg.clip_len)
     try:
@@ -299,9 +175,11 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
     except DatasetError as e:
         print(f"no held-out evaluation: {e}")
         test = None
-    tok_dir = _tokenizer_dir(cfg, clips.manifest)
-    model = _build(cfg, clips, data).to(device)
-    init_record = _init_record(cfg)
+    tok_dir = tokenizer_dir(cfg.tokenizer, clips.manifest)
+    over = {k: getattr(cfg, k) for k in ("dim", "depth", "heads", "patch") if getattr(cfg, k) > 0}
+    model = (model_from_init(cfg.init, clips, data, cfg.clip_len, cfg.temporal, over) if cfg.init else
+             new_model(clips, cfg.size, cfg.vocab_size, cfg.clip_len, cfg.temporal, over)).to(device)
+    started_from = init_record(cfg.init)
     ema = Latte(model.cfg).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     ocfg = cfg.objective()
@@ -312,7 +190,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
     ema_state = ema.state_dict()
     meta = load_state(out, model, ema_state, opt, model.cfg.to_dict()) if cfg.resume else None
     if meta:
-        _check_same_data(out, meta, clips)
+        check_same_data(out, meta, clips)
     step, elapsed = (int(meta["step"]), float(meta["elapsed_s"])) if meta else (0, 0.0)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -328,14 +206,12 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
     logger = RunLogger(out, step if meta else None, cfg.tensorboard) if rank == 0 else None
     grid = clips.token_grid
     tokens_per_step = cfg.batch_size * cfg.clip_len * grid[0] * grid[1]
-    stop = {"flag": False}
-    previous_handlers = _install_stop_handler(stop)
     bar = None
     if rank == 0 and cfg.progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
-    ema_params, params = list(ema.parameters()), list(model.parameters())
+    params = list(model.parameters())
     t_start, last_eval, saved = time.time(), {}, {"step": step if meta else -1}
     # throughput window between log rows; evaluation and checkpoint time is excluded ("paused")
     win = {"n": 0, "t0": time.time(), "paused": 0.0, "loss": torch.zeros((), device=device)}
@@ -350,65 +226,65 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
                          train_config=dataclasses.asdict(cfg),
                          extra={"train_step": step, "train_elapsed_s": round(elapsed, 1), "eval": last_eval,
                                 "env_kwargs": clips.env_kwargs,
-                                **init_record})
+                                **started_from})
         logger.plot()
 
     model.train()
-    while step < cfg.steps and not stop["flag"]:
-        threads.tick()
-        t0 = time.time()
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        draws = draw_step(cfg.batch_size, cfg.clip_len, grid, ocfg, _step_generator(cfg.seed, step),
-                          model.cfg.vocab_size)
-        counts = objective.global_counts(draws)
-        batch = clips.batch(sampler.indices(step)).to(device)
-        want = rank == 0 and (step + 1) % cfg.log_every == 0
-        loss, logs = runner(batch, draws.rows(rank * local, (rank + 1) * local).to(device),
-                            tuple(c.to(device) for c in counts), world, amp, want)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        step += 1
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))      # EMA warm-up: early weights fade fast
-        torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
-        win["loss"] += loss.detach()                              # window mean, no device sync per step
-        win["n"] += 1
-        elapsed += time.time() - t0
-        if cfg.max_minutes > 0 and time.time() - t_start > 60 * cfg.max_minutes:
-            stop["flag"] = True
-        if world > 1:
-            flag = torch.tensor([float(stop["flag"])], device=device)
-            dist.all_reduce(flag)      # a signal or time limit on any rank stops every rank at the same step
-            stop["flag"] = bool(flag.item())
-        if rank != 0:
-            continue
-        if want:
-            logs["loss"] = float(win["loss"]) / win["n"]          # (float() also syncs a GPU before timing)
-            if not math.isfinite(logs["loss"]):
-                raise FloatingPointError(f"loss became {logs['loss']} by step {step}; lower lr= or use precision=fp32")
-            step_s = (time.time() - win["t0"] - win["paused"]) / win["n"]
-            logs.update(lr=opt.param_groups[0]["lr"], grad_norm=float(gnorm), step_s=step_s, elapsed_s=elapsed,
-                        cpu_s=time.process_time(), tokens_per_s=tokens_per_step / step_s,
-                        clips_per_s=cfg.batch_size / step_s)
-            logger.log("train", step, logs)
-            win.update(n=0, t0=time.time(), paused=0.0, loss=torch.zeros((), device=device))
-        if bar is not None:
-            bar.update(1)
+    with StopSignals() as stop:
+        while step < cfg.steps and not stop.requested:
+            threads.tick()
+            t0 = time.time()
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg)
+            draws = draw_step(cfg.batch_size, cfg.clip_len, grid, ocfg, _step_generator(cfg.seed, step),
+                              model.cfg.vocab_size)
+            counts = objective.global_counts(draws)
+            batch = clips.batch(sampler.indices(step)).to(device)
+            want = rank == 0 and (step + 1) % cfg.log_every == 0
+            loss, logs = runner(batch, draws.rows(rank * local, (rank + 1) * local).to(device),
+                                tuple(c.to(device) for c in counts), world, amp, want)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            step += 1
+            ema_update(ema, model, warmup_decay(step, cfg.ema_decay))
+            win["loss"] += loss.detach()                              # window mean, no device sync per step
+            win["n"] += 1
+            elapsed += time.time() - t0
+            if cfg.max_minutes > 0 and time.time() - t_start > 60 * cfg.max_minutes:
+                stop.requested = True
+            if world > 1:
+                flag = torch.tensor([float(stop.requested)], device=device)
+                dist.all_reduce(flag)      # a signal or time limit on any rank stops every rank at the same step
+                stop.requested = bool(flag.item())
+            if rank != 0:
+                continue
             if want:
-                bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['masked_acc']:.3f}",
-                                tok_s=f"{logs['tokens_per_s']:.0f}")
-        t_pause = time.time()
-        if test is not None and cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == cfg.steps):
-            last_eval = evaluate(ema, test, objective.scheduler, cfg.eval_clips, device=device, autocast=amp)
-            logger.log("eval", step, last_eval)
-        if step % cfg.ckpt_every == 0 or step == cfg.steps or stop["flag"]:
-            checkpoint()
-        win["paused"] += time.time() - t_pause
+                logs["loss"] = float(win["loss"]) / win["n"]          # (float() also syncs a GPU before timing)
+                if not math.isfinite(logs["loss"]):
+                    raise FloatingPointError(f"loss became {logs['loss']} by step {step}; lower lr= or use "
+                                             "precision=fp32")
+                step_s = (time.time() - win["t0"] - win["paused"]) / win["n"]
+                logs.update(lr=opt.param_groups[0]["lr"], grad_norm=float(gnorm), step_s=step_s, elapsed_s=elapsed,
+                            cpu_s=time.process_time(), tokens_per_s=tokens_per_step / step_s,
+                            clips_per_s=cfg.batch_size / step_s)
+                logger.log("train", step, logs)
+                win.update(n=0, t0=time.time(), paused=0.0, loss=torch.zeros((), device=device))
+            if bar is not None:
+                bar.update(1)
+                if want:
+                    bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['masked_acc']:.3f}",
+                                    tok_s=f"{logs['tokens_per_s']:.0f}")
+            t_pause = time.time()
+            if test is not None and cfg.eval_every > 0 and (step % cfg.eval_every == 0 or step == cfg.steps):
+                last_eval = evaluate(ema, test, objective.scheduler, cfg.eval_clips, device=device, autocast=amp)
+                logger.log("eval", step, last_eval)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or stop.requested:
+                checkpoint()
+            win["paused"] += time.time() - t_pause
     if bar is not None:
         bar.close()
-    _restore_handlers(previous_handlers)
     summary: dict[str, Any] = {}
     if rank == 0:
         if saved["step"] != step or not (out / "model.json").is_file():
@@ -421,34 +297,13 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
         write_json(out / "summary.json", summary)
         logger.close()
         print(f"world model written to {out} (step {step}, {elapsed / 60:.1f} min of training)")
+        if stop.signum is not None:
+            print(resume_hint("training", stop.signum, step, out))
     if world > 1:
         dist.barrier()
     if owns_group:
         dist.destroy_process_group()
     return summary
-
-
-def _install_stop_handler(stop: dict) -> dict:
-    """SIGTERM / SIGINT finish the current step, checkpoint and exit (a second Ctrl-C aborts).
-
-    Only possible from the main thread; returns the previous handlers for :func:`_restore_handlers`.
-    """
-    def handler(signum, frame):
-        if stop["flag"]:
-            raise KeyboardInterrupt
-        stop["flag"] = True
-    old = {}
-    try:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            old[sig] = signal.signal(sig, handler)
-    except ValueError:          # not the main thread: no signal handling, training still works
-        pass
-    return old
-
-
-def _restore_handlers(old: dict) -> None:
-    for sig, h in old.items():
-        signal.signal(sig, h)
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:

@@ -14,7 +14,8 @@ import torch
 from envs.common.errors import CheckpointError, ConfigError, DatasetError
 from envs.common.files import check_replaceable, read_sealed_json, write_sealed_json
 from envs.dataset import EpisodeDataset, write_dataset
-from worldmodel.model.checkpoint import DEFAULT_CHECKPOINT, load_world_model, sealed_files
+from worldmodel.common.assets import DEFAULT_CHECKPOINT
+from worldmodel.model.checkpoint import load_world_model, sealed_files
 
 
 def flip_bytes(path: Path, n: int = 32, seed: int = 0) -> None:
@@ -84,6 +85,7 @@ def test_tokenize_refuses_to_write_over_its_own_input(tmp_path):
     assert len(EpisodeDataset(data, "test")) == 2
 
 
+@pytest.mark.slow
 def test_tokenize_overwrite_replaces_only_a_token_dataset(tmp_path):
     from worldmodel.tokenizer.tokenize import tokenize_dataset
 
@@ -106,6 +108,7 @@ def test_dream_overwrite_leaves_files_of_the_same_name_it_did_not_write(tmp_path
     check_out(tmp_path, overwrite=True)                     # an earlier dream: may be replaced
 
 
+@pytest.mark.slow
 def test_export_overwrite_replaces_a_release_but_not_a_folder_beside_it(tmp_path):
     from worldmodel.model.export import export_checkpoint
 

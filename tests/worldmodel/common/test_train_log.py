@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 import torch
 
 from envs.dataset import write_dataset
@@ -37,6 +38,7 @@ def test_resume_heals_float_steps_written_by_older_versions(tmp_path):
     assert raw_steps(path) == ["25", "50", "75"]
 
 
+@pytest.mark.slow
 def test_training_resume_writes_integer_steps(tmp_path):
     from tests.worldmodel.training.test_training import ACTIONS, painted_episodes, tiny_cfg
     from worldmodel.training.loop import train

@@ -6,18 +6,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from envs.common.errors import ConfigError, SamplerSettingsError
-from worldmodel.dream.verb import DreamConfig, dream, psnr
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from worldmodel.dream.verb import DreamConfig, dream
+from worldmodel.metrics.quality import psnr_per_frame
 
 
 def cfg(ckpt, out, **kw) -> DreamConfig:
@@ -26,6 +18,7 @@ def cfg(ckpt, out, **kw) -> DreamConfig:
     return DreamConfig(**{**base, **kw})
 
 
+@pytest.mark.slow
 def test_dataset_dream_writes_everything_and_counts_nfe(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
     import imageio.v2 as iio2
 
@@ -55,6 +48,7 @@ def test_sheet_horizons():
     assert sheet_horizons(8) == [1, 2, 4, 8] and sheet_horizons(1) == [1]
 
 
+@pytest.mark.slow
 def test_same_seed_same_dream_and_seed_changes_it(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
     runs = [dream(cfg(tiny_world_checkpoint, tmp_path / f"s{i}", data=str(tiny_frames_dataset), seed=seed))
             for i, seed in enumerate((0, 0, 1))]
@@ -65,18 +59,21 @@ def test_same_seed_same_dream_and_seed_changes_it(tiny_world_checkpoint, tiny_fr
     assert runs[0]["per_frame"]["psnr_dream"] == runs[1]["per_frame"]["psnr_dream"]
 
 
+@pytest.mark.slow
 def test_live_episode_dream(tiny_world_checkpoint, tmp_path):
     s = dream(cfg(tiny_world_checkpoint, tmp_path / "live", data="", frames=4))
     assert s["source"].startswith("live DMLabMaze-v0") and s["frames"] == 4
     assert s["settings"]["context"] == 2 and len(s["per_frame"]["action"]) == 4
 
 
+@pytest.mark.slow
 def test_chunkwise_stride_uses_the_driver_with_exact_nfe(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
     s = dream(cfg(tiny_world_checkpoint, tmp_path / "c", data=str(tiny_frames_dataset), stride=2, frames=6))
     # k = 4, m = 2, s = 2, N = 8 frames in all -> 1 + ceil((8 - 4) / 2) = 3 chunks of T = 3 steps
     assert s["mode"].startswith("chunkwise") and s["nfe"] == 3 * 3
 
 
+@pytest.mark.slow
 def test_guided_dream_counts_its_extra_passes_and_chunkwise_refuses_guidance(tiny_world_checkpoint,
                                                                              tiny_frames_dataset, tmp_path):
     data = str(tiny_frames_dataset)
@@ -86,6 +83,7 @@ def test_guided_dream_counts_its_extra_passes_and_chunkwise_refuses_guidance(tin
         dream(cfg(tiny_world_checkpoint, tmp_path / "gc", data=data, stride=2, frames=6, history_guidance=1.0))
 
 
+@pytest.mark.slow
 def test_errors_name_the_problem(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
     dream(cfg(tiny_world_checkpoint, tmp_path / "o", data=str(tiny_frames_dataset)))
     with pytest.raises(ConfigError, match="overwrite=true"):
@@ -102,10 +100,11 @@ def test_psnr_known_values():
     a = np.zeros((2, 4, 4, 3), np.uint8)
     b = a.copy()
     b[1] = 255
-    p = psnr(a, b)
+    p = psnr_per_frame(a, b, identical=100.0)      # the dream's convention for identical frames
     assert p[0] == 100.0 and p[1] == pytest.approx(0.0, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_cli_verb(tiny_world_checkpoint, tiny_frames_dataset, tmp_path, capsys):
     from worldmodel.cli import main
 

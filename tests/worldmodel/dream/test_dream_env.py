@@ -33,25 +33,6 @@ from worldmodel.evaluation.action_check import (
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: on 2 busy cores a second OpenMP thread only adds waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def ckpt(tiny_world_checkpoint):
-    return str(tiny_world_checkpoint)
-
-
-@pytest.fixture
-def data(tiny_frames_dataset):
-    return str(tiny_frames_dataset)
-
-
 def make(ckpt, data, **kw) -> MaskFlowDreamEnv:
     return MaskFlowDreamEnv(ckpt, **{"data": data, "steps_per_frame": 2, **kw})
 
@@ -65,6 +46,7 @@ def rollout(env, seed, actions, options=None):
 
 
 # -- Gymnasium API ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("source,obs_type", [("live", "rgb"), ("dataset", "rgb"), ("dataset", "tokens")])
 def test_env_checker_passes_on_the_registered_env(ckpt, data, source, obs_type):
     env = gym.make("MaskFlowDream-v0", checkpoint=ckpt, context=source, data=data if source == "dataset" else None,
@@ -83,6 +65,7 @@ def test_env_checker_passes_on_the_registered_env(ckpt, data, source, obs_type):
         env.close()
 
 
+@pytest.mark.slow
 def test_step_info_reward_and_render(ckpt, data):
     env = make(ckpt, data, render_mode="rgb_array", timing_info=True)
     obs, info = env.reset(seed=1)
@@ -108,6 +91,7 @@ def test_step_info_reward_and_render(ckpt, data):
     prob.close()
 
 
+@pytest.mark.slow
 def test_same_seed_same_dream_and_other_seed_or_actions_differ(ckpt, data):
     env = make(ckpt, data)
     acts = [1, 5, 5, 6, 2, 8]
@@ -129,9 +113,10 @@ def test_same_seed_same_dream_and_other_seed_or_actions_differ(ckpt, data):
     env.close()
 
 
+@pytest.mark.slow
 def test_context_given_in_reset_options(ckpt, data):
     from envs.dataset import EpisodeDataset
-    from worldmodel.dream.verb import decode_tokens, encode_frames
+    from worldmodel.tokenizer.codec import decode_tokens, encode_frames
 
     ep = EpisodeDataset(data, "test").episode(0)
     env = make(ckpt, None, context="given")
@@ -159,6 +144,7 @@ def test_context_given_in_reset_options(ckpt, data):
     venv.close()
 
 
+@pytest.mark.slow
 def test_termination_and_truncation_are_kept_apart(ckpt, data):
     ends = make(ckpt, data, done_threshold=0.0, max_episode_steps=5)   # the done head always fires
     ends.reset(seed=0)
@@ -178,6 +164,7 @@ def test_termination_and_truncation_are_kept_apart(ckpt, data):
 
 
 # -- vector env ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_vector_env_next_step_autoreset_per_env(ckpt, data):
     venv = gym.make_vec("MaskFlowDream-v0", num_envs=3, checkpoint=ckpt, data=data, steps_per_frame=2,
                         max_episode_steps=3, done_threshold=1.0)
@@ -203,6 +190,7 @@ def test_vector_env_next_step_autoreset_per_env(ckpt, data):
     venv.close()
 
 
+@pytest.mark.slow
 def test_vector_env_same_step_autoreset(ckpt, data):
     venv = MaskFlowDreamVectorEnv(2, ckpt, data=data, steps_per_frame=2, max_episode_steps=2, done_threshold=1.0,
                                   autoreset_mode=AutoresetMode.SAME_STEP)
@@ -219,6 +207,7 @@ def test_vector_env_same_step_autoreset(ckpt, data):
     venv.close()
 
 
+@pytest.mark.slow
 def test_vector_env_seeds_each_env_and_is_reproducible(ckpt, data):
     def run(seed):
         venv = MaskFlowDreamVectorEnv(2, ckpt, data=data, steps_per_frame=2)
@@ -235,6 +224,7 @@ def test_vector_env_seeds_each_env_and_is_reproducible(ckpt, data):
     assert not np.array_equal(a, run(12)[0])
 
 
+@pytest.mark.slow
 def test_long_run_has_no_nans_and_constant_memory(ckpt, data):
     import resource
 
@@ -275,6 +265,7 @@ def test_long_run_has_no_nans_and_constant_memory(ckpt, data):
 
 
 # -- errors ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("action", [9, -1, 2.0, "1", np.array([1, 2]), True])
 def test_action_outside_the_space_is_refused(ckpt, data, action):
     env = make(ckpt, data)
@@ -284,6 +275,7 @@ def test_action_outside_the_space_is_refused(ckpt, data, action):
     env.close()
 
 
+@pytest.mark.slow
 def test_bad_calls_raise_clear_errors(ckpt, data):
     env = make(ckpt, None, context="given")
     with pytest.raises(DreamEnvError, match="reset"):
@@ -315,6 +307,7 @@ def test_bad_calls_raise_clear_errors(ckpt, data):
         make(ckpt, None, context="dataset")
 
 
+@pytest.mark.slow
 def test_checkpoint_for_another_action_space_is_refused(ckpt, data, tmp_path):
     from envs.common.files import write_sealed_json
     from envs.dataset import EpisodeDataset, write_dataset
@@ -343,6 +336,7 @@ def test_horizontal_shift_recovers_a_known_shift(dx):
     assert horizontal_shift(img[:, :64], np.full((64, 64, 3), 7, np.uint8)) == 0.0   # nothing to follow
 
 
+@pytest.mark.slow
 def test_real_maze_turns_agree_with_the_measured_sign(tiny_frames_dataset):
     from envs.dataset import EpisodeDataset
 
@@ -360,6 +354,7 @@ def test_real_maze_turns_agree_with_the_measured_sign(tiny_frames_dataset):
     assert turns >= 10 and sum(w.agree for w in walks) / turns >= 0.8
 
 
+@pytest.mark.slow
 def test_action_check_reports_real_and_dream_agreement(ckpt, data):
     r = action_check(ckpt, episodes=1, frames=19, steps_per_frame=1, hold=4)        # live turn probe
     assert r["turns"] == 16 and r["real"] >= 0.8
@@ -369,6 +364,7 @@ def test_action_check_reports_real_and_dream_agreement(ckpt, data):
 
 
 # -- RL pipelines and the benchmark ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ppo_trains_inside_the_dream(ckpt, data, tmp_path):
     from agents.ppo_dream import main, train_ppo
 
@@ -390,6 +386,7 @@ def _load_benchmark(name: str):
     return mod
 
 
+@pytest.mark.slow
 def test_benchmarks_smoke(ckpt, data, capsys, tmp_path, monkeypatch):
     bench = _load_benchmark("dream_env")
     r = bench.main(["--checkpoint", ckpt, "--data", data, "--steps", "3", "--warmup", "1", "--sizes", "1", "2",

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers MaskFlowDream-v0)
@@ -15,26 +14,9 @@ from envs.common.errors import ConfigError
 from worldmodel.dream.env import DreamEnvError, MaskFlowDreamEnv
 from worldmodel.dream.vector_env import MaskFlowDreamVectorEnv
 
+pytestmark = pytest.mark.slow          # every test here dreams on the tiny trained checkpoint
+
 ENV_ID = "MaskFlowDream-v0"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: on 2 busy cores a second OpenMP thread only adds waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def ckpt(tiny_world_checkpoint):
-    return str(tiny_world_checkpoint)
-
-
-@pytest.fixture
-def data(tiny_frames_dataset):
-    return str(tiny_frames_dataset)
 
 
 def steps_to_truncation(env, limit: int) -> int:

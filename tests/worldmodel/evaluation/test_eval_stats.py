@@ -38,8 +38,8 @@ def test_band_means_are_per_video_means_of_each_band():
 
 
 def test_new_views_marks_exact_repeats_of_the_last_context_frame():
-    from worldmodel.evaluation.evaluate import RealVideos
-    from worldmodel.evaluation.report import new_views
+    from worldmodel.evaluation.scores import new_views
+    from worldmodel.evaluation.videos import RealVideos
 
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (2, 6, 4, 4, 3), dtype=np.uint8)

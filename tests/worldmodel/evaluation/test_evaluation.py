@@ -15,20 +15,13 @@ import pytest
 import torch
 
 from envs.common.errors import ConfigError
-from worldmodel.evaluation.evaluate import EXPERIMENTS, EvalConfig, choose_videos, evaluate, plan_experiments
+from worldmodel.evaluation.evaluate import EXPERIMENTS, EvalConfig, evaluate, plan_experiments
+from worldmodel.evaluation.videos import choose_videos
 from worldmodel.sampling import SamplerConfig
 from worldmodel.sampling.chunkwise import ChunkConfig, expected_nfe
 
 K = 4                                    # the tiny checkpoint's window
 STEPS = {"steps_frame": 2, "steps_mgm": 3, "steps_fm": 3, "steps_df": 2, "steps_rolling": 2}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_cfg(ckpt, data, out, **kw) -> EvalConfig:
@@ -58,6 +51,7 @@ def real_videos(data: Path, results: dict, frames: int) -> list[np.ndarray]:
         ds.close()
 
 
+@pytest.mark.slow
 def test_eval_writes_report_plots_and_json(full_eval):
     cfg, results, out = full_eval
     for name in ("report.md", "results.json", "psnr.png", "ssim.png", "fvd.png"):
@@ -84,6 +78,7 @@ def test_eval_writes_report_plots_and_json(full_eval):
         assert f"`{key}`" in report, key
 
 
+@pytest.mark.slow
 def test_rows_horizons_and_nfe_match_the_formulas(full_eval):
     cfg, results, _ = full_eval
     rows = {r["id"]: r for r in results["rows"]}
@@ -113,6 +108,7 @@ def test_rows_horizons_and_nfe_match_the_formulas(full_eval):
     assert rows["full_rolling@1x"]["nfe"] == 2 * 2 + 2 * 1            # 2S + (N - k) ceil(S / (k - m))
 
 
+@pytest.mark.slow
 def test_fvd_uses_last_and_first_clips_with_n(full_eval):
     _, results, _ = full_eval
     for r in results["rows"]:
@@ -127,10 +123,11 @@ def test_fvd_uses_last_and_first_clips_with_n(full_eval):
     assert len(set(np.round(list(fvds.values()), 6))) == len(fvds)      # different sets, different distances
 
 
+@pytest.mark.slow
 def test_videos_are_distinct_clips_and_baselines_are_right(full_eval, tiny_world_checkpoint, tiny_frames_dataset):
-    from worldmodel.dream.verb import decode_tokens, encode_frames
     from worldmodel.metrics.quality import psnr_per_frame, ssim_per_frame
     from worldmodel.model.checkpoint import load_world_model
+    from worldmodel.tokenizer.codec import decode_tokens, encode_frames
 
     _, results, _ = full_eval
     vids = results["videos"]
@@ -151,6 +148,7 @@ def test_videos_are_distinct_clips_and_baselines_are_right(full_eval, tiny_world
     assert rows["copy_last@1x"]["psnr_curve"] == rows["copy_last@3x"]["psnr_curve"][:4]
 
 
+@pytest.mark.slow
 def test_same_config_same_dreams_and_seed_changes_them(full_eval, tiny_world_checkpoint, tiny_frames_dataset,
                                                        tmp_path):
     cfg, results, _ = full_eval
@@ -165,6 +163,7 @@ def test_same_config_same_dreams_and_seed_changes_them(full_eval, tiny_world_che
     assert other["videos"] != results["videos"]
 
 
+@pytest.mark.slow
 def test_cli_eval_and_overwrite(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
     from importlib import resources
 
@@ -183,6 +182,7 @@ def test_cli_eval_and_overwrite(tiny_world_checkpoint, tiny_frames_dataset, tmp_
         run("eval", [f"checkpoint={tiny_world_checkpoint}"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kw,match", [
     (dict(horizons=[10]), r"horizons: the longest horizon 10x4 = 40 dreamed frames .* needs episodes of 43 frames"),
     (dict(experiments=["full_fm"], comparison_horizons=[6]), r"comparison_horizons: .* needs episodes of 26 frames"),
@@ -233,6 +233,7 @@ def test_plan_experiments_contexts_strides_and_horizons():
     assert "fbf_rolling" not in EXPERIMENTS and len(EXPERIMENTS) == 9
 
 
+@pytest.mark.slow
 def test_separate_horizons_and_a_bidirectional_model(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
     """separate_horizons re-dreams each horizon; a bidirectional model runs frame by frame through the
     chunkwise driver (s = 1, m = k - 1) with its exact NFE."""
@@ -257,6 +258,7 @@ def test_separate_horizons_and_a_bidirectional_model(tiny_world_checkpoint, tiny
     assert "Each horizon was dreamed separately" in (tmp_path / "out" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_guidance_applies_to_frame_by_frame_rows_only(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
     """Guided frame-by-frame rows cost (T × 3 passes + 1) per frame and say so in results and report;
     full-sequence rows in the same run are unguided (chunkwise cannot guide)."""
@@ -273,6 +275,7 @@ def test_guidance_applies_to_frame_by_frame_rows_only(tiny_world_checkpoint, tin
     assert "action guidance 1.5, history guidance 0.5" in (tmp_path / "g" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_rows_keep_per_video_bands_and_pair_with_copy_and_compare(full_eval, tiny_frames_dataset):
     """Per-video band means average to the curve; every dreamed row is paired with copy-the-last-frame
     (and the main row with the compare checkpoint's) over the same videos, and the report shows it."""
@@ -303,6 +306,7 @@ def test_rows_keep_per_video_bands_and_pair_with_copy_and_compare(full_eval, tin
     assert "## Paired margins" in report and "| `fbf_mgm` | `copy_last` | 5-12 |" in report
 
 
+@pytest.mark.slow
 def test_pair_with_an_earlier_eval_of_the_same_videos(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
     import json
 

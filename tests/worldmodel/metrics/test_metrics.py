@@ -75,6 +75,7 @@ def test_i3d_rejects_wrong_input_size() -> None:
         I3D()(torch.zeros(1, 3, 16, 64, 64))
 
 
+@pytest.mark.slow
 def test_i3d_black_frames_logits_match_reference(i3d: I3D) -> None:
     with torch.inference_mode():
         logits = i3d(torch.full((1, 3, 15, 224, 224), -1.0))[0]  # 15 black frames in [-1, 1]
@@ -83,6 +84,7 @@ def test_i3d_black_frames_logits_match_reference(i3d: I3D) -> None:
     np.testing.assert_allclose(logits[-3:].numpy(), [-0.38093, 0.65539, -1.40213], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_fvd_black_vs_white_matches_reference(i3d: I3D) -> None:
     black = np.zeros((8, 16, 64, 64, 3), np.uint8)  # resized to 224 by the public API
     white = np.full_like(black, 255)
@@ -169,6 +171,7 @@ def test_fvd_rejects_mismatched_clip_lengths() -> None:
 
 
 # ----------------------------------------------------------------------------- cached statistics
+@pytest.mark.slow
 def test_fvd_stats_roundtrip_and_cache_reuse(tmp_path, i3d: I3D) -> None:
     rng = np.random.default_rng(2)
     stats = FVDStats(rng.normal(size=400), np.cov(rng.normal(size=(50, 400)), rowvar=False), n=5, clip_len=9)

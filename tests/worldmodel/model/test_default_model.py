@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from tests.json_paths import absolute_paths
+from worldmodel.common.assets import DEFAULT_CHECKPOINT
 from worldmodel.dream.verb import DreamConfig, dream
-from worldmodel.model.checkpoint import DEFAULT_CHECKPOINT, load_world_model, resolve_checkpoint
+from worldmodel.model.checkpoint import load_world_model, resolve_checkpoint
 from worldmodel.model.export import verify_release
 
 
@@ -33,6 +34,7 @@ def test_default_loads_as_a_causal_action_conditioned_model(monkeypatch):
     assert list(tokenizer.token_grid) == list(model.cfg.token_grid)
 
 
+@pytest.mark.slow
 def test_default_dreams_eight_frames_of_a_live_held_out_maze(tmp_path, monkeypatch):
     monkeypatch.delenv("MASKFLOW_DEFAULT_CHECKPOINT", raising=False)
     torch.set_num_threads(1)
@@ -45,6 +47,7 @@ def test_default_dreams_eight_frames_of_a_live_held_out_maze(tmp_path, monkeypat
     assert s["psnr"]["dream_mean"] == pytest.approx(sum(s["per_frame"]["psnr_dream"]) / 8, abs=0.01)
 
 
+@pytest.mark.slow
 def test_tokenize_with_the_default_tokenizer(tiny_frames_dataset, tmp_path, monkeypatch):
     from envs.dataset import EpisodeDataset
     from worldmodel.cli import run

@@ -22,6 +22,7 @@ def _dream_tokens(ckpt, data, out) -> np.ndarray:
     return np.load(out / "dream_tokens.npy")
 
 
+@pytest.mark.slow
 def test_fp32_release_dreams_exactly_like_the_source(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
     torch.set_num_threads(1)
     rel = export_checkpoint(tiny_world_checkpoint, tmp_path / "rel", half=False)
@@ -31,6 +32,7 @@ def test_fp32_release_dreams_exactly_like_the_source(tiny_world_checkpoint, tiny
     assert np.array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_fp16_release_is_smaller_and_close(tiny_world_checkpoint, tmp_path):
     rel = export_checkpoint(tiny_world_checkpoint, tmp_path / "rel16")
     src_size = (tiny_world_checkpoint / "model.safetensors").stat().st_size
@@ -43,6 +45,7 @@ def test_fp16_release_is_smaller_and_close(tiny_world_checkpoint, tmp_path):
         assert torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-2), k
 
 
+@pytest.mark.slow
 def test_tampering_and_overwrite_are_refused(tiny_world_checkpoint, tmp_path):
     rel = export_checkpoint(tiny_world_checkpoint, tmp_path / "rel")
     with pytest.raises(CheckpointError, match="--overwrite"):
@@ -69,6 +72,7 @@ def test_reexporting_the_shipped_release_keeps_its_weight_files_byte_for_byte(tm
     verify_release(rel)
 
 
+@pytest.mark.slow
 def test_release_records_no_absolute_paths_of_the_exporting_machine(tiny_world_checkpoint, tmp_path, monkeypatch):
     # a release is read on other machines: provenance paths are relative to where it was exported, or
     # bare folder names when outside it, never this machine's absolute layout

@@ -11,15 +11,6 @@ from worldmodel.model.latte import PRESETS, Latte, model_config
 V, GRID, K, A = 20, (4, 4), 4, 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small ops on a shared 2-core machine run fastest single-threaded (no OpenMP hand-offs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def randomized(temporal: str = "causal", seed: int = 0, **kw) -> Latte:
     """A tiny model with every weight perturbed (zero-initialised gates would hide most bugs)."""
     torch.manual_seed(seed)
@@ -135,6 +126,7 @@ def test_kv_cache_matches_uncached_forward(frames, depth):
     assert cache.num_frames.tolist() == [min(frames, K - 1)] * 2
 
 
+@pytest.mark.slow
 def test_forward_new_frame_leaves_cache_untouched_and_memory_is_constant():
     m = randomized()
     tok, _, a = inputs(1, 1, mask_prob=0.0)

@@ -1,4 +1,5 @@
-"""Per-frame times, corruption statistics, fused-SNR weights and the masked loss (algorithm doc §3)."""
+"""Per-frame times, corruption statistics, fused-SNR weights and the masked loss
+(docs/algorithm.md#frame-level-masking)."""
 
 from __future__ import annotations
 
@@ -19,15 +20,6 @@ from worldmodel.objective.masking import (
     sample_times,
 )
 from worldmodel.objective.schedules import get_scheduler
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small ops on a shared 2-core machine run fastest single-threaded (no OpenMP hand-offs)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -1,4 +1,4 @@
-"""κ(t) schedulers against the reference values of maskflow-algorithm.md §2."""
+"""κ(t) schedulers against the reference values of docs/algorithm.md#schedulers."""
 
 from __future__ import annotations
 

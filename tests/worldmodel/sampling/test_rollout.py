@@ -16,15 +16,6 @@ from worldmodel.sampling.rollout import CachedRollout, WindowRollout
 V = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: on 2 busy cores a second OpenMP thread only adds waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(window: int = 4, grid: tuple[int, int] = (4, 4), temporal: str = "causal", seed: int = 0) -> Latte:
     """A tiny Latte with random (not zero-initialised) weights, so every path carries signal."""
     torch.manual_seed(seed)
@@ -118,6 +109,7 @@ def test_nfe_per_frame_and_seeded_reproducibility(steps):
     assert not torch.equal(roll(0), roll(1))
 
 
+@pytest.mark.slow
 def test_memory_is_constant_over_10000_frames():
     model = tiny_model(window=4, grid=(2, 2))
     ro = CachedRollout(model, SamplerConfig("mgm_tfree", steps=1), 1)
@@ -210,6 +202,7 @@ def test_unset_steps_mean_the_per_frame_default():
     assert ro.step(torch.zeros(1, dtype=torch.long), torch.Generator()).nfe == DEFAULT_FRAME_STEPS + 1
 
 
+@pytest.mark.slow
 def test_benchmark_quality_sweep_on_a_saved_checkpoint(tmp_path):
     """The --checkpoint/--data path: a saved tiny world model and a token dataset, accuracy vs steps."""
     import importlib.util

@@ -28,15 +28,6 @@ from worldmodel.sampling.unmask_schedule import COUNT_MODES, KappaInverse, unmas
 V = 5  # toy codebook; the mask id is V
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run thousands of tiny ops; on 2 busy cores a second OpenMP thread only adds waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Toy:
     """A denoiser with random logits that records what it is called with.
 
@@ -82,7 +73,7 @@ def test_unmask_counts_sum_exactly_and_never_skip_a_step(mode, steps):
 
 def test_arccos_counts_grow_like_upstream():
     counts = unmask_counts(torch.tensor([16 * 1024]), 20, "arccos")[0]
-    # maskflow-algorithm.md §5.1: [1, 271, 385, 473, ..., 1261, 1304] for 16 frames of 1024 tokens
+    # docs/algorithm.md#unmask-count-schedules: [1, 271, 385, 473, ..., 1261, 1304] for 16 frames of 1024 tokens
     assert counts[0] == 1 and abs(int(counts[1]) - 271) <= 1 and abs(int(counts[-1]) - 1304) <= 2
     assert bool((counts[1:] >= counts[:-1] - 1).all())
 

@@ -13,28 +13,16 @@ import torch
 from envs.common.errors import CheckpointError, ConfigError, DatasetError
 from envs.common.files import load_weights, read_json, write_sealed_json
 from envs.dataset import load_manifest
-from worldmodel.model.checkpoint import CONFIG_NAME, DEFAULT_CHECKPOINT, load_world_model, sealed_files, swap_decoder
-from worldmodel.tokenizer.identity import identity_of_dir, tokenizer_identity
-from worldmodel.tokenizer.model import CONFIG_NAME as TOK_CONFIG
-from worldmodel.tokenizer.model import (
-    build_tokenizer,
-    load_tokenizer,
-    save_tokenizer,
-    tokenizer_config,
-    with_decoder,
-)
-from worldmodel.tokenizer.training import TokenizerTrainConfig, train_tokenizer
+from worldmodel.common.assets import DEFAULT_CHECKPOINT
+from worldmodel.model.checkpoint import CONFIG_NAME, load_world_model, sealed_files, swap_decoder
+from worldmodel.tokenizer.config import TokenizerTrainConfig
+from worldmodel.tokenizer.files import CONFIG_NAME as TOK_CONFIG
+from worldmodel.tokenizer.files import identity_of_dir, load_tokenizer, save_tokenizer
+from worldmodel.tokenizer.identity import tokenizer_identity
+from worldmodel.tokenizer.model import build_tokenizer, tokenizer_config, with_decoder
+from worldmodel.tokenizer.training import train_tokenizer
 
 ENCODER_SIDE = ("encoder.", "quantizer.")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: on a shared 2-core machine extra OpenMP threads only spin."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def random_frames(n: int, seed: int) -> np.ndarray:
@@ -122,6 +110,7 @@ def test_encoder_identity_follows_the_encoder_not_the_decoder_or_the_storage_dty
 
 # ---- decoder-only training -----------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decoder_size", ["", "small"])
 def test_decoder_only_training_keeps_the_encoder_bit_identical(tmp_path, decoder_size):
     torch.manual_seed(0)
@@ -168,6 +157,7 @@ def new_decoder(tiny_world_checkpoint, tiny_frames_dataset, tmp_path_factory):
     return out / "tokenizer"
 
 
+@pytest.mark.slow
 def test_swapped_checkpoint_keeps_token_ids_loads_and_dreams_the_same_tokens(
         tiny_world_checkpoint, tiny_frames_dataset, new_decoder, tmp_path):
     from worldmodel.dream.env import MaskFlowDreamEnv
@@ -198,6 +188,7 @@ def test_swapped_checkpoint_keeps_token_ids_loads_and_dreams_the_same_tokens(
         swap_decoder(tiny_world_checkpoint, new_decoder, swapped)
 
 
+@pytest.mark.slow
 def test_a_different_encoder_is_refused_by_the_swap_and_by_load(tiny_world_checkpoint, new_decoder, tmp_path):
     bad = other_encoder(tiny_world_checkpoint / "tokenizer", tmp_path / "bad")
     with pytest.raises(CheckpointError, match="different encoder.*the token ids would mean other things"):
@@ -214,6 +205,7 @@ def test_a_different_encoder_is_refused_by_the_swap_and_by_load(tiny_world_check
     load_world_model(swapped)
 
 
+@pytest.mark.slow
 def test_a_record_from_before_encoder_identities_is_checked_by_whole_file(tiny_world_checkpoint, new_decoder,
                                                                            tmp_path):
     old = tmp_path / "old"                  # what the shipped release records: the tokenizer file's sha256 only
@@ -234,6 +226,7 @@ def test_a_record_from_before_encoder_identities_is_checked_by_whole_file(tiny_w
         swap_decoder(old, new_decoder, tmp_path / "again")
 
 
+@pytest.mark.slow
 def test_the_shipped_release_swaps_to_a_decoder_trained_on_its_frozen_encoder(tmp_path, monkeypatch):
     monkeypatch.delenv("MASKFLOW_DEFAULT_CHECKPOINT", raising=False)
     assert "encoder_sha256" not in read_json(DEFAULT_CHECKPOINT / CONFIG_NAME)["tokenizer"]
@@ -254,6 +247,7 @@ def test_the_shipped_release_swaps_to_a_decoder_trained_on_its_frozen_encoder(tm
 
 # ---- token datasets and fine-tuning follow the encoder -------------------------------------------
 
+@pytest.mark.slow
 def test_token_datasets_and_init_follow_the_encoder_not_the_decoder(tiny_world_checkpoint, tiny_frames_dataset,
                                                                     new_decoder, tmp_path):
     from worldmodel.tokenizer.tokenize import tokenize_dataset

@@ -12,16 +12,11 @@ import torch
 from einops import rearrange
 
 from envs.common.errors import CheckpointError, ConfigError, DatasetError, MaskFlowError
+from worldmodel.tokenizer.config import TokenizerTrainConfig
 from worldmodel.tokenizer.evaluation import code_stats, evaluate_tokenizer, static_cells
-from worldmodel.tokenizer.model import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    build_tokenizer,
-    load_tokenizer,
-    save_tokenizer,
-    tokenizer_config,
-)
-from worldmodel.tokenizer.training import TokenizerTrainConfig, train_tokenizer
+from worldmodel.tokenizer.files import CONFIG_NAME, WEIGHTS_NAME, load_tokenizer, save_tokenizer
+from worldmodel.tokenizer.model import build_tokenizer, tokenizer_config
+from worldmodel.tokenizer.training import train_tokenizer
 
 ACTIONS = ["noop", "forward", "turn_left"]
 
@@ -48,15 +43,6 @@ def tiny_train_config(**kw) -> TokenizerTrainConfig:
                 final_eval_frames=16, log_every=4, ckpt_every=1000, flip=True)
     base.update(kw)
     return TokenizerTrainConfig(**base)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared 2-core machine, spinning OpenMP threads make tiny models 10× slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +133,7 @@ def test_static_cells_marks_only_untouched_neighbourhoods(grid):
     assert not static[-2:, -2:].any() and static[: grid[0] - 2].all() and static[:, : grid[1] - 2].all()
 
 
+@pytest.mark.slow
 def test_short_training_lowers_reconstruction_error(tmp_path, episodes):
     train = np.concatenate([e["frames"] for e in episodes[:3]])
     torch.manual_seed(0)
@@ -160,6 +147,7 @@ def test_short_training_lowers_reconstruction_error(tmp_path, episodes):
     assert tok.provenance["steps"] == 40 and tok.provenance["train_frames"] == len(train)
 
 
+@pytest.mark.slow
 def test_training_resumes_exactly_after_interruption(tmp_path, episodes, monkeypatch):
     from worldmodel.tokenizer import training as tt
 
@@ -189,6 +177,7 @@ def test_training_resumes_exactly_after_interruption(tmp_path, episodes, monkeyp
         train_tokenizer(tiny_train_config(steps=10, downsample=8), train, None, tmp_path / "resumed")
 
 
+@pytest.mark.slow
 def test_divergence_guard_restores_and_lowers_lr(tmp_path, episodes, monkeypatch):
     from worldmodel.tokenizer import training as tt
 
@@ -212,6 +201,7 @@ def test_divergence_guard_restores_and_lowers_lr(tmp_path, episodes, monkeypatch
         train_tokenizer(tiny_train_config(steps=10, max_restores=2), train, None, tmp_path / "nan")
 
 
+@pytest.mark.slow
 def test_checkpoint_mismatch_and_corruption_errors(tmp_path, trained_dir):
     tok = load_tokenizer(trained_dir, expect={"resolution": 64, "vocab_size": 1000, "token_grid": (16, 16)})
     assert tok.vocab_size == 1000 and not tok.training
@@ -262,22 +252,14 @@ def _frames_dataset(root, episodes):
     return root
 
 
-def test_tokenize_round_trip_and_resume(tmp_path, episodes, trained_dir, monkeypatch):
+@pytest.mark.slow
+def test_tokenize_round_trip_and_resume(tmp_path, episodes, trained_dir, monkeypatch, kill_on_call):
     from envs.dataset import EpisodeDataset, load_manifest
     from worldmodel.tokenizer import tokenize as tz
 
     src = _frames_dataset(tmp_path / "frames", episodes)
     model = load_tokenizer(trained_dir)
-    calls = {"n": 0}
-    original = tz.write_shard
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("killed")
-        return original(*a, **k)
-
-    monkeypatch.setattr(tz, "write_shard", dying)
+    original = kill_on_call(tz, "write_shard", 3, RuntimeError("killed"))
     with pytest.raises(RuntimeError, match="killed"):
         tz.tokenize_dataset(src, trained_dir, tmp_path / "tokens", batch_size=4, progress=False)
     m = load_manifest(tmp_path / "tokens")
@@ -320,6 +302,7 @@ def _tok_96(tmp_path):
     return out
 
 
+@pytest.mark.slow
 def test_cli_entry_points(tmp_path, tiny_frames_dataset):
     from envs.dataset import EpisodeDataset
     from worldmodel.cli import run

@@ -21,13 +21,6 @@ from worldmodel.training.loop import TrainConfig, train
 V, GRID, ACTIONS = 16, (4, 4), ["noop", "forward", "left", "right"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def painted_episodes(n: int, length: int, seed: int, first_id: int = 0) -> list[dict]:
     """A static random background (ids 0..11); the top token row shows the last action a as id 12 + a.
     Reward 1 after action 1; the last frame terminates. The next frame is the previous one with the
@@ -67,6 +60,7 @@ def rows(out) -> list[dict]:
         return [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_loss_falls_and_actions_steer_the_next_frame(painted_data, tmp_path):
     out = tmp_path / "run"
     summary = train(tiny_cfg(steps=250, lr=3e-3, ema_decay=0.95, eval_every=250, eval_clips=16), painted_data, out)
@@ -95,6 +89,7 @@ def test_loss_falls_and_actions_steer_the_next_frame(painted_data, tmp_path):
         assert (out / name).is_file()
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_next_steps_exactly(painted_data, tmp_path):
     full = tmp_path / "full"
     train(tiny_cfg(steps=6, ckpt_every=3, clean_context_prob=0.5), painted_data, full)
@@ -137,6 +132,7 @@ def _ddp_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
     train(tiny_cfg(steps=2, precision="fp32", clean_context_prob=0.5, token_noise=0.3), data, out)
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ddp_matches_one_process(painted_data, tmp_path):
     single = tmp_path / "single"
     train(tiny_cfg(steps=2, precision="fp32", clean_context_prob=0.5, token_noise=0.3), painted_data, single)
@@ -161,6 +157,7 @@ def test_dataset_errors_are_clear(painted_data, tmp_path):
         train(tiny_cfg(steps=1, clip_len=40), painted_data, tmp_path / "c")
 
 
+@pytest.mark.slow
 def test_mismatched_or_corrupt_checkpoints_raise_checkpoint_errors(painted_data, tmp_path):
     out = tmp_path / "run"
     train(tiny_cfg(steps=2), painted_data, out)
@@ -188,7 +185,8 @@ def test_mismatched_or_corrupt_checkpoints_raise_checkpoint_errors(painted_data,
 def _with_tokenizer(data, tmp_path, seed: int = 0):
     """A copy of ``data`` whose manifest records a (tiny, untrained) tokenizer of the same vocabulary/grid."""
     from envs.dataset import write_manifest
-    from worldmodel.tokenizer.model import build_tokenizer, save_tokenizer, tokenizer_config
+    from worldmodel.tokenizer.files import save_tokenizer
+    from worldmodel.tokenizer.model import build_tokenizer, tokenizer_config
     from worldmodel.tokenizer.tokenize import tokenizer_record
 
     torch.manual_seed(seed)
@@ -202,6 +200,7 @@ def _with_tokenizer(data, tmp_path, seed: int = 0):
     return root, tok_dir
 
 
+@pytest.mark.slow
 def test_checkpoint_dir_is_self_contained_and_guards_its_tokenizer(painted_data, tmp_path):
     from worldmodel.cli import run
 
@@ -235,6 +234,7 @@ def test_lr_schedule_warmup_stable_cooldown(tmp_path):
         train(TrainConfig(data=str(tmp_path), steps=10, cooldown_steps=11))
 
 
+@pytest.mark.slow
 def test_patch_override_is_trained_recorded_and_reloaded(painted_data, tmp_path):
     train(tiny_cfg(steps=2, patch=1), painted_data, tmp_path / "p1")
     meta = json.loads((tmp_path / "p1" / "model.json").read_text())
@@ -247,8 +247,7 @@ def test_patch_override_is_trained_recorded_and_reloaded(painted_data, tmp_path)
 
 def test_token_noise_replaces_visible_tokens_only_and_leaves_other_draws_alone():
     from worldmodel.model.latte import Latte, model_config
-    from worldmodel.objective.loss import MaskFlowObjective, ObjectiveConfig, draw_step
-    from worldmodel.training.data import ClipBatch
+    from worldmodel.objective.loss import ClipBatch, MaskFlowObjective, ObjectiveConfig, draw_step
 
     plain, noisy_cfg = ObjectiveConfig(), ObjectiveConfig(token_noise=0.4)
     a = draw_step(64, 4, GRID, plain, torch.Generator().manual_seed(3))
@@ -285,6 +284,7 @@ def test_token_noise_replaces_visible_tokens_only_and_leaves_other_draws_alone()
     assert torch.equal(seen["x"] == model.cfg.mask_id, masked)               # noise never unmasks a token
 
 
+@pytest.mark.slow
 def test_init_fine_tunes_from_a_checkpoint_and_checks_that_it_fits(painted_data, tmp_path):
     from envs.common.files import sha256_file
 
@@ -322,6 +322,7 @@ def test_init_fine_tunes_from_a_checkpoint_and_checks_that_it_fits(painted_data,
         train(tiny_cfg(steps=1, init=str(tmp_path / "nothing")), data, tmp_path / "e5")
 
 
+@pytest.mark.slow
 def test_several_token_datasets_train_as_one_and_must_agree(painted_data, tmp_path):
     from worldmodel.cli import run
     from worldmodel.training.data import TokenClips

@@ -1,0 +1,141 @@
+"""What a world-model run is built from, checked before the first step: processes, data, model, init.
+
+The training loop (:mod:`worldmodel.training.loop`) calls these once: the torchrun environment and
+autocast dtype, the dataset directories of ``data=``, the tokenizer to ship beside the model, a fresh
+model sized from the dataset or the model of ``init=`` (checked against the dataset), and on resume
+the check that the data is the run's own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from envs.common.errors import ConfigError, DatasetError
+from envs.common.files import sha256_file
+from worldmodel.model.checkpoint import WEIGHTS_NAME, load_world_model, read_world_model_meta, resolve_checkpoint
+from worldmodel.model.latte import Latte, model_config
+from worldmodel.tokenizer.files import same_encoder
+from worldmodel.training.data import TokenClips
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) of this process under torchrun; (0, 1, 0) without it."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where it pays: CUDA, or a CPU with native bf16 dot products (AVX512-BF16 / AMX)."""
+    if precision == "fp32":
+        return None
+    if precision not in ("auto", "bf16"):
+        raise ConfigError(f"precision={precision!r}; use auto, bf16 or fp32")
+    if precision == "bf16" or device.type == "cuda":
+        return torch.bfloat16
+    try:
+        native = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return torch.bfloat16 if native else None
+
+
+def data_roots(data: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The token dataset directories of ``data=``: one directory or a list of them."""
+    items = [data] if isinstance(data, (str, os.PathLike)) else list(data or [])
+    roots = [Path(d) for d in items if str(d)]
+    if not roots:
+        raise ConfigError("train needs data=DIR (a token dataset) or data=[DIR,DIR,...]")
+    if len({r.resolve() for r in roots}) != len(roots):
+        raise ConfigError(f"data= names a dataset twice: {[str(r) for r in roots]}")
+    return roots
+
+
+def tokenizer_dir(override: str, manifest: Mapping[str, Any]) -> Path | None:
+    """The tokenizer to ship beside the model: ``tokenizer=`` if given, else the one that made the dataset."""
+    if override:
+        return Path(override)
+    rec = manifest.get("tokenizer")
+    if not rec:
+        return None
+    p = Path(rec["path"])
+    if not p.is_dir():
+        raise DatasetError(f"the tokenizer that made this dataset is not at {p} any more; pass tokenizer=DIR")
+    return p
+
+
+def new_model(clips: TokenClips, size: str, vocab_size: int, clip_len: int, temporal: str,
+              overrides: Mapping[str, int]) -> Latte:
+    """A fresh model of preset ``size`` (with ``overrides`` of dim / depth / heads / patch) for the dataset's
+    token grid and actions; ``vocab_size`` 0 takes the vocabulary of the dataset's tokenizer."""
+    rec = clips.manifest.get("tokenizer") or {}
+    vocab = vocab_size or rec.get("vocab_size") or 0
+    if not vocab:
+        raise DatasetError("the dataset records no tokenizer; pass vocab_size=N (the number of token ids)")
+    if clips.max_token() >= vocab:
+        raise DatasetError(f"the dataset holds token id {clips.max_token()} but the vocabulary has {vocab} ids")
+    mcfg = model_config(size, vocab_size=int(vocab), token_grid=clips.token_grid, max_frames=clip_len,
+                        num_actions=clips.num_actions, temporal=temporal, **overrides)
+    return Latte(mcfg)
+
+
+def model_from_init(init: str, clips: TokenClips, data: str, clip_len: int, temporal: str,
+                    overrides: Mapping[str, int]) -> Latte:
+    """The model of checkpoint ``init`` (its architecture and weights), checked against the dataset.
+
+    The weights only make sense on tokens of the same tokenizer and actions of the same action space,
+    so every mismatch is an error that names it; the architecture is the checkpoint's.
+    """
+    if overrides:
+        raise ConfigError(f"init={init} fixes the architecture; drop {', '.join(f'{k}=' for k in overrides)} "
+                          "(the model is the checkpoint's)")
+    model, _, meta = load_world_model(init)
+    src, mcfg = meta["path"], model.cfg
+    rec = clips.manifest.get("tokenizer") or {}
+    problems = []
+    if mcfg.temporal != temporal:
+        problems.append(f"temporal {mcfg.temporal} vs temporal={temporal}")
+    if mcfg.max_frames != clip_len:
+        problems.append(f"window {mcfg.max_frames} frames vs clip_len={clip_len}")
+    if list(mcfg.token_grid) != list(clips.token_grid):
+        problems.append(f"token grid {list(mcfg.token_grid)} vs the dataset's {list(clips.token_grid)}")
+    if rec.get("vocab_size") and mcfg.vocab_size != rec["vocab_size"]:
+        problems.append(f"vocabulary {mcfg.vocab_size} vs the dataset's {rec['vocab_size']}")
+    if list(meta.get("action_space", {}).get("meanings", [])) != list(clips.action_meanings):
+        problems.append(f"actions {meta.get('action_space', {}).get('meanings')} vs the dataset's "
+                        f"{list(clips.action_meanings)}")
+    tok = meta.get("tokenizer") or {}      # load_world_model fills in its encoder identity
+    if tok.get("weights_sha256") and rec.get("weights_sha256") and not same_encoder(tok, rec):
+        problems.append("its tokenizer's encoder is not the one that made this dataset, so the token ids mean "
+                        "different things")
+    if problems:
+        raise ConfigError(f"init={init} ({src}) does not fit data={data}: " + "; ".join(problems))
+    return model.float().train()
+
+
+def init_record(init: str) -> dict[str, Any]:
+    """Where a fine-tuned model started (``init=``; {} for a fresh one): recorded in its model.json."""
+    if not init:
+        return {}
+    p = resolve_checkpoint(init)
+    meta = read_world_model_meta(p)
+    return {"init": {"checkpoint": init, "path": str(p), "weights_sha256": sha256_file(p / WEIGHTS_NAME),
+                     "train_step": meta.get("train_step")}}
+
+
+def check_same_data(out: Path, meta: Mapping[str, Any], clips: TokenClips) -> None:
+    """A resumed run must see the training clips it started with (same datasets, same order): its batch
+    order and learning-rate schedule refer to them. States written before this check carry no record."""
+    saved = meta.get("data")
+    if saved is None or [d["sha256"] for d in saved] == [d["sha256"] for d in clips.fingerprint]:
+        return
+
+    def names(sets: list[dict]) -> str:
+        return "[" + ", ".join(f"{d['dataset']} ({d['episodes']} episodes, {d['frames']} frames)" for d in sets) + "]"
+
+    raise ConfigError(f"{out} was trained on {names(saved)} but this run was given {names(clips.fingerprint)}; "
+                      "resume with the same data= (same datasets, same order), or train on new data in a new "
+                      f"out= with init={out}")

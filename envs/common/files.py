@@ -43,15 +43,20 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600 files; use the usual permissions
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual permissions
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then putting it back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 @contextlib.contextmanager
@@ -61,6 +66,7 @@ def atomic_dir(path: str | os.PathLike, prefix: str | None = None) -> Iterator[P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=prefix or f".{path.name}-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())      # mkdtemp makes 0700 folders; use the usual permissions
     try:
         yield tmp
         if path.exists():
@@ -108,6 +114,7 @@ def save_weights(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_write(path) as tmp:
         save_file(flat, str(tmp), metadata=dict(metadata or {}))
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes its file anew, 0600: use the usual permissions
 
 
 def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

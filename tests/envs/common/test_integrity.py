@@ -242,3 +242,21 @@ def test_sealed_json_round_trip_and_tamper(tmp_path):
     (tmp_path / "w.bin").write_bytes(b"weightz")
     with pytest.raises(CheckpointError, match="w.bin"):
         read_sealed_json(tmp_path / "a.json")
+
+
+def test_files_and_folders_the_project_writes_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from envs.common.files import atomic_dir, save_weights, write_json
+
+    umask = os.umask(0o022)
+    try:
+        save_weights(tmp_path / "w.safetensors", {"x": torch.zeros(2)})
+        write_json(tmp_path / "a.json", {"x": 1})
+        with atomic_dir(tmp_path / "folder") as d:
+            (d / "f.txt").write_text("x")
+    finally:
+        os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*")}
+    assert modes == {"w.safetensors": 0o644, "a.json": 0o644, "folder": 0o755, "f.txt": 0o644}, modes

@@ -80,6 +80,15 @@ def _portable(v: Any) -> Any:
     return [_portable(x) for x in v] if isinstance(v, list) else v
 
 
+def _portable_tree(v: Any) -> Any:
+    """``v`` with every absolute path string in it (at any depth) made :func:`portable_path`."""
+    if isinstance(v, dict):
+        return {k: _portable_tree(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_portable_tree(x) for x in v]
+    return portable_path(v) if isinstance(v, str) and v.startswith("/") else v
+
+
 def _portable_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """``meta`` with every provenance path made :func:`portable_path`."""
     meta = dict(meta)
@@ -135,6 +144,7 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool
             tok_meta.pop(INTEGRITY_KEY)
             if "encoder_sha256" in tok_meta:    # halving rounds an fp32 encoder: identities of what is written
                 tok_meta.update(_identity(tmp / TOKENIZER_DIR / TOK_WEIGHTS, tok_meta["config"]))
+            tok_meta["provenance"] = _portable_tree(tok_meta.get("provenance", {}))
             write_sealed_json(tmp / TOKENIZER_DIR / TOK_CONFIG, tok_meta, files=(TOK_WEIGHTS,))
         else:                               # a release from before sealed JSONs: keep its bytes
             shutil.copy2(src / TOKENIZER_DIR / TOK_CONFIG, tmp / TOKENIZER_DIR / TOK_CONFIG)

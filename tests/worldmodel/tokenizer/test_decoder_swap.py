@@ -4,6 +4,7 @@ trained world model. Token ids never change; a different encoder is refused by t
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -21,6 +22,10 @@ from worldmodel.tokenizer.files import identity_of_dir, load_tokenizer, save_tok
 from worldmodel.tokenizer.identity import tokenizer_identity
 from worldmodel.tokenizer.model import build_tokenizer, tokenizer_config, with_decoder
 from worldmodel.tokenizer.training import train_tokenizer
+
+# release 1's tokenizer (the file its token datasets record) and its encoder: the token ids every release keeps
+RELEASE_1_TOKENIZER_SHA256 = "108aae6df6c666dc93e56ee26fa9184b37ba90fa499d920e7140d1bf529f451d"
+RELEASE_1_ENCODER_SHA256 = "5bc75a47ef478970bec68b9619d46d8dd283a708f579b4ff6fcd7a04eb786761"
 
 ENCODER_SIDE = ("encoder.", "quantizer.")
 
@@ -80,10 +85,14 @@ def test_decoder_presets_parameter_counts():
         tokenizer_config("tiny", 4, decoder_widths=(16, 32))
 
 
-def test_shipped_tokenizer_keeps_its_config_and_has_no_decoder_keys():
+def test_shipped_tokenizer_is_release_1s_encoder_with_a_small_decoder():
     tok = load_tokenizer(DEFAULT_CHECKPOINT / "tokenizer")      # the weights' config digest still matches
-    assert tok.cfg.decoder_widths is None and tok.cfg.dec_widths == tok.cfg.widths
-    assert "decoder_widths" not in tok.cfg.to_dict()
+    assert tok.cfg.decoder_widths == tokenizer_config("tiny", 4, decoder_size="small").decoder_widths
+    meta = json.loads((DEFAULT_CHECKPOINT / "model.json").read_text())
+    # swapped onto release 1's tokenizer (its weights' sha256, as the token datasets of release 1 record it)
+    assert meta["decoder_swap"]["old_tokenizer"]["weights_sha256"] == RELEASE_1_TOKENIZER_SHA256
+    ids = identity_of_dir(DEFAULT_CHECKPOINT / "tokenizer")
+    assert meta["tokenizer"]["encoder_sha256"] == ids["encoder_sha256"] == RELEASE_1_ENCODER_SHA256
 
 
 # ---- identity ------------------------------------------------------------------------------------
@@ -229,7 +238,6 @@ def test_a_record_from_before_encoder_identities_is_checked_by_whole_file(tiny_w
 @pytest.mark.slow
 def test_the_shipped_release_swaps_to_a_decoder_trained_on_its_frozen_encoder(tmp_path, monkeypatch):
     monkeypatch.delenv("MASKFLOW_DEFAULT_CHECKPOINT", raising=False)
-    assert "encoder_sha256" not in read_json(DEFAULT_CHECKPOINT / CONFIG_NAME)["tokenizer"]
     train_tokenizer(decoder_cfg("default", steps=2), random_frames(32, 4), None, tmp_path / "run")
     # the new file stores the fp16 release's encoder as fp32: same numbers, same identity
     assert load_weights(tmp_path / "run" / "tokenizer" / "tokenizer.safetensors")["encoder.conv_in.weight"].dtype \

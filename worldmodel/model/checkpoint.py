@@ -148,12 +148,12 @@ def read_world_model_meta(path: str | os.PathLike) -> dict[str, Any]:
 def verify_checkpoint(p: Path, meta: dict[str, Any]) -> None:
     """Check a checkpoint's files against their recorded sha256: a release's ``SHA256SUMS.json``, and the
     sums in ``model.json``; a checkpoint written before either existed loads with a warning."""
-    if (p / SUMS_NAME).is_file():
-        verify_sums(p)
+    summed = verify_sums(p) if (p / SUMS_NAME).is_file() else {}
     seal = meta.get(INTEGRITY_KEY)
-    if isinstance(seal, dict):
-        verify_files(p, seal.get("files", {}), source=p / CONFIG_NAME)
-    elif not (p / SUMS_NAME).is_file():
+    if isinstance(seal, dict):             # a file SHA256SUMS.json already checked is not hashed again
+        verify_files(p, {k: v for k, v in seal.get("files", {}).items() if summed.get(k) != v},
+                     source=p / CONFIG_NAME)
+    elif not summed:
         warnings.warn(f"{p} records no checksums (written by an older version), so corruption cannot be "
                       "detected; re-export it with this version", stacklevel=3)
 

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--context-length", type=int, default=None, help="real context frames (default window - 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="auto", help="auto (bf16 where native) | fp32 | bf16")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = adapt to the load)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     a = p.parse_args(argv)
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     r = action_check(a.checkpoint, data=a.data, split=a.split, episodes=a.episodes, frames=a.frames, seed=a.seed,
                      steps_per_frame=a.steps_per_frame, temperature=a.temperature, sampler=a.sampler,
                      device=a.device, gumbel=a.gumbel, schedule=a.schedule, context_length=a.context_length,
-                     action_guidance=a.action_guidance, history_guidance=a.history_guidance)
+                     action_guidance=a.action_guidance, history_guidance=a.history_guidance,
+                     precision=a.precision)
     if a.json:
         print(json.dumps(r, indent=1))
     else:

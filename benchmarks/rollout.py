@@ -83,7 +83,8 @@ class BatchedPassRollout(CachedRollout):
         branches, c = self._branches(actions), self.cache
         n = len(branches)
         copy = LatteCache([k.repeat(n, 1, 1, 1, 1) for k in c.keys], [v.repeat(n, 1, 1, 1, 1) for v in c.values],
-                          torch.cat([c.valid if h else torch.zeros_like(c.valid) for _, h in branches]))
+                          torch.cat([c.valid if h else torch.zeros_like(c.valid) for _, h in branches]),
+                          c.positions.repeat(n))
         logits = self._new_frame(tokens.repeat(n, 1, 1), t.repeat(n), torch.cat([a for a, _ in branches]),
                                  copy).logits[:, 0]
         return self._guide(list(logits.chunk(n)))

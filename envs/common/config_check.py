@@ -81,6 +81,9 @@ DEVICE = Check("cpu, cuda, cuda:N or auto",
                lambda v: v in ("cpu", "cuda", "auto") or re.fullmatch(r"cuda:\d+", v) is not None)
 SEED = at_least(0, "numpy seeds are non-negative")
 THREADS = at_least(0, "0 = the default")
+# the dtype a dream computes in (worldmodel.common.device.inference_dtype): auto = bf16 where native
+PRECISIONS = ("auto", "fp32", "bf16")
+PRECISION = one_of(*PRECISIONS)
 
 
 # ---- types --------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ class DreamCore:
                  reward_mode: str = "binary", reward_threshold: float = 0.5, done_threshold: float = 0.5,
                  policy: str = "random_walk", env_kwargs: dict | None = None, device: str = "cpu",
                  compile: bool = False, action_guidance: float = 0.0, history_guidance: float = 0.0,
-                 threads: int | None = 0):
+                 threads: int | None = 0, precision: str = "auto"):
         from worldmodel.common.device import resolve_device
         from worldmodel.common.threads import governor
         from worldmodel.model.checkpoint import load_world_model
@@ -93,7 +93,8 @@ class DreamCore:
                                      gumbel=DEFAULT_FRAME_GUMBEL if gumbel is None else gumbel, schedule=schedule,
                                      masking=masking, action_guidance=action_guidance,
                                      history_guidance=history_guidance)
-        self.rollout = CachedRollout(self.model, self.sampler, batch_size, device=self.device, compile=compile)
+        self.rollout = CachedRollout(self.model, self.sampler, batch_size, device=self.device, compile=compile,
+                                     precision=precision)
         self.batch_size = batch_size
         self.source_name = ("dataset" if data else "live") if context == "auto" else context
         self.source: DatasetContext | LiveContext | None = None

@@ -122,7 +122,8 @@ class MaskFlowDreamEnv(gym.Env):
                  reward_mode: str = "binary", reward_threshold: float = 0.5, done_threshold: float = 0.5,
                  policy: str = "random_walk", env_kwargs: dict | None = None, device: str = "cpu",
                  render_mode: str | None = None, timing_info: bool = False, compile: bool = False,
-                 action_guidance: float = 0.0, history_guidance: float = 0.0, threads: int | None = 0):
+                 action_guidance: float = 0.0, history_guidance: float = 0.0, threads: int | None = 0,
+                 precision: str = "auto"):
         if render_mode not in (None, "rgb_array"):
             raise ConfigError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         if max_episode_steps is not None and max_episode_steps < 1:
@@ -133,7 +134,7 @@ class MaskFlowDreamEnv(gym.Env):
                               reward_mode=reward_mode, reward_threshold=reward_threshold,
                               done_threshold=done_threshold, policy=policy, env_kwargs=env_kwargs, device=device,
                               compile=compile, action_guidance=action_guidance, history_guidance=history_guidance,
-                              threads=threads)
+                              threads=threads, precision=precision)
         self.observation_space = self.core.observation_space()
         self.action_space = self.core.action_space()
         self.action_meanings = self.core.meanings

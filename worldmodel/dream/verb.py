@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from envs.common.config_check import DEVICE, SEED, THREADS, Check, at_least, check_config, one_of
+from envs.common.config_check import DEVICE, PRECISION, SEED, THREADS, Check, at_least, check_config, one_of
 from envs.common.errors import ConfigError
 from envs.common.files import atomic_write, write_json
 from envs.policies import POLICIES
@@ -80,6 +80,7 @@ class DreamConfig:
     device: str = "cpu"             # cpu | cuda | auto
     threads: int = 0                # torch CPU threads (0 = adapt to the cores other processes leave free)
     compile: bool = False           # torch.compile the one-frame passes (slow start, faster frames)
+    precision: str = "auto"         # auto (bf16 where the CPU/GPU has it natively, else fp32) | fp32 | bf16
     progress: bool = True
 
     # allowed ranges and choices (types come from the annotations above; see envs.common.config_check).
@@ -92,6 +93,7 @@ class DreamConfig:
         "schedule": one_of(*COUNT_MODES), "action_guidance": at_least(0, "0 = off"),
         "history_guidance": at_least(0, "0 = off"), "seed": SEED, "policy": one_of(*POLICIES),
         "fps": at_least(1), "scale": at_least(1), "device": DEVICE, "threads": THREADS,
+        "precision": PRECISION,
     }
 
     def validate(self) -> None:
@@ -169,7 +171,7 @@ def dream(cfg: DreamConfig) -> dict[str, Any]:
         bar = tqdm(total=cfg.frames, desc="dream", unit="frame", dynamic_ncols=True)
     t0 = time.perf_counter()
     im = imagine(model, scfg, real_tokens[None, :m], actions[None, :m], actions[None, m:n_total], cfg.frames, gen,
-                 stride=cfg.stride, compile=cfg.compile, tick=bar.update if bar is not None else None)
+                 stride=cfg.stride, compile=cfg.compile, precision=cfg.precision, tick=bar.update if bar is not None else None)
     dream_s = time.perf_counter() - t0
     if bar is not None:
         bar.close()

@@ -144,13 +144,13 @@ def action_check(checkpoint: str, data: str | None = None, split: str = "test", 
                  frames: int = 48, seed: int = 0, steps_per_frame: int | None = None, temperature: float = 1.0,
                  sampler: str = "mgm", device: str = "cpu", hold: int = 6, gumbel: float | None = None,
                  schedule: str = "arccos", context_length: int | None = None, action_guidance: float = 0.0,
-                 history_guidance: float = 0.0) -> dict[str, Any]:
+                 history_guidance: float = 0.0, precision: str = "auto") -> dict[str, Any]:
     """Turn agreement of real frames, their tokenizer reconstructions and the dream, on the same turn steps.
 
     Each sequence's first ``context_length`` (window − 1) frames are the dream's context; the rest of
     its actions drive the dream. With ``data`` the sequences are the first ``frames`` frames of
     ``episodes`` held-out episodes; without, ``episodes`` live turn probes (held turns of ``hold`` steps).
-    ``gumbel``, ``schedule``, ``context_length`` and the guidance weights are the dream env's drift controls.
+    ``gumbel``, ``schedule``, ``context_length``, the guidance weights and ``precision`` are the dream env's.
     Returns ``{"real", "recon", "dream"}`` agreement rates, ``turns`` counted and the settings."""
     from worldmodel.dream.context import dataset_episode
     from worldmodel.dream.env import MaskFlowDreamEnv
@@ -159,7 +159,8 @@ def action_check(checkpoint: str, data: str | None = None, split: str = "test", 
     env = MaskFlowDreamEnv(checkpoint, context="given", sampler=sampler, steps_per_frame=steps_per_frame,
                            temperature=temperature, gumbel=gumbel, schedule=schedule, context_length=context_length,
                            max_episode_steps=None, device=device, timing_info=False,
-                           action_guidance=action_guidance, history_guidance=history_guidance)
+                           action_guidance=action_guidance, history_guidance=history_guidance,
+                           precision=precision)
     try:
         core, m = env.core, env.core.context_length
         meanings = core.meanings
@@ -197,6 +198,7 @@ def action_check(checkpoint: str, data: str | None = None, split: str = "test", 
         out.update(turns=totals["real"].turns, sequences=len(seqs), context_length=m,
                    source=f"{data} {split}" if data else "live turn probes",
                    action_guidance=action_guidance, history_guidance=history_guidance,
+                   steps_per_frame=core.sampler.num_steps, precision=str(core.rollout.dtype).removeprefix("torch."),
                    median_abs_shift_px={k: float(np.median(np.abs(v.shifts))) if v.shifts else float("nan")
                                         for k, v in totals.items()})
         return out

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from envs.common.config_check import DEVICE, SEED, THREADS, Check, at_least, check_config, each, one_of
+from envs.common.config_check import DEVICE, PRECISION, SEED, THREADS, Check, at_least, check_config, each, one_of
 from envs.common.errors import ConfigError
 from worldmodel.common.seeding import seed_everything
 from worldmodel.common.threads import governor
@@ -47,7 +47,7 @@ from worldmodel.metrics.quality import PROTOCOL
 from worldmodel.sampling import SAMPLER_NAMES, SamplerConfig
 from worldmodel.sampling.base import make_generator
 from worldmodel.sampling.imagine import imagine, planned_nfe, runs_cached
-from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL
+from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, DEFAULT_FRAME_STEPS
 from worldmodel.sampling.unmask_schedule import COUNT_MODES
 from worldmodel.tokenizer.codec import decode_tokens, encode_frames
 
@@ -89,7 +89,7 @@ class EvalConfig:
                                     # data/seed/num_videos/horizons: its rows are paired video by video with this run's
                                     # (margins with 95% CIs in the report); "" = none
     full_context: int = 0           # context m of full-sequence experiments (0 = k/2); stride s = k - m
-    steps_frame: int = 20           # MGM / timestep-free unmasking steps per frame (frame by frame)
+    steps_frame: int = DEFAULT_FRAME_STEPS  # MGM / timestep-free unmasking steps per frame (frame by frame; the dream's)
     steps_mgm: int = 20             # MGM steps per chunk (full sequence; paper 20)
     steps_fm: int = 50              # FM Euler steps per chunk (per frame for fbf_fm); paper 250, reduced for CPU
                                     # (labelled)
@@ -110,6 +110,7 @@ class EvalConfig:
     separate_horizons: bool = False  # true = dream every horizon separately (default: shorter horizons are prefixes of
                                      # the longest dream)
     device: str = "cpu"             # cpu | cuda | auto
+    precision: str = "auto"         # dtype of frame-by-frame rows: auto (bf16 where native, else fp32) | fp32 | bf16
     threads: int = 0                # torch CPU threads (0 = adapt to the cores other processes leave free)
     progress: bool = True           # tqdm progress bars
 
@@ -117,7 +118,7 @@ class EvalConfig:
     CHECKS: ClassVar[dict[str, Check]] = {
         "split": one_of("train", "test"), "seed": SEED, "temperature": at_least(0, "0 = greedy"),
         "gumbel": at_least(0, "0 = off"), "gumbel_frame": at_least(0, "0 = off"), "schedule": one_of(*COUNT_MODES),
-        "device": DEVICE, "threads": THREADS,
+        "device": DEVICE, "threads": THREADS, "precision": PRECISION,
         **{key: each(at_least(1), non_empty=True) for key in ("horizons", "comparison_horizons")},
     }
 
@@ -194,7 +195,7 @@ def formula_nfe(ckpt: Checkpoint, exp: Experiment, scfg: SamplerConfig, frames: 
 
 
 def dream_videos(ckpt: Checkpoint, exp: Experiment, scfg: SamplerConfig, tokens: torch.Tensor, actions: torch.Tensor,
-                 start: int, frames: int, batch_size: int, gen: torch.Generator, progress: bool
+                 start: int, frames: int, batch_size: int, gen: torch.Generator, progress: bool, precision: str = "fp32"
                  ) -> tuple[torch.Tensor, int, np.ndarray]:
     """Dream ``frames`` frames of every video from real tokens (n f h w) before local index ``start``, driven
     by the real actions (n f), ``batch_size`` videos per :func:`~worldmodel.sampling.imagine.imagine` call.
@@ -213,7 +214,7 @@ def dream_videos(ckpt: Checkpoint, exp: Experiment, scfg: SamplerConfig, tokens:
         sl = slice(b0, b0 + batch_size)
         dreamed = imagine(ckpt.model, scfg, tokens[sl, start - m:start], actions[sl, start - m:start],
                           actions[sl, start:start + frames], frames, gen, stride=exp.stride, cache=exp.mode == "fbf",
-                          tick=bar.update)
+                          precision=precision, tick=bar.update)
         out.append(dreamed.tokens)
         stamps += dreamed.stamps
     bar.close()
@@ -247,7 +248,7 @@ def run_experiment(cfg: EvalConfig, ckpt: Checkpoint, exp: Experiment, real: Rea
     rows = []
     for hs in runs:
         dreamed, nfe_max, stamps = dream_videos(ckpt, exp, scfg, tokens, actions, start, hs[-1], cfg.batch_size,
-                                                gen, cfg.progress)
+                                                gen, cfg.progress, cfg.precision)
         pred = rearrange(decode_tokens(ckpt.tokenizer, rearrange(dreamed, "n f h w -> (n f) h w")),
                          "(n f) y x c -> n f y x c", n=len(dreamed))
         truth = real.frames[:, start:start + hs[-1]]

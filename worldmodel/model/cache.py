@@ -2,11 +2,13 @@
 
 Axis letters: b batch (rollouts), p positions per frame, H heads, n cache slots, e head width.
 
-Each temporal layer keeps the un-rotated keys/values of the last ``slots`` = max_frames − 1 finished
-frames, right-aligned in time (slot n − 1 is the newest frame). Rotary positions are applied by slot
-index at attention time, so only relative distances matter and the cache can slide forever with
-constant memory. ``valid`` marks filled slots per rollout, which lets vector envs reset one rollout
-without touching the others.
+Each temporal layer keeps the keys/values of the last ``slots`` = max_frames − 1 finished frames,
+right-aligned in time (slot n − 1 is the newest frame). Keys are stored already rotated by their frame's
+absolute index in its rollout (``positions`` counts the frames each rollout has committed), and a new
+frame's query is rotated by its own index: rotary attention depends only on the distance between the
+two, so the cache slides forever without re-rotating or copying its keys on every pass (the cost that
+dominated batched dreams). ``valid`` marks filled slots per rollout, which lets vector envs reset one
+rollout without touching the others.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import torch
 
 @dataclass
 class LatteCache:
-    """Per-layer keys/values (b p H n e) and the slot validity mask (b n)."""
+    """Per-layer rotated keys and values (b p H n e), the slot validity mask (b n) and each rollout's
+    next frame index (b,) long, the rotary position of the frame it will commit next."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     valid: torch.Tensor
+    positions: torch.Tensor
 
     @classmethod
     def empty(cls, layers: int, batch: int, positions: int, heads: int, head_dim: int, slots: int,
@@ -31,7 +35,8 @@ class LatteCache:
         shape = (batch, positions, heads, slots, head_dim)
         return cls([torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)],
                    [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)],
-                   torch.zeros(batch, slots, dtype=torch.bool, device=device))
+                   torch.zeros(batch, slots, dtype=torch.bool, device=device),
+                   torch.zeros(batch, dtype=torch.long, device=device))
 
     @property
     def batch_size(self) -> int:
@@ -40,6 +45,10 @@ class LatteCache:
     @property
     def slots(self) -> int:
         return self.valid.shape[1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.keys[0].dtype if self.keys else torch.float32
 
     @property
     def num_frames(self) -> torch.Tensor:
@@ -51,7 +60,8 @@ class LatteCache:
         return self.keys[i], self.values[i]
 
     def append(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Push one finished frame's (k, v), each (b p H 1 e) per layer; the oldest slot falls out."""
+        """Push one finished frame's (rotated k, v), each (b p H 1 e) per layer; the oldest slot falls out."""
+        self.positions = self.positions + 1
         if self.slots == 0:
             return
         for i, (k, v) in enumerate(kv):
@@ -63,13 +73,25 @@ class LatteCache:
         """Forget the history of the rollouts where ``mask`` (b,) bool is True (all when None)."""
         if mask is None:
             self.valid = torch.zeros_like(self.valid)
+            self.positions = torch.zeros_like(self.positions)
             return
-        self.valid = self.valid & ~mask.to(self.valid.device)[:, None]
+        mask = mask.to(self.valid.device)
+        self.valid = self.valid & ~mask[:, None]
+        self.positions = torch.where(mask, 0, self.positions)
+
+    def splice(self, rows: torch.Tensor, other: LatteCache) -> None:
+        """Replace the rollouts flagged in ``rows`` (b,) bool by those of ``other`` (one per flagged row)."""
+        for i in range(len(self.keys)):
+            self.keys[i][rows] = other.keys[i].to(self.keys[i].dtype)
+            self.values[i][rows] = other.values[i].to(self.values[i].dtype)
+        self.valid[rows] = other.valid
+        self.positions[rows] = other.positions
 
     def clone(self) -> LatteCache:
         """An independent copy (e.g. to branch a rollout)."""
-        return LatteCache([k.clone() for k in self.keys], [v.clone() for v in self.values], self.valid.clone())
+        return LatteCache([k.clone() for k in self.keys], [v.clone() for v in self.values], self.valid.clone(),
+                          self.positions.clone())
 
     def nbytes(self) -> int:
         """Memory held by the cache, in bytes (constant over a rollout)."""
-        return sum(t.numel() * t.element_size() for t in [*self.keys, *self.values, self.valid])
+        return sum(t.numel() * t.element_size() for t in [*self.keys, *self.values, self.valid, self.positions])

@@ -126,13 +126,12 @@ def sealed_files(root: Path) -> tuple[str, ...]:
 def check_env_id(env_id: Any, source: Path) -> None:
     """A checkpoint may name one of this project's registered envs, or none ("" or a dataset label
     such as "synthetic" that is not a Gymnasium id); never ``module:Env`` or another package's id."""
-    import gymnasium as gym
-
     import envs
 
     if env_id in (None, "") or env_id in envs.ENV_IDS:
         return
-    if not isinstance(env_id, str) or ":" in env_id or "/" in env_id or env_id in gym.registry:
+    registry = envs.registry if envs.registry is not None else {}      # no gymnasium (a bare GPU machine)
+    if not isinstance(env_id, str) or ":" in env_id or "/" in env_id or env_id in registry:
         raise CheckpointError(f"{source} names env_id {env_id!r}, which is not one of this project's envs "
                               f"({', '.join(envs.ENV_IDS)}); a checkpoint may name only those")
 

@@ -14,6 +14,7 @@ KV cache (:mod:`worldmodel.model.cache`).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 
 import torch
@@ -92,9 +93,10 @@ def model_config(size: str, **overrides) -> ModelConfig:
 @dataclass
 class LatteOutput:
     """Model outputs: logits (b f h w v) with v = V + 1 (the [M] logit is −inf), and per-frame
-    reward / termination logits (b f) (P(reward > 0) and P(terminated) through a sigmoid)."""
+    reward / termination logits (b f) (P(reward > 0) and P(terminated) through a sigmoid); ``logits`` is
+    None for a commit pass run with ``logits=False``."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     reward_logits: torch.Tensor
     done_logits: torch.Tensor
 
@@ -165,6 +167,15 @@ class Latte(nn.Module):
     def num_parameters(self) -> int:
         """Total trainable parameters."""
         return sum(p.numel() for p in self.parameters())
+
+    def cast(self, dtype: torch.dtype) -> Latte:
+        """This model computing in ``dtype``, for sampling: itself when it already does, else a copy (the
+        original keeps its weights). The time embedding's frequencies stay fp32 (bf16 would blur t)."""
+        if self.patchify.weight.dtype == dtype:
+            return self
+        out = copy.deepcopy(self).to(dtype)
+        out.t_embed.omega = self.t_embed.omega.clone()
+        return out.eval()
 
     # ------------------------------------------------------------------ input checks
     def validate(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> None:
@@ -268,9 +279,10 @@ class Latte(nn.Module):
 
     # ------------------------------------------------------------------ cached frame-by-frame rollout
     def new_cache(self, batch_size: int, device: torch.device | str = "cpu",
-                  dtype: torch.dtype = torch.float32, slots: int | None = None) -> LatteCache:
-        """An empty KV cache holding the last (max_frames − 1) finished frames of ``batch_size`` rollouts;
-        ``slots=0`` gives a history-free cache (a new frame then attends to itself only)."""
+                  dtype: torch.dtype | None = None, slots: int | None = None) -> LatteCache:
+        """An empty KV cache holding the last (max_frames − 1) finished frames of ``batch_size`` rollouts, in
+        ``dtype`` (default: the model's); ``slots=0`` gives a history-free cache (a new frame then attends to
+        itself only)."""
         if self.cfg.temporal != "causal":
             raise MaskFlowError("a KV cache needs a causal model (temporal='causal'); this model is bidirectional")
         cfg = self.cfg
@@ -278,25 +290,26 @@ class Latte(nn.Module):
         if not 0 <= n <= cfg.max_frames - 1:
             raise MaskFlowError(f"slots must lie in [0, {cfg.max_frames - 1}], got {slots}")
         return LatteCache.empty(cfg.depth, batch_size, cfg.positions, cfg.heads, cfg.dim // cfg.heads,
-                                n, torch.device(device), dtype)
+                                n, torch.device(device), dtype or self.patchify.weight.dtype)
 
-    def _frame_pass(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor,
-                    cache: LatteCache) -> tuple[LatteOutput, list[tuple[torch.Tensor, torch.Tensor]]]:
+    def _frame_pass(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor, cache: LatteCache,
+                    logits: bool = True) -> tuple[LatteOutput, list[tuple[torch.Tensor, torch.Tensor]]]:
         if cache.batch_size != tokens.shape[0]:
             raise MaskFlowError(f"cache holds {cache.batch_size} rollouts but {tokens.shape[0]} frames were given")
         tokens, t, actions = tokens[:, None], t.reshape(-1, 1), actions.reshape(-1, 1)
         self.validate(tokens, t, actions)
         x = self.embed(tokens)
         c = self.condition(t, actions).to(x.dtype)
-        n = cache.slots
-        cos, sin = self.rotary.tables(torch.arange(n + 1, device=x.device), x.dtype)
-        # The new frame may see every valid cached slot and itself; slots are right-aligned in time.
-        mask = torch.cat([cache.valid, cache.valid.new_ones(cache.batch_size, 1)], dim=1)
+        # the new frame's rotary tables at its own index in each rollout, (b 1 1 1 e) against (b p H 1 e)
+        cos, sin = (r[:, None, None, None] for r in self.rotary.tables(cache.positions, x.dtype))
         new_kv = []
         for layer, (sblk, tblk) in enumerate(zip(self.spatial, self.temporal)):
             x = sblk(x, c)
-            x, kv = tblk(x, c, cos, sin, past=cache.layer(layer), past_mask=mask)
+            x, kv = tblk(x, c, cos, sin, past=cache.layer(layer), past_mask=cache.valid)
             new_kv.append(kv)
+        if not logits:           # a commit needs the keys/values and the frame heads, not the V-way logits
+            reward, done = self.frame_heads(x)
+            return LatteOutput(None, reward, done), new_kv
         return self.outputs(x, c), new_kv
 
     def forward_new_frame(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor,
@@ -307,11 +320,14 @@ class Latte(nn.Module):
         """
         return self._frame_pass(tokens, t, actions, cache)[0]
 
-    def commit_frame(self, tokens: torch.Tensor, actions: torch.Tensor, cache: LatteCache) -> LatteOutput:
+    def commit_frame(self, tokens: torch.Tensor, actions: torch.Tensor, cache: LatteCache,
+                     logits: bool = True) -> LatteOutput:
         """Run a finished frame (t = 1) once and append its temporal keys/values to ``cache``
         (evicting the oldest beyond max_frames − 1). tokens (b h w), actions (b,) → LatteOutput (f = 1),
-        whose reward/done logits are the clean-frame predictions for this frame."""
-        out, kv = self._frame_pass(tokens, torch.ones(tokens.shape[0], device=tokens.device), actions, cache)
+        whose reward/done logits are the clean-frame predictions for this frame; ``logits=False`` skips
+        the token logits (then ``None``), which a rollout's commit never reads."""
+        ones = torch.ones(tokens.shape[0], device=tokens.device)
+        out, kv = self._frame_pass(tokens, ones, actions, cache, logits=logits)
         cache.append(kv)
         return out
 

@@ -56,8 +56,8 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """t (…) float → (…, d)."""
-        ang = t[..., None].float() * self.omega
-        return self.mlp(torch.cat([ang.cos(), ang.sin()], dim=-1))
+        ang = t[..., None].float() * self.omega.float()       # fp32 angles even in a bf16 copy of the model
+        return self.mlp(torch.cat([ang.cos(), ang.sin()], dim=-1).to(self.mlp[0].weight.dtype))
 
 
 class Mlp(nn.Module):
@@ -117,25 +117,40 @@ class TemporalBlock(AdaLNBlock):
                 causal: bool = False, attn_mask: torch.Tensor | None = None,
                 past: tuple[torch.Tensor, torch.Tensor] | None = None,
                 past_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x (b f p d), c (b f d), cos/sin (f, e) [with past: (n + 1, e)] → (x (b f p d), (k, v)),
-        where k, v (b p H f e) are this call's un-rotated keys/values (what a cache stores).
-        past: (k, v) each (b p H n e); past_mask (b, n + 1) bool, True = may attend."""
+        """x (b f p d), c (b f d), cos/sin (f, e) → (x (b f p d), (k, v)), k, v (b p H f e).
+
+        With ``past`` (one new frame, f = 1, against a cache): past = rotated (keys, values) each
+        (b p H n e), past_mask (b n) bool (True = a valid slot), cos/sin (b 1 1 1 e) the new frame's tables;
+        the returned k is then rotated, ready to be cached (``LatteCache``)."""
         s1, sc1, g1, s2, sc2, g2 = self.modulation(c)
         b, f, p, _ = x.shape
         qkv = self.qkv(modulate(self.norm1(x), s1, sc1))
         q, k, v = rearrange(qkv, "b f p (three H e) -> three b p H f e", three=3, H=self.heads)
         if past is None:
-            qr, kr, vv, mask = rotate(q, cos, sin), rotate(k, cos, sin), v, attn_mask
+            o = attention(rotate(q, cos, sin).flatten(0, 1), rotate(k, cos, sin).flatten(0, 1), v.flatten(0, 1),
+                          mask=attn_mask, causal=causal)
+            o = rearrange(o, "(b p) H f e -> b f p (H e)", b=b, p=p)
         else:
-            # Cached keys are stored un-rotated; rotating them by slot index keeps distances relative.
-            keys, vv = torch.cat([past[0].to(k.dtype), k], dim=3), torch.cat([past[1].to(v.dtype), v], dim=3)
-            qr, kr = rotate(q, cos[-f:], sin[-f:]), rotate(keys, cos, sin)
-            mask = past_mask[:, None, None, None, :].expand(b, p, 1, 1, past_mask.shape[1])
-            mask = mask.reshape(b * p, 1, 1, -1)
-            causal = False
-        o = attention(qr.flatten(0, 1), kr.flatten(0, 1), vv.flatten(0, 1), mask=mask, causal=causal)
-        x = x + g1 * self.proj(rearrange(o, "(b p) H f e -> b f p (H e)", b=b, p=p))
+            k = rotate(k, cos, sin)
+            o = rearrange(cached_attention(rotate(q, cos, sin), k, v, *past, past_mask), "b p H 1 e -> b 1 p (H e)")
+        x = x + g1 * self.proj(o)
         return self.mlp_part(x, s2, sc2, g2), (k, v)
+
+
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
+                     valid: torch.Tensor) -> torch.Tensor:
+    """One new frame's attention over its cached past and itself, without concatenating the cache.
+
+    q, k, v (b p H 1 e) of the new frame; past_k, past_v (b p H n e); valid (b n) bool → (b p H 1 e).
+    Scores against the past and against the frame itself are joined only at the (n + 1)-wide softmax, so a
+    pass reads the cache once and never copies it."""
+    q = q * q.shape[-1] ** -0.5
+    s_past = torch.matmul(q, past_k.transpose(-1, -2))                                  # (b p H 1 n)
+    s_past = s_past.masked_fill(~valid[:, None, None, None, :], float("-inf"))
+    s_self = (q * k).sum(-1, keepdim=True)                                              # (b p H 1 1)
+    w = torch.cat([s_past, s_self], dim=-1).float().softmax(dim=-1).to(v.dtype)
+    n = past_k.shape[3]
+    return torch.matmul(w[..., :n], past_v) + w[..., n:] * v
 
 
 class FinalLayer(nn.Module):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from worldmodel.common.device import inference_dtype
 from worldmodel.sampling import make_sampler
 from worldmodel.sampling.base import Denoiser, ModelDenoiser, SamplerConfig
 from worldmodel.sampling.chunkwise import ChunkConfig, expected_nfe, generate
@@ -77,17 +78,18 @@ class _Timed:
 
 def imagine(model: torch.nn.Module, sampler: SamplerConfig, context: torch.Tensor, context_actions: torch.Tensor,
             actions: torch.Tensor, frames: int, generator: torch.Generator, *, stride: int = 1, cache: bool = True,
-            compile: bool = False, tick: Callable[[int], object] | None = None) -> Imagined:
+            compile: bool = False, precision: str = "fp32", tick: Callable[[int], object] | None = None) -> Imagined:
     """Imagine ``frames`` frames after ``context`` (b m h w) long, which ``context_actions`` (b m) led to,
     driven by ``actions`` (b ≥ frames): ``actions[:, j]`` leads to imagined frame j.
 
     ``stride`` new frames per later window (chunkwise); ``cache=False`` runs the chunkwise driver even where
     the cached rollout could (eval's full-sequence rows); ``compile`` torch.compiles the cached rollout's
-    passes; ``tick(n)`` is called after each frame (cached) or model call (chunkwise), e.g. a bar's update."""
+    passes; ``precision`` "auto" | "fp32" | "bf16" the dtype the model computes in
+    (:func:`~worldmodel.common.device.inference_dtype`); ``tick(n)`` is called after each frame (cached) or model call (chunkwise), e.g. a bar's update."""
     m, t0 = context.shape[1], time.perf_counter()
     future = actions[:, :frames]
     if runs_cached(model, stride, cache):
-        ro = CachedRollout(model, sampler, batch_size=len(context), compile=compile)
+        ro = CachedRollout(model, sampler, batch_size=len(context), compile=compile, precision=precision)
         ro.reset(context, context_actions)
         ready_s, stamps, outs = time.perf_counter() - t0, [], []
         for j in range(frames):
@@ -98,7 +100,9 @@ def imagine(model: torch.nn.Module, sampler: SamplerConfig, context: torch.Tenso
         out = Imagined(torch.stack([o.tokens for o in outs], 1), ro.nfe, True, np.asarray(stamps), ready_s,
                        torch.stack([o.reward_logits for o in outs], 1), torch.stack([o.done_logits for o in outs], 1))
     else:
-        den = _Timed(ModelDenoiser(model), t0, tick)
+        # "auto" stays fp32 here: bf16 was measured on the frame-by-frame rollout only (benchmarks/dream_speed.py)
+        dtype = inference_dtype("fp32" if precision == "auto" else precision, context.device)
+        den = _Timed(ModelDenoiser(model.cast(dtype)), t0, tick)
         g = generate(den, make_sampler(sampler), context, ChunkConfig(int(model.cfg.max_frames), m, m + frames, stride),
                      int(model.cfg.mask_id), generator, torch.cat([context_actions, future], 1))
         out = Imagined(g.tokens[:, m:], g.nfe, False, np.asarray(den.stamps), 0.0)

@@ -36,6 +36,7 @@ import torch
 
 from envs.common.errors import SamplerSettingsError
 from worldmodel.common import threads
+from worldmodel.common.device import inference_dtype
 from worldmodel.sampling import Sampler, SamplerConfig, make_sampler
 from worldmodel.sampling.rolling import RollingSampler
 
@@ -188,16 +189,28 @@ class CachedRollout(_RolloutBase):
     """
 
     def __init__(self, model: torch.nn.Module, sampler: SamplerConfig | Sampler, batch_size: int,
-                 device: torch.device | str | None = None, compile: bool = False) -> None:
+                 device: torch.device | str | None = None, compile: bool = False, precision: str = "fp32") -> None:
         super().__init__(model, sampler, batch_size, device)
+        # precision: "auto" computes in bf16 where the hardware has it natively (a copy of the model; the
+        # caller's stays as it is), "fp32" / "bf16" force one (benchmarks/dream_speed.py: gain and cost)
+        self.dtype, self.compile, self._stamp = inference_dtype(precision, self.device), compile, None
+        self._sync()
         with torch.inference_mode():
-            self.cache = model.new_cache(batch_size, self.device)
-        # torch.compile fuses the many small elementwise ops of a one-frame pass (the CPU bottleneck);
-        # the first call of each pass kind then takes tens of seconds to compile
-        self._new_frame = torch.compile(model.forward_new_frame) if compile else model.forward_new_frame
-        self._commit = torch.compile(model.commit_frame) if compile else model.commit_frame
+            self.cache = self.net.new_cache(batch_size, self.device)
         # the no-history pass of history guidance: a cache without slots (the frame attends to itself only)
-        self._no_history = model.new_cache(batch_size, self.device, slots=0) if self.history_guidance > 0 else None
+        self._no_history = self.net.new_cache(batch_size, self.device, slots=0) if self.history_guidance > 0 else None
+
+    def _sync(self) -> None:
+        """(Re)make the model copy that computes in ``self.dtype`` when the caller's weights changed since
+        (fine-tuning between dreams, load_state_dict): in-place updates bump each tensor's version."""
+        stamp = tuple((id(p), p._version) for p in self.model.parameters())
+        if stamp == self._stamp:
+            return
+        self._stamp, self.net = stamp, self.model.cast(self.dtype)
+        # torch.compile fuses the many small elementwise ops of a one-frame pass; the first call of each
+        # pass kind then takes tens of seconds to compile (it did not pay on the CPU: benchmarks/dream_speed.py)
+        self._new_frame = torch.compile(self.net.forward_new_frame) if self.compile else self.net.forward_new_frame
+        self._commit = torch.compile(self.net.commit_frame) if self.compile else self.net.commit_frame
 
     def _guided_frame_logits(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Guided logits (b h w v) of the new frame (b h w) at times t (b,) given actions (b,): one model
@@ -214,31 +227,30 @@ class CachedRollout(_RolloutBase):
         Costs one commit pass per context frame (at most k − 1) for the reset rows only."""
         rows = self._rows(rows)
         context, actions = self._check_context(context, actions, int(rows.sum()))
-        sub = self.model.new_cache(int(rows.sum()), self.device)
+        self._sync()
+        sub = self.net.new_cache(int(rows.sum()), self.device)
         for j in range(context.shape[1]):
-            self._commit(context[:, j], actions[:, j], sub)
-        # splice the fresh rows into the batched cache; both are right-aligned in time
-        for i in range(len(self.cache.keys)):
-            self.cache.keys[i][rows] = sub.keys[i].to(self.cache.keys[i].dtype)
-            self.cache.values[i][rows] = sub.values[i].to(self.cache.values[i].dtype)
-        self.cache.valid[rows] = sub.valid
+            self._commit(context[:, j], actions[:, j], sub, logits=False)
+        self.cache.splice(rows, sub)            # both right-aligned in time, each row at its own positions
 
     @torch.inference_mode()
     def step(self, actions: torch.Tensor, generator: torch.Generator) -> FrameOutput:
         """Imagine the next frame of every rollout given its action (b,) long; returns :class:`FrameOutput`."""
         actions = self._check_actions(actions)
+        self._sync()
 
         def denoise(tokens, t, a):                                 # (b 1 h w), (b 1), (b 1) -> (b 1 h w v)
             return self._guided_frame_logits(tokens[:, 0], t[:, 0], a[:, 0])[:, None]
 
         tokens, calls = self._sample_frame(denoise, actions, generator)
-        out = self._commit(tokens, actions, self.cache)
+        out = self._commit(tokens, actions, self.cache, logits=False)
         self.nfe += 1
-        return FrameOutput(tokens, out.reward_logits[:, 0], out.done_logits[:, 0], calls + 1)
+        return FrameOutput(tokens, out.reward_logits[:, 0].float(), out.done_logits[:, 0].float(), calls + 1)
 
     def frame_logits(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Logits (b h w v) of a candidate new frame (b h w) at times t (b,) given actions (b,), guided as the
         rollout samples (log-probabilities when guidance is on); no state change."""
+        self._sync()
         with torch.inference_mode():
             return self._guided_frame_logits(tokens, t, actions)
 

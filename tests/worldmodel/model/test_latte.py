@@ -161,7 +161,7 @@ def test_cache_reset_of_one_rollout_matches_a_fresh_cache():
     alone = m.forward_new_frame(tok[:, 0], torch.ones(2), a[:, 0], none).logits
     torch.testing.assert_close(alone[..., :V], fresh[..., :V], atol=1e-5, rtol=0)
     m.commit_frame(tok[:, 1], a[:, 1], none)
-    assert none.slots == 0 and none.nbytes() == 0
+    assert none.slots == 0 and sum(k.numel() for k in none.keys + none.values) == 0
     with pytest.raises(MaskFlowError, match=r"slots must lie in \[0, 3\]"):
         m.new_cache(1, slots=K)
 

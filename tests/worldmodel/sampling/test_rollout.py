@@ -194,6 +194,34 @@ def test_benchmark_smoke():
     assert [r["steps"] for r in out] == [1, 3] and all(0.0 <= r["accuracy"] <= 1.0 for r in out)
 
 
+def test_bf16_rollout_follows_fp32_and_leaves_the_callers_model_alone():
+    """precision="bf16" runs a bf16 copy (cache included) whose logits track fp32's to bf16 precision; the
+    model passed in keeps its fp32 weights; frames stay valid tokens and the heads come back as fp32."""
+    model, b = tiny_model(window=4), 3
+    g = torch.Generator().manual_seed(5)
+    ctx, ctx_a = torch.randint(0, V, (b, 3, 4, 4), generator=g), torch.randint(0, 3, (b, 3), generator=g)
+    ros = {p: CachedRollout(model, SamplerConfig("mgm", steps=3), b, precision=p) for p in ("fp32", "bf16")}
+    for ro in ros.values():
+        ro.reset(ctx, ctx_a)
+    assert ros["bf16"].cache.keys[0].dtype == torch.bfloat16 and ros["fp32"].cache.keys[0].dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    probe = torch.randint(0, V + 1, (b, 4, 4), generator=g)
+    t, a = torch.full((b,), 0.4), torch.tensor([0, 1, 2])
+    lo, hi = (ros[p].frame_logits(probe, t, a)[..., :V].float() for p in ("bf16", "fp32"))
+    assert (lo - hi).abs().max() < 0.05 * hi.abs().max() + 0.02
+    assert (lo - hi).abs().max() > 0                     # it really ran in bf16
+    out = ros["bf16"].step(a, torch.Generator().manual_seed(0))
+    assert out.tokens.dtype == torch.long and int(out.tokens.max()) < V
+    assert out.reward_logits.dtype == torch.float32 and out.done_logits.dtype == torch.float32
+    # weights changed in place after the rollout was made (fine-tuning between dreams) reach the bf16 copy
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    again = ros["bf16"].frame_logits(probe, t, a)[..., :V].float()
+    assert (again - ros["fp32"].frame_logits(probe, t, a)[..., :V]).abs().max() < 0.05 * hi.abs().max() * 3 + 0.05
+    assert (again - lo).abs().max() > 0.1
+
+
 def test_unset_steps_mean_the_per_frame_default():
     from worldmodel.sampling.rollout import DEFAULT_FRAME_STEPS
 

@@ -19,7 +19,8 @@ with seeded random actions from a live held-out maze context, after ``--warmup``
 of this tree: release 1's settings (``steps_per_frame=20, precision="fp32"``: the code changes alone),
 each lever alone (bf16; fewer steps), and the defaults (all levers).
 
-GPU (``--device cuda``, or ``--table rollout`` on the CPU): the cached rollout itself (tokens, no decoding; ``--decode`` adds it) at each of
+GPU (``--device cuda``, or ``--table rollout`` on the CPU): the cached rollout itself (tokens, no
+decoding; ``--decode`` adds it) at each of
 ``--batches`` (1, 64, 1,024) with the default sampler, in bf16 and fp32, from random context of the
 shipped model; it needs only torch, numpy, einops and safetensors (no gymnasium), so it runs on a bare GPU
 machine from a clean checkout.
@@ -148,12 +149,11 @@ def gpu_table(args: argparse.Namespace) -> dict:
     """Rollout frames/s at each batch size on ``args.device`` (tokens; ``--decode`` adds decoding)."""
     import torch
 
+    from worldmodel.common.threads import governor
     from worldmodel.model.checkpoint import load_world_model
     from worldmodel.sampling import SamplerConfig
     from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, DEFAULT_FRAME_STEPS, CachedRollout
     from worldmodel.tokenizer.codec import decode_tokens
-
-    from worldmodel.common.threads import governor
 
     governor(args.threads)                  # CPU threads as the dream's default: adapt to the load
     device = torch.device(args.device)

@@ -171,7 +171,8 @@ def dream(cfg: DreamConfig) -> dict[str, Any]:
         bar = tqdm(total=cfg.frames, desc="dream", unit="frame", dynamic_ncols=True)
     t0 = time.perf_counter()
     im = imagine(model, scfg, real_tokens[None, :m], actions[None, :m], actions[None, m:n_total], cfg.frames, gen,
-                 stride=cfg.stride, compile=cfg.compile, precision=cfg.precision, tick=bar.update if bar is not None else None)
+                 stride=cfg.stride, compile=cfg.compile, precision=cfg.precision,
+                 tick=bar.update if bar is not None else None)
     dream_s = time.perf_counter() - t0
     if bar is not None:
         bar.close()

@@ -89,7 +89,7 @@ class EvalConfig:
                                     # data/seed/num_videos/horizons: its rows are paired video by video with this run's
                                     # (margins with 95% CIs in the report); "" = none
     full_context: int = 0           # context m of full-sequence experiments (0 = k/2); stride s = k - m
-    steps_frame: int = DEFAULT_FRAME_STEPS  # MGM / timestep-free unmasking steps per frame (frame by frame; the dream's)
+    steps_frame: int = DEFAULT_FRAME_STEPS  # MGM / timestep-free unmasking steps per frame (frame by frame; as dream)
     steps_mgm: int = 20             # MGM steps per chunk (full sequence; paper 20)
     steps_fm: int = 50              # FM Euler steps per chunk (per frame for fbf_fm); paper 250, reduced for CPU
                                     # (labelled)

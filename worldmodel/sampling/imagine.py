@@ -85,7 +85,8 @@ def imagine(model: torch.nn.Module, sampler: SamplerConfig, context: torch.Tenso
     ``stride`` new frames per later window (chunkwise); ``cache=False`` runs the chunkwise driver even where
     the cached rollout could (eval's full-sequence rows); ``compile`` torch.compiles the cached rollout's
     passes; ``precision`` "auto" | "fp32" | "bf16" the dtype the model computes in
-    (:func:`~worldmodel.common.device.inference_dtype`); ``tick(n)`` is called after each frame (cached) or model call (chunkwise), e.g. a bar's update."""
+    (:func:`~worldmodel.common.device.inference_dtype`); ``tick(n)`` is called after each frame (cached) or
+    model call (chunkwise), e.g. a bar's update."""
     m, t0 = context.shape[1], time.perf_counter()
     future = actions[:, :frames]
     if runs_cached(model, stride, cache):

@@ -51,7 +51,8 @@ def test_rollout_table_runs_without_gymnasium(ckpt, tmp_path):
               "for m in ('gymnasium', 'hydra', 'omegaconf', 'moviepy', 'labmaze', 'stable_baselines3'):\n"
               "    sys.modules[m] = None\n"
               f"sys.argv = ['dream_speed.py', '--table', 'rollout', '--checkpoint', {ckpt!r}, '--batches', '1', '3',\n"
-              f"            '--seconds', '0.2', '--warmup', '1', '--threads', '1', '--out', {str(tmp_path / 'g.json')!r}]\n"
+              f"            '--seconds', '0.2', '--warmup', '1', '--threads', '1',\n"
+              f"            '--out', {str(tmp_path / 'g.json')!r}]\n"
               f"runpy.run_path({str(BENCH)!r}, run_name='__main__')\n")
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, timeout=300)

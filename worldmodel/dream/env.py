@@ -72,15 +72,26 @@ class MaskFlowDreamEnv(gym.Env):
     ``data=DIR``'s ``split`` episodes), ``"live"`` (a fresh held-out maze of the real env recorded in the
     checkpoint, with its recorded ``env_kwargs`` updated by ``env_kwargs``, explored by ``policy``),
     ``"given"`` (only ``reset(options=...)``), or ``"auto"`` (dataset when ``data`` is set, else live).
-    Drift controls: ``sampler`` (mgm | mgm_tfree | fm | df), ``steps_per_frame`` (default 20),
-    ``temperature``, ``gumbel`` (None = ``DEFAULT_FRAME_GUMBEL``, 8), ``schedule``,
+    Drift controls: ``sampler`` (mgm | mgm_tfree | fm | df), ``steps_per_frame`` (None = the default,
+    ``DEFAULT_FRAME_STEPS``; see "Speed" below), ``temperature``, ``gumbel`` (None = ``DEFAULT_FRAME_GUMBEL``, 8),
+    ``schedule``,
     ``context_length`` (frames of real context, default window − 1, the most the model can see),
     ``action_guidance`` / ``history_guidance`` (classifier-free guidance weights, 0 = off; each one on
     adds a model pass per unmasking step, see ``SamplerConfig``).
     ``max_episode_steps`` (default 300, None = never truncate), ``device``, ``render_mode`` (None |
     "rgb_array"), ``timing_info`` (add the step's wall clock to ``info``), ``compile`` (torch.compile the
-    rollout), ``threads`` (torch CPU threads: 0 = adapt to the cores other processes leave free, so a
-    dream beside another job is not stalled; N = fixed; None = leave the process's setting alone).
+    rollout; it did not pay on the CPU), ``precision`` (see "Speed"), ``threads`` (torch CPU threads:
+    0 = adapt to the cores other processes leave free, so a dream beside another job is not stalled;
+    N = fixed; None = leave the process's setting alone).
+
+    ## Speed
+    A step costs ``steps_per_frame`` + 1 model passes (one more per guidance term and step), so frames/s
+    scale with about 1 / (steps + 1): what a user trades by changing ``steps_per_frame`` is speed against
+    how carefully each frame is filled in. Measured on the shipped model (2-core CPU, bf16, paired against
+    release 1's 20 steps on the same 128 held-out windows, ``benchmarks/dream_speed.py`` and
+    ``maskflow eval``; docs/results.md#fast-dreams): STEPS_TABLE
+    ``precision``: "auto" (default) computes in bf16 where the hardware does it natively (a CPU with
+    AVX512-BF16 or AMX, a CUDA GPU with bf16) and in fp32 elsewhere; "fp32" / "bf16" force one.
 
     ## Spaces
     Observation ``Box(0, 255, (64, 64, 3), uint8)``, or with ``obs_type="tokens"`` the token grid

@@ -34,7 +34,9 @@ import torch
 from envs.common.config_check import DEVICE, PRECISION, SEED, THREADS, Check, at_least, check_config, one_of
 from envs.common.errors import ConfigError
 from envs.common.files import atomic_write, write_json
+from envs.loops import parse_loop, real_loop
 from envs.policies import POLICIES
+from worldmodel.common.device import inference_dtype
 from worldmodel.common.threads import governor
 from worldmodel.dream.context import RealEpisode, dataset_episode, live_episode
 from worldmodel.metrics.quality import psnr_per_frame
@@ -70,6 +72,9 @@ class DreamConfig:
     history_guidance: float = 0.0   # guidance towards what the remembered frames imply (frame by frame only; 0 = off)
     seed: int = 0                   # seeds the sampler and the live episode (maze seed 2*seed+1, a test maze)
     policy: str = "random_walk"     # policy of the live episode: random_walk | uniform
+    loop: str = ""                  # "" = the episode's own actions | turnL (left L, right L) | circleN (left N;
+                                    # 30 = 360 deg): after the context, dream that loop in a live held-out maze,
+                                    # which returns to the start view (frames = the loop's length)
     env_kwargs: dict = field(default_factory=dict)  # overrides of the live env's settings (default: those recorded in
                                                     # the checkpoint)
     out: str = "runs/dream"         # output directory
@@ -99,6 +104,14 @@ class DreamConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first key of a wrong type or out of its range."""
         check_config(self)
+        if self.loop:
+            try:
+                parse_loop(self.loop)
+            except ConfigError as e:
+                raise ConfigError(f"loop: {e}") from None
+            if self.data:
+                raise ConfigError(f"loop={self.loop} dreams a loop in a live held-out maze; leave data empty "
+                                  f"(data={self.data!r} was given)")
 
 
 def sampler_config(cfg: DreamConfig, masking: str) -> SamplerConfig:
@@ -109,6 +122,12 @@ def sampler_config(cfg: DreamConfig, masking: str) -> SamplerConfig:
     return SamplerConfig(cfg.sampler, steps=steps, temperature=cfg.temperature, gumbel=gumbel,
                          schedule=cfg.schedule, masking=masking, seed=cfg.seed,
                          action_guidance=cfg.action_guidance, history_guidance=cfg.history_guidance)
+
+
+def dream_dtype(cfg: DreamConfig, device: torch.device, cached: bool) -> str:
+    """The dtype the dream computed in, for dream.json: precision=auto is bf16 where native, frame by frame only."""
+    precision = cfg.precision if cached or cfg.precision != "auto" else "fp32"
+    return str(inference_dtype(precision, device)).removeprefix("torch.")
 
 
 def check_out(out: Path, overwrite: bool) -> None:
@@ -126,6 +145,8 @@ def dream(cfg: DreamConfig) -> dict[str, Any]:
     from worldmodel.model.checkpoint import load_world_model
 
     cfg.validate()
+    if cfg.loop:                    # the loop fixes the dream's length
+        cfg = dataclasses.replace(cfg, frames=parse_loop(cfg.loop).frames)
     out = Path(cfg.out)
     check_out(out, cfg.overwrite)
     governor(cfg.threads)           # 0: adapt to the cores other processes leave free
@@ -154,7 +175,13 @@ def dream(cfg: DreamConfig) -> dict[str, Any]:
         real = RealEpisode(real.frames[:n_total], real.actions[:n_total], real.rewards[:n_total], real.source)
     else:
         env_kwargs = {**meta.get("env_kwargs", {}), **dict(cfg.env_kwargs)}
-        real = live_episode(meta.get("env_id") or "DMLabMaze-v0", env_kwargs, n_total, cfg.seed, cfg.policy)
+        env_id = meta.get("env_id") or "DMLabMaze-v0"
+        if cfg.loop:
+            frames, acts = real_loop(env_id, env_kwargs, parse_loop(cfg.loop), m, cfg.seed, cfg.policy)
+            real = RealEpisode(frames, acts, np.zeros(len(frames), np.float32),
+                               f"live {env_id} maze_seed={2 * cfg.seed + 1} seed={cfg.seed} loop={cfg.loop}")
+        else:
+            real = live_episode(env_id, env_kwargs, n_total, cfg.seed, cfg.policy)
     n_actions = int(meta["action_space"]["n"])
     if int(real.actions[1:].max(initial=0)) >= n_actions:
         raise ConfigError(f"the real episode uses action {int(real.actions.max())} but the model knows "
@@ -195,7 +222,7 @@ def dream(cfg: DreamConfig) -> dict[str, Any]:
     summary = {
         "checkpoint": meta["path"], "source": real.source, "mode": mode,
         "settings": {**dataclasses.asdict(cfg), "context": m, "window": k, "sampler_steps": scfg.num_steps,
-                     "gumbel": scfg.gumbel},
+                     "gumbel": scfg.gumbel, "dtype": dream_dtype(cfg, device, runs_cached(model, cfg.stride))},
         "frames": cfg.frames, "context_frames": m, "nfe": int(nfe), "nfe_context": int(nfe_context),
         "nfe_per_frame": nfe / cfg.frames,
         "seconds": {"load": round(load_s, 2), "dream": round(dream_s, 2)},
@@ -280,7 +307,8 @@ def plot_psnr(path: Path, summary: dict[str, Any]) -> None:
     ax.set_xlabel("frames after the context")
     ax.set_ylabel("PSNR vs real (dB)")
     s = summary["settings"]
-    ax.set_title(f"{s['sampler']} {s['sampler_steps']} steps, T={s['temperature']}, gumbel {s['gumbel']}, "
+    ax.set_title(f"{s['sampler']} {s['sampler_steps']} steps, {s.get('dtype', 'float32')}, T={s['temperature']}, "
+                 f"gumbel {s['gumbel']}, "
                  f"context {s['context']}{guidance_label(s)}",
                  fontsize=9)
     finite = [v for v in pf["psnr_recon"] if v < 100]

@@ -37,6 +37,7 @@ from einops import rearrange
 
 from envs.common.config_check import DEVICE, PRECISION, SEED, THREADS, Check, at_least, check_config, each, one_of
 from envs.common.errors import ConfigError
+from envs.loops import parse_loop
 from worldmodel.common.seeding import seed_everything
 from worldmodel.common.threads import governor
 from worldmodel.evaluation.report import write_report
@@ -106,6 +107,9 @@ class EvalConfig:
                                     # off)
     schedule: str = "arccos"        # MGM unmask-count schedule: arccos | cosine | linear | square | root
     fvd: bool = True                # false = skip FVD (PSNR/SSIM only; much faster)
+    loops: list[str] = field(default_factory=list)  # loop-closure trials in live held-out mazes: turnL (left L, right
+                                                    # L) | circleN (left N; 30 = 360 deg), e.g. [turn15,circle30]
+    loop_trials: int = 8            # mazes per loop (the same mazes for every loop)
     fvd_frames: int = 16            # FVD clip length (16 = standard; >= 9)
     separate_horizons: bool = False  # true = dream every horizon separately (default: shorter horizons are prefixes of
                                      # the longest dream)
@@ -118,7 +122,7 @@ class EvalConfig:
     CHECKS: ClassVar[dict[str, Check]] = {
         "split": one_of("train", "test"), "seed": SEED, "temperature": at_least(0, "0 = greedy"),
         "gumbel": at_least(0, "0 = off"), "gumbel_frame": at_least(0, "0 = off"), "schedule": one_of(*COUNT_MODES),
-        "device": DEVICE, "threads": THREADS, "precision": PRECISION,
+        "device": DEVICE, "threads": THREADS, "precision": PRECISION, "loop_trials": at_least(1),
         **{key: each(at_least(1), non_empty=True) for key in ("horizons", "comparison_horizons")},
     }
 
@@ -139,6 +143,11 @@ class EvalConfig:
                     raise ConfigError(f"{key}: unknown experiment {name!r}; valid: {', '.join(EXPERIMENTS)}")
         if not self.experiments:
             raise ConfigError("experiments: give at least one experiment, e.g. [fbf_mgm]")
+        for name in self.loops:
+            try:
+                parse_loop(name)
+            except ConfigError as e:
+                raise ConfigError(f"loops: {e}") from None
         for key in ("horizons", "comparison_horizons"):
             values = getattr(self, key)
             if not values or any(int(v) != v or v < 1 for v in values):
@@ -352,6 +361,17 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if real.kind == "tokens":
         notes.append("data is a token dataset: the real frames are the tokenizer's decode of its tokens, so the "
                      "reconstruction row is a decode -> encode -> decode round trip, not the tokenizer's ceiling")
+    loops = None
+    if cfg.loops:
+        from worldmodel.evaluation.loops import loop_closure, loop_sheet
+
+
+        loops = loop_closure(cfg.checkpoint, cfg.loops, cfg.loop_trials, cfg.seed, cfg.steps_frame, cfg.precision,
+                             str(device), threads=None)
+        out.mkdir(parents=True, exist_ok=True)
+        loop_sheet(out / "loops.png", loops)
+        for r in loops["loops"].values():
+            r.pop("pictures")
     paired = paired_margins(rows, cfg.seed, earlier["rows"] if earlier is not None else None)
     if earlier is not None:
         notes.append(f"pair_with: `pair_with:ROW` is ROW of the earlier eval {cfg.pair_with} (same videos)")
@@ -360,7 +380,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                      "fbf_context": k - 1, "device_used": str(device), "torch_threads": torch.get_num_threads()},
         "models": {ck.role: describe(ck) for ck in (main, compare) if ck is not None},
         "videos": real.picks, "data_kind": real.kind, "num_videos": len(real.frames),
-        "fvd_protocol": PROTOCOL, "rows": rows, "paired": paired, "notes": notes,
+        "fvd_protocol": PROTOCOL, "rows": rows, "paired": paired, "notes": notes, "loops": loops,
         "repeated_views": int((~new_view).sum()),
         "seconds_total": round(time.perf_counter() - t_start, 1),
     }

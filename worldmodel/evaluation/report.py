@@ -123,6 +123,23 @@ def pivot_lines(rows: list[dict]) -> tuple[list[str], list[list[Any]]]:
     return header, lines
 
 
+def loop_lines(loops: dict[str, Any]) -> list[str]:
+    """The loop-closure section: per loop, the dream's return to its start view against the bounds."""
+    md = ["", "## Loop closure (memory beyond the window)", "",
+          f"{loops['trials']} live held-out mazes per loop (the same for every loop), real context of "
+          f"{loops['context_length']} frames, then the loop's turns (`turnL`: left L, right L; `circleN`: left N, "
+          "30 = a full circle); the real maze returns to the identical view. PSNR of the dream's last frame against "
+          "the real start view (return), against the real view turned furthest away (far), and of the tokenizer's "
+          "reconstruction of the start view (ceiling: copying the start view through the tokenizer). Goal: return "
+          "within 4 dB of the ceiling and >= 5 dB above far.", ""]
+    md += table(("loop", "frames", "return (dB)", "far (dB)", "return - far", "ceiling (dB)", "real return",
+                 "goal met"),
+                [[f"`{name}`", r["frames"], f"{r['return_psnr']:.2f}", f"{r['far_psnr']:.2f}",
+                  f"{r['return_minus_far']:+.2f}", f"{r['ceiling_psnr']:.2f}", f"{r['real_return_psnr']:.1f}",
+                  "yes" if r["goal_met"] else "no"] for name, r in loops["loops"].items()])
+    return md + ["", "![loop closure: real start, real furthest, dream return](loops.png)"]
+
+
 def build_markdown(results: dict[str, Any]) -> str:
     """The whole report.md text."""
     s, rows, n = results["settings"], results["rows"], results["num_videos"]
@@ -183,6 +200,8 @@ def build_markdown(results: dict[str, Any]) -> str:
         md += table(("row", "against", "frames", "PSNR margin", "better on", "margin, new views only", "better on"),
                     [[f"`{m['row']}`", f"`{m['against']}`", m["band"], format_margin(m), wins(m),
                       format_margin(m["new_view"]), wins(m["new_view"])] for m in results["paired"]])
+    if results.get("loops"):
+        md += loop_lines(results["loops"])
     md += ["", "## All rows", ""]
     md += table(("horizon", *FULL_HEADER), [[f"{r['horizon_factor']}x ({r['frames']} f)", *full_line(r)]
                                             for r in sorted(rows, key=lambda r: r["frames"])])

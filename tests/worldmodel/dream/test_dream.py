@@ -42,6 +42,18 @@ def test_dataset_dream_writes_everything_and_counts_nfe(tiny_world_checkpoint, t
     reader.close()
 
 
+def test_loop_dream_returns_to_the_real_start_view(tiny_world_checkpoint, tmp_path):
+    """loop=turn3 dreams 6 frames in a live maze whose real last frame is exactly its start view."""
+    s = dream(cfg(tiny_world_checkpoint, tmp_path / "loop", loop="turn3", frames=99, steps=2))
+    assert s["frames"] == 6 and "loop=turn3" in s["source"]
+    assert s["per_frame"]["psnr_copy_last"][-1] == 100.0           # the real maze came back to the start view
+    assert s["per_frame"]["psnr_copy_last"][2] < 100.0               # after having turned away from it
+    with pytest.raises(ConfigError, match="loop: loop 'spin' is not valid"):
+        dream(cfg(tiny_world_checkpoint, tmp_path / "bad", loop="spin"))
+    with pytest.raises(ConfigError, match="leave data empty"):
+        dream(cfg(tiny_world_checkpoint, tmp_path / "bad", loop="turn3", data="runs/x"))
+
+
 def test_sheet_horizons():
     from worldmodel.dream.verb import sheet_horizons
     assert sheet_horizons(360) == [1, 2, 4, 8, 16, 32, 64, 128, 256, 360]

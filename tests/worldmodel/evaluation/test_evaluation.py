@@ -8,6 +8,7 @@ so FVD exists at 3x only; every sampler runs a handful of steps.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,7 @@ def test_cli_eval_and_overwrite(tiny_world_checkpoint, tiny_frames_dataset, tmp_
     (dict(steps_fm=0), r"steps_fm must be >= 1"),
     (dict(full_context=4), r"full_context=4 must be below the window k=4"),
     (dict(action_guidance=-0.5), r"action_guidance must be >= 0"),
+    (dict(loops=["turn4", "wiggle"]), r"loops: loop 'wiggle' is not valid; use turnL"),
 ])
 def test_bad_settings_are_config_errors_naming_the_key(kw, match, tiny_world_checkpoint, tiny_frames_dataset,
                                                        tmp_path):
@@ -273,6 +275,18 @@ def test_guidance_applies_to_frame_by_frame_rows_only(tiny_world_checkpoint, tin
     assert res["settings"]["action_guidance"] == 1.5
     assert any("ran unguided: main:full_mgm" in note for note in res["notes"])
     assert "action guidance 1.5, history guidance 0.5" in (tmp_path / "g" / "report.md").read_text()
+
+
+def test_eval_loops_add_a_loop_closure_section(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
+    kw = dict(experiments=["fbf_mgm"], long_experiments=["fbf_mgm"], horizons=[1], fvd=False, num_videos=1,
+              loops=["turn2", "circle30"], loop_trials=1)
+    res = evaluate(make_cfg(tiny_world_checkpoint, tiny_frames_dataset, tmp_path / "l", **kw))
+    assert list(res["loops"]["loops"]) == ["turn2", "circle30"] and res["loops"]["trials"] == 1
+    assert all(r["real_return_psnr"] == 100.0 for r in res["loops"]["loops"].values())
+    report = (tmp_path / "l" / "report.md").read_text()
+    assert "## Loop closure" in report and "| `circle30` | 30 |" in report
+    assert (tmp_path / "l" / "loops.png").stat().st_size > 0
+    assert json.loads((tmp_path / "l" / "results.json").read_text())["loops"]["loops"]["turn2"]["frames"] == 4
 
 
 @pytest.mark.slow

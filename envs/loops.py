@@ -1,0 +1,84 @@
+"""Loops in the real maze that return to the view they left: the premise of the loop-closure check.
+
+The maze renderer is deterministic and turns are exact 12° steps, so turning left L times and then
+right L times (``turnL``), or turning a full circle in place (``circleN``, N × 12° = 360° for N = 30),
+ends on exactly the view it started from. :func:`real_loop` plays one in a held-out maze after a short
+exploration, for ``maskflow eval loops=...`` and ``maskflow dream loop=...``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from envs.common.errors import ConfigError
+
+LOOP_PATTERN = re.compile(r"^(turn|circle)(\d+)$")
+DEFAULT_LOOPS = ("turn4", "turn8", "turn15", "circle30", "turn30")
+
+
+@dataclass(frozen=True)
+class Loop:
+    """One loop: its name and its turn script (action names), plus where the view is furthest away."""
+
+    name: str
+    script: tuple[str, ...]
+    far: int                                   # index into the script after which the view is furthest
+
+    @property
+    def frames(self) -> int:
+        return len(self.script)
+
+
+def parse_loop(name: str) -> Loop:
+    """``turnL`` (L × turn_left, then L × turn_right: 2L frames) or ``circleN`` (N × turn_left: a full circle
+    when N × 12° = 360°, N frames); a clear :class:`ConfigError` otherwise."""
+    m = LOOP_PATTERN.match(str(name))
+    if not m or int(m.group(2)) < 1:
+        raise ConfigError(f"loop {name!r} is not valid; use turnL (turn left L times, then right L times) or "
+                          "circleN (turn left N times; 30 = a full circle), L, N >= 1, e.g. turn15, circle30")
+    kind, n = m.group(1), int(m.group(2))
+    if kind == "turn":
+        return Loop(name, ("turn_left",) * n + ("turn_right",) * n, n - 1)
+    return Loop(name, ("turn_left",) * n, n // 2 - 1 if n > 1 else 0)
+
+
+class LoopScript:
+    """The trial's policy: ``warmup`` steps of an exploration policy, then the loop's turns."""
+
+    def __init__(self, walk: Any, warmup: int, actions: list[int]) -> None:
+        self.walk, self.warmup, self.actions, self.t = walk, warmup, actions, 0
+
+    def act(self, obs=None, info: dict | None = None) -> int:
+        t, self.t = self.t, self.t + 1
+        return self.walk.act(obs, info) if t < self.warmup else self.actions[t - self.warmup]
+
+
+def real_loop(env_id: str, env_kwargs: dict | None, loop: Loop, context: int, seed: int,
+              policy: str = "random_walk") -> tuple[np.ndarray, np.ndarray]:
+    """Frames (context + loop.frames, y x c) and actions of one real trial in the held-out maze of ``seed``."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers the env ids)
+    from envs.heldout import env_action_meanings, play_heldout
+    from envs.policies import make_policy
+
+    steps = context - 1 + loop.frames                # the context includes the reset frame
+    env = gym.make(env_id, **{**dict(env_kwargs or {}), "max_episode_steps": steps + 1})
+    try:
+        meanings = env_action_meanings(env)
+        missing = sorted(set(loop.script) - set(meanings))
+        if missing:
+            raise ConfigError(f"loop {loop.name}: {env_id} has no action {', '.join(missing)}")
+        script = LoopScript(make_policy(policy, meanings, seed=seed + 1), context - 1,
+                            [meanings.index(a) for a in loop.script])
+        play = play_heldout(env, steps, seed, script, on_end="stop")
+    finally:
+        env.close()
+    if len(play.frames) != steps + 1:
+        raise ConfigError(f"loop {loop.name}: the real episode in maze seed {seed} ended after {len(play.frames)} "
+                          f"frames, before the loop closed")
+    return play.frames, play.actions

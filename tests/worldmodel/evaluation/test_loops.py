@@ -1,0 +1,48 @@
+"""Loop closure: the loop scripts, the real maze's premise (turning away and back returns the identical
+view), the metric on the tiny checkpoint, and `maskflow eval loops=...` writing its section."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from envs.common.errors import ConfigError
+from envs.loops import parse_loop, real_loop
+from worldmodel.evaluation.loops import loop_closure
+
+
+def test_loop_names_parse_into_turn_scripts():
+    turn = parse_loop("turn3")
+    assert turn.script == ("turn_left",) * 3 + ("turn_right",) * 3 and turn.frames == 6 and turn.far == 2
+    circle = parse_loop("circle30")
+    assert circle.script == ("turn_left",) * 30 and circle.far == 14
+    for bad in ("turn", "turn0", "spin4", "circle-3", "turn4x"):
+        with pytest.raises(ConfigError, match=r"use turnL .* or circleN"):
+            parse_loop(bad)
+
+
+@pytest.mark.parametrize("name", ["turn5", "circle30"])
+def test_the_real_maze_returns_to_the_identical_view(name):
+    """The premise of the metric: deterministic rendering and exact 12-degree turns."""
+    loop = parse_loop(name)
+    frames, actions = real_loop("DMLabMaze-v0", {}, loop, context=4, seed=3)
+    assert len(frames) == 4 + loop.frames and list(actions[:1]) == [-1]
+    assert np.array_equal(frames[-1], frames[3])                       # back at the start view
+    assert not np.array_equal(frames[4 + loop.far], frames[3])         # and it had really turned away
+
+
+@pytest.mark.slow
+def test_loop_closure_scores_a_tiny_dream(tiny_world_checkpoint):
+    ckpt = str(tiny_world_checkpoint)
+    res = loop_closure(ckpt, ["turn2", "circle30"], trials=2, seed=0, steps_per_frame=2, threads=1)
+    assert set(res["loops"]) == {"turn2", "circle30"} and res["trials"] == 2
+    for name, r in res["loops"].items():
+        assert r["frames"] == parse_loop(name).frames and len(r["per_trial"]) == 2
+        assert r["real_return_psnr"] == 100.0                            # the premise held in every trial
+        assert 0 < r["return_psnr"] < 100 and 0 < r["far_psnr"] <= 100 and 0 < r["ceiling_psnr"] < 100
+        assert r["return_minus_far"] == pytest.approx(r["return_psnr"] - r["far_psnr"])
+        assert r["goal_met"] == (r["ceiling_psnr"] - r["return_psnr"] <= 4 and r["return_minus_far"] >= 5)
+    # the same mazes for every loop: trial i is maze seed 2 (seed + i) + 1
+    assert [t["maze_seed"] for t in res["loops"]["turn2"]["per_trial"]] == [1, 3]
+    with pytest.raises(ConfigError, match="loop_trials=0"):
+        loop_closure(ckpt, ["turn2"], trials=0)

@@ -1,0 +1,101 @@
+"""Loop closure: does the dream return to the view it left when the agent turns away and back?
+
+The maze renderer is deterministic and turns are exact 12° steps, so in the real maze turning left L
+times and then right L times (``turnL``), or turning a full circle in place (``circleN``, N × 12° = 360°
+for N = 30), ends on exactly the view it started from. A dream without memory beyond its window cannot
+know that view once it has left the window. Each trial:
+
+1. plays a fresh held-out maze (odd maze seed, :func:`envs.heldout.play_heldout`): ``context`` frames of
+   random walk (the dream's real context), then the loop's turns;
+2. dreams the loop from that context with the same actions (the dream env with ``context="given"``);
+3. scores the dream's last frame against the real start view (``return_psnr``), against the real view
+   turned furthest away (``far_psnr``: a dream that forgot returns to something no closer to the start
+   than to that), and the tokenizer's reconstruction of the start view (``ceiling_psnr``: what copying
+   the start view scores through the tokenizer, the bound a perfect memory reaches). ``real_return_psnr``
+   checks the premise (100 dB = the real maze returned to the identical view).
+
+The goal of the memory issue: return within 4 dB of the ceiling and ≥ 5 dB above ``far_psnr``.
+
+Axis letters: f frames, y x pixels, c colour.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from envs.common.errors import ConfigError
+from envs.loops import DEFAULT_LOOPS, parse_loop, real_loop
+
+
+def loop_closure(checkpoint: str = "default", loops: tuple[str, ...] | list[str] = DEFAULT_LOOPS, trials: int = 8,
+                 seed: int = 0, steps_per_frame: int | None = None, precision: str = "auto", device: str = "cpu",
+                 threads: int | None = 0) -> dict[str, Any]:
+    """Score ``trials`` fresh held-out mazes per loop (trial i uses seed ``seed + i``, so every loop sees the
+    same mazes and context). Returns per-loop means with every trial's scores, and the settings."""
+    from worldmodel.dream.env import MaskFlowDreamEnv
+    from worldmodel.metrics.quality import psnr_per_frame
+    from worldmodel.tokenizer.codec import decode_tokens, encode_frames
+
+    parsed = [parse_loop(x) for x in loops]                  # every name checked before any work
+    if trials < 1:
+        raise ConfigError(f"loop_trials={trials} must be >= 1")
+    env = MaskFlowDreamEnv(checkpoint, context="given", steps_per_frame=steps_per_frame, precision=precision,
+                           max_episode_steps=None, device=device, threads=threads)
+    try:
+        core, m = env.core, env.core.context_length
+        env_id, env_kwargs = core.meta.get("env_id") or "DMLabMaze-v0", core.meta.get("env_kwargs")
+        out: dict[str, Any] = {"loops": {}, "trials": trials, "seed": seed, "context_length": m,
+                               "steps_per_frame": core.sampler.num_steps,
+                               "dtype": str(core.rollout.dtype).removeprefix("torch.")}
+        for loop in parsed:
+            rows = []
+            for i in range(trials):
+                frames, actions = real_loop(env_id, env_kwargs, loop, m, seed + i)
+                start, far, end = frames[m - 1], frames[m + loop.far], frames[-1]
+                env.reset(seed=seed + i, options={"context_frames": frames[:m], "context_actions": actions[:m]})
+                dreamed = None
+                for a in actions[m:]:
+                    dreamed = env.step(int(a))[0]
+                recon = decode_tokens(core.tokenizer, encode_frames(core.tokenizer, start[None]))[0]
+
+                def psnr(a: np.ndarray, b: np.ndarray) -> float:
+                    return float(psnr_per_frame(a[None], b[None], identical=100.0)[0])
+
+                rows.append({"maze_seed": 2 * (seed + i) + 1, "return_psnr": psnr(dreamed, start),
+                             "far_psnr": psnr(dreamed, far), "ceiling_psnr": psnr(recon, start),
+                             "real_return_psnr": psnr(end, start), "dream_last": dreamed, "real_start": start,
+                             "real_far": far})
+            keys = ("return_psnr", "far_psnr", "ceiling_psnr", "real_return_psnr")
+            summary = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+            summary["return_minus_far"] = summary["return_psnr"] - summary["far_psnr"]
+            summary["ceiling_minus_return"] = summary["ceiling_psnr"] - summary["return_psnr"]
+            summary["goal_met"] = bool(summary["ceiling_minus_return"] <= 4.0 and summary["return_minus_far"] >= 5.0)
+            out["loops"][loop.name] = {"frames": loop.frames, **summary,
+                                       "per_trial": [{k: r[k] for k in ("maze_seed", *keys)} for r in rows],
+                                       "pictures": [(r["real_start"], r["real_far"], r["dream_last"]) for r in rows]}
+        return out
+    finally:
+        env.close()
+
+
+def loop_sheet(path, result: dict[str, Any], scale: int = 2) -> None:
+    """A contact sheet: per loop, the first trial's real start view, real furthest view, and the dream's
+    return (which should look like the start view)."""
+    import matplotlib.pyplot as plt
+
+    from envs.common.video import save_figure
+
+    names = list(result["loops"])
+    fig, axes = plt.subplots(len(names), 3, figsize=(3 * 1.6 * scale / 2, len(names) * 1.7 * scale / 2),
+                             squeeze=False)
+    for row, name in zip(axes, names):
+        r = result["loops"][name]
+        start, far, dream = r["pictures"][0]
+        for ax, img, title in zip(row, (start, far, dream),
+                                  (f"{name}: real start", "real, furthest", f"dream return {r['return_psnr']:.1f} dB")):
+            ax.imshow(img)
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    save_figure(fig, path)

@@ -6,7 +6,7 @@
 ``--windows`` windows are cut (seeded, round robin over the split's episodes, as ``maskflow eval`` picks its
 videos) from held-out episodes: ``context`` real frames (default window - 1 = 15), then ``--frames`` real future
 frames with the actions that led to them. The context is encoded with the shipped encoder and the world model
-dreams ``--frames`` frames from it at the dream's default sampler settings (MGM, 20 steps per frame, Gumbel
+dreams ``--frames`` frames from it at the dream's default sampler settings (MGM, DEFAULT_FRAME_STEPS per frame, Gumbel
 annealing 8), the windows batched. There is ONE dream per window: the same dreamed token ids are decoded by the
 old decoder (the checkpoint's tokenizer) and by the new one (``--decoder``), so every difference between the two
 is the decoder's. The real future frames are also encoded and decoded by both (the reconstruction, the ceiling

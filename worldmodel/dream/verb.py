@@ -63,7 +63,7 @@ class DreamConfig:
     context: int = 0                # real context frames m, in [0, window - 1]; 0 = window - 1 (all the model can see)
     stride: int = 1                 # 1 = frame by frame (KV cache, causal models); > 1 = chunkwise, <= window - context
     sampler: str = "mgm"            # mgm | mgm_tfree | fm | df (rolling: chunkwise only)
-    steps: int = 0                  # unmasking steps per frame (stride 1) or per chunk; 0 = default (20 per frame,
+    steps: int = 0                  # unmasking steps per frame (stride 1) or per chunk; 0 = default (8 per frame,
                                     # paper T per chunk)
     temperature: float = 1.0        # softmax temperature of each draw; 0 = greedy
     gumbel: float | None = None       # None: DEFAULT_FRAME_GUMBEL frame by frame, 0 chunkwise (by measurement)

@@ -40,10 +40,11 @@ from worldmodel.common.device import inference_dtype
 from worldmodel.sampling import Sampler, SamplerConfig, make_sampler
 from worldmodel.sampling.rolling import RollingSampler
 
-# Unmasking steps per frame of the default dream. benchmarks/rollout.py on the shipped model (teacher-forced
-# next frames): accuracy 0.510 / 0.571 / 0.589 / 0.592 / 0.596 and PSNR 29.6 / 30.1 / 30.1 / 30.4 / 30.9 dB
-# at 1 / 4 / 8 / 12 / 20 steps: still rising at 12, so 20 (lower it for speed: 8 is 2.3x faster, -0.7 points).
-DEFAULT_FRAME_STEPS = 20
+# Unmasking steps per frame of the default dream, chosen by paired evals of the shipped model against release 1's 20
+# steps (same 128 held-out windows and seeds; maskflow eval pair_with=..., docs/results.md#fast-dreams): 8 steps
+# (bf16) PSNR margins -0.23 dB [-0.52, +0.04] on frames 1-16 and -0.18 [-0.53, +0.15] on 17-64, 12 steps -0.20 / -0.24,
+# 8 steps fp32 -0.15 / +0.29: all within the noise of one eval, at 2.6x fewer model passes (9 instead of 21).
+DEFAULT_FRAME_STEPS = 8
 # MaskGIT choice-temperature (Gumbel) annealing of the MGM confidence ranking in the default dream. Without it the
 # ranking always unmasks the most confident tokens first, which favours flat wall texture. Held-out random-walk
 # episodes (benchmarks/action_check.py --gumbel): the dream followed 54.5 / 80.4 / 83.9 / 97.9 / 90.2 % of turns at

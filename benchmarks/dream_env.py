@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=200, help="timed env steps (batched steps for the vector env)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 16, 64], help="vector env sizes N")
-    p.add_argument("--steps-per-frame", type=int, default=None, help="unmasking steps per frame (default: the dream's, DEFAULT_FRAME_STEPS)")
+    p.add_argument("--steps-per-frame", type=int, default=None, help="unmasking steps per frame (default: the dream's)")
     p.add_argument("--sampler", default="mgm")
     p.add_argument("--max-episode-steps", type=int, default=300)
     p.add_argument("--device", default="cpu")

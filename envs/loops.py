@@ -18,6 +18,7 @@ from envs.common.errors import ConfigError
 
 LOOP_PATTERN = re.compile(r"^(turn|circle)(\d+)$")
 DEFAULT_LOOPS = ("turn4", "turn8", "turn15", "circle30", "turn30")
+TURN_DEGREES = 12.0             # DMLabMazeEnv's default turn_step: 30 turns make a full circle
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,22 @@ class Loop:
 
     name: str
     script: tuple[str, ...]
-    far: int                                   # index into the script after which the view is furthest
+    far: int                        # index into the script after which the heading is furthest from the start
 
     @property
     def frames(self) -> int:
         return len(self.script)
+
+
+def furthest(script: tuple[str, ...], turn_degrees: float = TURN_DEGREES) -> int:
+    """Index into ``script`` after which the heading is furthest from the start (first such index)."""
+    heading, best, where = 0.0, -1.0, 0
+    for i, a in enumerate(script):
+        heading += turn_degrees if a == "turn_left" else -turn_degrees
+        off = abs((heading + 180.0) % 360.0 - 180.0)
+        if off > best + 1e-9:
+            best, where = off, i
+    return where
 
 
 def parse_loop(name: str) -> Loop:
@@ -41,9 +53,8 @@ def parse_loop(name: str) -> Loop:
         raise ConfigError(f"loop {name!r} is not valid; use turnL (turn left L times, then right L times) or "
                           "circleN (turn left N times; 30 = a full circle), L, N >= 1, e.g. turn15, circle30")
     kind, n = m.group(1), int(m.group(2))
-    if kind == "turn":
-        return Loop(name, ("turn_left",) * n + ("turn_right",) * n, n - 1)
-    return Loop(name, ("turn_left",) * n, n // 2 - 1 if n > 1 else 0)
+    script = ("turn_left",) * n + (("turn_right",) * n if kind == "turn" else ())
+    return Loop(name, script, furthest(script))
 
 
 class LoopScript:

@@ -15,7 +15,8 @@ def test_loop_names_parse_into_turn_scripts():
     turn = parse_loop("turn3")
     assert turn.script == ("turn_left",) * 3 + ("turn_right",) * 3 and turn.frames == 6 and turn.far == 2
     circle = parse_loop("circle30")
-    assert circle.script == ("turn_left",) * 30 and circle.far == 14
+    assert circle.script == ("turn_left",) * 30 and circle.far == 14          # 180 degrees after 15 turns
+    assert parse_loop("turn30").far == 14 and parse_loop("turn15").far == 14  # 30 turns left = back at the start
     for bad in ("turn", "turn0", "spin4", "circle-3", "turn4x"):
         with pytest.raises(ConfigError, match=r"use turnL .* or circleN"):
             parse_loop(bad)

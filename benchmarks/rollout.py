@@ -1,5 +1,7 @@
 """Rollout benchmark: cached vs uncached frame-by-frame speed, a 360-frame dream, and quality vs steps.
 
+(Speed against release 1, lever by lever and through the dream envs, is ``benchmarks/dream_speed.py``.)
+
     PYTHONPATH=. python benchmarks/rollout.py                       # speed on a random `small` model
     PYTHONPATH=. python benchmarks/rollout.py --checkpoint DIR --data TOKENS   # + quality vs steps/frame
 

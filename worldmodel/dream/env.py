@@ -87,9 +87,22 @@ class MaskFlowDreamEnv(gym.Env):
     ## Speed
     A step costs ``steps_per_frame`` + 1 model passes (one more per guidance term and step), so frames/s
     scale with about 1 / (steps + 1): what a user trades by changing ``steps_per_frame`` is speed against
-    how carefully each frame is filled in. Measured on the shipped model (2-core CPU, bf16, paired against
-    release 1's 20 steps on the same 128 held-out windows, ``benchmarks/dream_speed.py`` and
-    ``maskflow eval``; docs/results.md#fast-dreams): STEPS_TABLE
+    how carefully each frame is filled in. Measured on the shipped model (2-core CPU, bf16; dream PSNR
+    paired against release 1's 20 steps on the same 128 held-out windows; docs/results.md#fast-dreams):
+
+    ====== ========== =================================== ===================================
+    steps  passes     dream PSNR, frames 1-16 / 17-64       next-frame accuracy (teacher-forced, *)
+    ====== ========== =================================== ===================================
+    4      5          -0.04 / +0.31 dB                      0.571
+    8      9          -0.23 / -0.18 dB (default)            0.589
+    12     13         -0.20 / -0.24 dB                      0.592
+    20     21         -0.12 / -0.17 dB (release 1: 0 / 0)   0.596
+    ====== ========== =================================== ===================================
+
+    (*) of the 28,000-step model before release 1's fine-tune, fp32 (``benchmarks/rollout.py``).
+    The dream's PSNR against the real future cannot tell these apart (every margin is within the
+    ±0.3 dB noise of that eval); the accuracy of a single predicted frame can. The default env runs 3.3×
+    release 1's frames/s single and 7.7× batched (N = 16), ``benchmarks/dream_speed.py``.
     ``precision``: "auto" (default) computes in bf16 where the hardware does it natively (a CPU with
     AVX512-BF16 or AMX, a CUDA GPU with bf16) and in fp32 elsewhere; "fp32" / "bf16" force one.
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from envs.common.config_check import PRECISIONS
 from envs.common.errors import CheckpointError, ConfigError, MaskFlowError
 from worldmodel.dream.context import Context, DatasetContext, LiveContext
 from worldmodel.sampling import SamplerConfig
@@ -65,7 +66,7 @@ class DreamCore:
             governor(threads)
 
         for name, value, valid in (("context", context, CONTEXT_SOURCES), ("obs_type", obs_type, OBS_TYPES),
-                                   ("reward_mode", reward_mode, REWARD_MODES)):
+                                   ("reward_mode", reward_mode, REWARD_MODES), ("precision", precision, PRECISIONS)):
             if value not in valid:
                 raise ConfigError(f"{name}={value!r} is not one of {', '.join(valid)}")
         if steps_per_frame is not None and not (_is_int(steps_per_frame) and steps_per_frame >= 1):

@@ -145,6 +145,7 @@ def test_reset_options_unknown_key_or_both_contexts_are_refused(ckpt, data):
     ({"context_length": 16}, r"context_length.*\[1, 3\].*got 16"),
     ({"context": -1}, r"context=-1.*auto, dataset, live, given"),
     ({"max_episode_steps": 0}, r"max_episode_steps.*>= 1.*got 0"),
+    ({"precision": "fp16"}, r"precision='fp16' is not one of auto, fp32, bf16"),
 ])
 def test_constructor_values_out_of_range_are_refused(ckpt, data, vector, kwargs, match):
     with pytest.raises(ConfigError, match=match):

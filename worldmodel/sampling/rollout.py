@@ -207,7 +207,10 @@ class CachedRollout(_RolloutBase):
         stamp = tuple((id(p), p._version) for p in self.model.parameters())
         if stamp == self._stamp:
             return
-        self._stamp, self.net = stamp, self.model.cast(self.dtype)
+        net, self._stamp = self.model.cast(self.dtype), stamp
+        if net is getattr(self, "net", None):          # the caller's model itself (already in self.dtype)
+            return
+        self.net = net
         # torch.compile fuses the many small elementwise ops of a one-frame pass; the first call of each
         # pass kind then takes tens of seconds to compile (it did not pay on the CPU: benchmarks/dream_speed.py)
         self._new_frame = torch.compile(self.net.forward_new_frame) if self.compile else self.net.forward_new_frame

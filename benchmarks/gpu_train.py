@@ -1,0 +1,151 @@
+"""Train the world model on a lent GPU within a time budget, and pack the result for the way back.
+
+    PYTHONPATH=. python benchmarks/gpu_train.py --data runs/tokens --out $OUT            # on the GPU machine
+    PYTHONPATH=. python benchmarks/gpu_train.py --join FETCHED_DIR --into runs/world_gpu   # back here
+
+On the GPU machine (no package index, a few files of at most 16 MiB come back): it checks first that
+CUDA is there (``--device``), that the token dataset is a sealed ``maskflow tokenize`` output of at most
+``--max-data-mb`` (60), then trains ``maskflow train``'s recipe (``worldmodel.training.loop.train``: the
+same objective, EMA, bf16 where supported) at ``--dim``/``--depth``/``--heads`` for ``--minutes`` (8) in a
+scratch run folder, exports the release (fp16 weights, ``SHA256SUMS.json``), and writes to ``--out``
+only: the release as one tar split into parts of at most ``--part-mb`` (16) MiB, ``pack.json`` (each
+part's and the whole tar's sha256), ``summary.json`` (settings, steps, held-out metrics, seconds) and
+``curves.png``. It imports torch, numpy, einops, safetensors, h5py and matplotlib only (no gymnasium,
+hydra or tensorboard). ``--join`` checks every sha256, unpacks the release and verifies it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MiB = 2 ** 20
+
+
+def dir_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / MiB
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def pack(release: Path, out: Path, part_mb: float) -> dict[str, Any]:
+    """The release folder as one tar in parts of at most ``part_mb`` MiB, plus pack.json."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(release, arcname="release")
+    blob, size = buf.getvalue(), int(part_mb * MiB)
+    parts = []
+    for i in range(0, len(blob), size):
+        name = f"release.tar.part{i // size:02d}"
+        (out / name).write_bytes(blob[i:i + size])
+        parts.append({"name": name, "sha256": sha256(blob[i:i + size])})
+    meta = {"format": "maskflow-gpu-pack", "tar_sha256": sha256(blob), "tar_bytes": len(blob), "parts": parts}
+    (out / "pack.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def join(folder: Path, into: Path) -> Path:
+    """Check and unpack what :func:`pack` wrote into ``into`` (a new folder); returns the release path."""
+    from worldmodel.model.export import verify_release
+
+    meta = json.loads((folder / "pack.json").read_text())
+    chunks = []
+    for p in meta["parts"]:
+        data = (folder / p["name"]).read_bytes()
+        if sha256(data) != p["sha256"]:
+            raise SystemExit(f"{folder / p['name']}: sha256 differs from pack.json (a damaged transfer)")
+        chunks.append(data)
+    blob = b"".join(chunks)
+    if sha256(blob) != meta["tar_sha256"]:
+        raise SystemExit(f"{folder}: the joined parts do not give the packed tar (sha256 differs)")
+    if into.exists():
+        raise SystemExit(f"--into {into} exists; give a new folder")
+    with tempfile.TemporaryDirectory(dir=into.parent if into.parent.exists() else None) as tmp:
+        with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+            tar.extractall(tmp, filter="data")
+        shutil.move(str(Path(tmp) / "release"), into)
+    verify_release(into)
+    return into
+
+
+def train_and_pack(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from worldmodel.model.export import export_checkpoint
+    from worldmodel.training.loop import TrainConfig, train
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but no CUDA GPU is visible (use --device cpu to test this script)")
+    data = Path(args.data)
+    if not (data / "manifest.json").is_file():
+        raise SystemExit(f"--data {data}: not a token dataset (no manifest.json); make one with `maskflow tokenize`")
+    mb = dir_mb(data)
+    if mb > args.max_data_mb:
+        raise SystemExit(f"--data {data} holds {mb:.1f} MiB, over --max-data-mb {args.max_data_mb}: carry less")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="maskflow-gpu-train-") as tmp:
+        run, release = Path(tmp) / "run", Path(tmp) / "release"
+        cfg = TrainConfig(data=str(data), out=str(run), size="small", dim=args.dim, depth=args.depth,
+                          heads=args.heads, clip_len=args.clip_len, steps=args.max_steps, batch_size=args.batch_size,
+                          lr=args.lr, eval_every=args.eval_every, ckpt_every=args.eval_every,
+                          max_minutes=args.minutes, device=args.device, tensorboard=False, progress=False,
+                          seed=args.seed, threads=args.threads)
+        t0 = time.time()
+        summary = train(cfg)
+        seconds = time.time() - t0
+        export_checkpoint(run, release, half=True)
+        packed = pack(release, out, args.part_mb)
+        if (run / "curves.png").is_file():
+            shutil.copy(run / "curves.png", out / "curves.png")
+        device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+        result = {"device": device, "seconds": seconds, "data": str(data), "data_mib": mb,
+                  "settings": {k: v for k, v in vars(args).items()}, "train_summary": summary,
+                  "release_mib": dir_mb(release), "parts": len(packed["parts"])}
+    (out / "summary.json").write_text(json.dumps(result, indent=1, default=str))
+    print(json.dumps({k: result[k] for k in ("device", "seconds", "release_mib", "parts")}))
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | Path:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="token dataset (maskflow tokenize), at most --max-data-mb")
+    p.add_argument("--out", help="where the packed release, pack.json, summary.json and curves.png go")
+    p.add_argument("--minutes", type=float, default=8.0, help="training budget")
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--depth", type=int, default=6, help="(spatial, temporal) block pairs")
+    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--clip-len", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-steps", type=int, default=1_000_000, help="the budget, not this, should end the run")
+    p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-data-mb", type=float, default=60.0)
+    p.add_argument("--part-mb", type=float, default=16.0)
+    p.add_argument("--join", help="a folder of parts and pack.json to check and unpack (with --into)")
+    p.add_argument("--into", help="--join: the new release folder")
+    args = p.parse_args(argv)
+    if args.join:
+        if not args.into:
+            p.error("--join needs --into")
+        return join(Path(args.join), Path(args.into))
+    if not args.data or not args.out:
+        p.error("--data and --out are required (or --join with --into)")
+    return train_and_pack(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,12 +6,13 @@
 On the GPU machine (no package index, a few files of at most 16 MiB come back): it checks first that
 CUDA is there (``--device``), that the token dataset is a sealed ``maskflow tokenize`` output of at most
 ``--max-data-mb`` (60), then trains ``maskflow train``'s recipe (``worldmodel.training.loop.train``: the
-same objective, EMA, bf16 where supported) at ``--dim``/``--depth``/``--heads`` for ``--minutes`` (8) in a
-scratch run folder, exports the release (fp16 weights, ``SHA256SUMS.json``), and writes to ``--out``
-only: the release as one tar split into parts of at most ``--part-mb`` (16) MiB, ``pack.json`` (each
-part's and the whole tar's sha256), ``summary.json`` (settings, steps, held-out metrics, seconds) and
-``curves.png``. It imports torch, numpy, einops, safetensors, h5py and matplotlib only (no gymnasium,
-hydra or tensorboard). ``--join`` checks every sha256, unpacks the release and verifies it.
+same objective, EMA, bf16 where supported) at ``--dim``/``--depth``/``--heads`` (default ~24 M
+parameters, 5x release 1) for ``--minutes`` (8) in a scratch run folder, exports the release (fp16
+weights, ``SHA256SUMS.json``), and writes to ``--out`` only: the release as one tar split into parts of
+at most ``--part-mb`` (16) MiB, ``pack.json`` (each part's and the whole tar's sha256), ``summary.json``
+(settings, steps, held-out metrics, seconds) and ``curves.png``. It imports torch, numpy, einops,
+safetensors, h5py and matplotlib only (no gymnasium, hydra or tensorboard). ``--join`` checks every
+sha256, unpacks the release and verifies it.
 """
 
 from __future__ import annotations
@@ -122,9 +123,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | Path:
     p.add_argument("--data", help="token dataset (maskflow tokenize), at most --max-data-mb")
     p.add_argument("--out", help="where the packed release, pack.json, summary.json and curves.png go")
     p.add_argument("--minutes", type=float, default=8.0, help="training budget")
-    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--dim", type=int, default=320, help="width (320 x 6 pairs: ~24 M parameters, 48 MiB fp16)")
     p.add_argument("--depth", type=int, default=6, help="(spatial, temporal) block pairs")
-    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--heads", type=int, default=5)
     p.add_argument("--clip-len", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +99,9 @@ def model_from_init(init: str, clips: TokenClips, data: str, clip_len: int, temp
     problems = []
     if mcfg.temporal != temporal:
         problems.append(f"temporal {mcfg.temporal} vs temporal={temporal}")
-    if mcfg.max_frames != clip_len:
-        problems.append(f"window {mcfg.max_frames} frames vs clip_len={clip_len}")
+    if mcfg.max_frames != clip_len and not (mcfg.temporal == "causal" and clip_len > mcfg.max_frames):
+        problems.append(f"window {mcfg.max_frames} frames vs clip_len={clip_len} (a causal model's window may only "
+                        "grow)")
     if list(mcfg.token_grid) != list(clips.token_grid):
         problems.append(f"token grid {list(mcfg.token_grid)} vs the dataset's {list(clips.token_grid)}")
     if rec.get("vocab_size") and mcfg.vocab_size != rec["vocab_size"]:
@@ -113,6 +115,11 @@ def model_from_init(init: str, clips: TokenClips, data: str, clip_len: int, temp
                         "different things")
     if problems:
         raise ConfigError(f"init={init} ({src}) does not fit data={data}: " + "; ".join(problems))
+    if clip_len != mcfg.max_frames:
+        # no weight depends on the window (rotary temporal positions), so the same weights serve a longer one
+        wide = Latte(replace(mcfg, max_frames=clip_len))
+        wide.load_state_dict(model.state_dict())
+        model = wide
     return model.float().train()
 
 

@@ -309,8 +309,14 @@ def test_init_fine_tunes_from_a_checkpoint_and_checks_that_it_fits(painted_data,
 
     with pytest.raises(ConfigError, match="fixes the architecture; drop dim="):
         train(tiny_cfg(steps=1, init=str(base), dim=32), data, tmp_path / "e1")
-    with pytest.raises(ConfigError, match="window 4 frames vs clip_len=3"):
+    with pytest.raises(ConfigError, match="window 4 frames vs clip_len=3 .a causal model's window may only grow"):
         train(tiny_cfg(steps=1, init=str(base), clip_len=3), data, tmp_path / "e2")
+    # a longer window: the same weights (rotary temporal positions), recorded as the new window
+    wide = tmp_path / "wide"
+    train(tiny_cfg(steps=1, init=str(base), clip_len=6, lr=1e-12), data, wide)
+    ww = load_weights(wide / "model.safetensors")
+    assert ww.keys() == wa.keys() and all(torch.allclose(wa[k], ww[k], atol=1e-6) for k in wa)
+    assert json.loads((wide / "model.json").read_text())["model"]["max_frames"] == 6
     other, _ = _with_tokenizer(painted_data, tmp_path, seed=1)
     with pytest.raises(ConfigError, match="not the one that made this dataset"):
         train(tiny_cfg(steps=1, init=str(base)), other, tmp_path / "e3")

@@ -47,10 +47,6 @@ class LatteCache:
         return self.valid.shape[1]
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.keys[0].dtype if self.keys else torch.float32
-
-    @property
     def num_frames(self) -> torch.Tensor:
         """Cached frames per rollout, (b,) long."""
         return self.valid.sum(dim=1)

@@ -9,7 +9,7 @@ own VecEnv API; SB3 resets an ended env in the same step and reports its last ob
 ``info["terminal_observation"]``, which is Gymnasium's ``SAME_STEP`` autoreset, so the adapter runs the
 vector env in that mode. The policy is SB3's ``CnnPolicy`` (NatureCNN; 64×64 frames are above its 36 px
 minimum). The trained policy's weights are written as safetensors; ``--eval-real-steps`` plays it in
-the real env the model was trained on.
+the real env the model was trained on. ``maskflow rl`` runs the whole world-model RL loop around this.
 """
 
 from __future__ import annotations
@@ -163,25 +163,15 @@ def evaluate_real(model, env_id: str = "DMLabMaze-v0", env_kwargs: dict | None =
         env.close()
 
 
-def save_policy(model, out: str | Path, stats: dict[str, Any]) -> Path:
-    """Write the policy's weights (safetensors) and the run's stats (JSON) to ``out``."""
-    from envs.common.files import save_weights, write_json
+def save_policy(model, out: str | Path, stats: dict[str, Any], checkpoint: str) -> Path:
+    """Write the policy (``policy.safetensors`` + ``policy.json``, :mod:`agents.policy`'s format, playable with
+    ``maskflow play policy=OUT``) for the real env of ``checkpoint``."""
+    from agents.policy import save_policy as save
+    from worldmodel.model.checkpoint import read_world_model_meta
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # SB3 shares one features extractor between actor and critic under three names; safetensors wants each
-    # tensor once, so aliases are dropped and listed in the metadata
-    tensors, aliases, seen = {}, {}, {}
-    for name, t in model.policy.state_dict().items():
-        key = (t.data_ptr(), t.dtype, tuple(t.shape))
-        if key in seen:
-            aliases[name] = seen[key]
-        else:
-            seen[key], tensors[name] = name, t
-    save_weights(out / "policy.safetensors", tensors,
-                 metadata={"format": "sb3-ppo-cnn-policy", "aliases": json.dumps(aliases)})
-    write_json(out / "ppo_dream.json", stats)
-    return out
+    meta = read_world_model_meta(checkpoint)
+    return save(model.policy, out, meta.get("env_id") or "DMLabMaze-v0", meta.get("env_kwargs"),
+                tuple(meta["action_space"]["meanings"]), stats)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -200,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = adapt to the load)")
-    p.add_argument("--out", default=None, help="write policy.safetensors and ppo_dream.json here")
+    p.add_argument("--out", default=None, help="write policy.safetensors and policy.json here")
     p.add_argument("--eval-real-steps", type=int, default=0, help="then play the policy this long in the real env")
     a = p.parse_args(argv)
     from worldmodel.common.threads import governor
@@ -216,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stats["real"] = evaluate_real(model, meta.get("env_id") or "DMLabMaze-v0", meta.get("env_kwargs"),
                                       steps=a.eval_real_steps, seed=a.seed + 1)
     if a.out:
-        save_policy(model, a.out, stats)
+        save_policy(model, a.out, stats, a.checkpoint)
     print(json.dumps(stats, indent=1))
     return stats
 

@@ -44,7 +44,8 @@ class CollectConfig:
 
     Attributes:
         env: a registered env id (``DMLabMaze-v0`` by default).
-        policy: ``random_walk`` (held actions, DMLab-dataset style) or ``uniform``.
+        policy: ``random_walk`` (held actions, DMLab-dataset style), ``uniform``, or ``goal_seeking`` (an oracle
+            that walks to the goal part of the time: data with many goal reaches for the reward head).
         episodes: total episodes (train + test).
         steps: steps per episode (frames per episode = steps + 1).
         workers: parallel env processes (1 = in-process).
@@ -57,7 +58,7 @@ class CollectConfig:
 
     out: str                        # dataset directory (resumed if it holds the same collection)
     env: str = "DMLabMaze-v0"       # any registered id: DMLabMaze-v0, DMLabMazeLarge-v0, MiniWorldMaze64-v0, ...
-    policy: str = "random_walk"     # random_walk (held actions) | uniform
+    policy: str = "random_walk"     # random_walk (held actions) | uniform | goal_seeking (oracle, for reward data)
     episodes: int = 16              # train + test episodes
     steps: int = 300                # steps per episode (frames = steps + 1)
     workers: int = 2                # env processes (AsyncVectorEnv, spawn); 1 = in-process
@@ -154,10 +155,11 @@ def run_group(vec, plans: list[EpisodePlan], policy_name: str, steps: int, meani
     if has_pose:
         poses[:, 0] = info["pose"]
     layouts = list(info["layout"]) if "layout" in info else [""] * n
+    goals = np.asarray(info["goal"]) if "goal" in info else None     # fixed per episode (it respawns the agent)
     ended = np.zeros(n, bool)
     length = np.full(n, L)
     for t in range(1, L):
-        a = np.array([pol.act(None, _policy_info(poses, clear, k, t - 1, has_pose))
+        a = np.array([pol.act(None, _policy_info(poses, clear, k, t - 1, has_pose, layouts, goals))
                       for k, pol in enumerate(policies)])
         obs, r, te, tr, info = vec.step(a)
         live = ~ended
@@ -186,10 +188,12 @@ def run_group(vec, plans: list[EpisodePlan], policy_name: str, steps: int, meani
     return out
 
 
-def _policy_info(poses, clear, k: int, t: int, has_pose: bool) -> dict:
+def _policy_info(poses, clear, k: int, t: int, has_pose: bool, layouts: list[str], goals) -> dict:
     info = {"pose": poses[k, t]} if has_pose else {}
     if clear is not None:
         info["clearance"] = clear[k]
+    if goals is not None and layouts[k]:           # for the goal-seeking oracle
+        info["goal"], info["layout"] = goals[k], layouts[k]
     return info
 
 

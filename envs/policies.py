@@ -2,12 +2,17 @@
 
 :class:`RandomWalkPolicy` imitates the DeepMind Lab datasets' random walks: an action is held for a
 random number of steps, forward motion dominates, and a blocked agent turns away, so the agent
-travels through the maze instead of jittering in place.
+travels through the maze instead of jittering in place. :class:`GoalSeekingPolicy` is an oracle for the
+reward data: it reads the maze layout and the goal from ``info`` (privileged, as only a collector may)
+and alternates stretches of walking the shortest path to the goal with stretches of random walk, so the
+data holds many goal reaches, approached from many sides.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections import deque
 from typing import Protocol
 
 import numpy as np
@@ -99,11 +104,97 @@ class UniformRandomPolicy:
         return int(self.rng.integers(self.n))
 
 
-POLICIES = {"random_walk": RandomWalkPolicy, "uniform": UniformRandomPolicy}
+def _wrap(angle: float) -> float:
+    return (angle + math.pi) % (2 * math.pi) - math.pi
+
+
+class GoalSeekingPolicy:
+    """Shortest-path walks to the goal (an oracle: it reads ``info["layout"]``, ``["goal"]`` and ``["pose"]``),
+    alternating with held random-walk stretches; a random walk wherever ``info`` lacks those keys.
+
+    ``seek_fraction`` is the expected share of steps spent seeking; stretches last ``min_stretch`` to
+    ``max_stretch`` steps. Seeking turns towards the centre of the next cell on the shortest 4-connected
+    path (the goal itself in its own cell) and moves forward once roughly facing it.
+    """
+
+    def __init__(self, action_meanings: tuple[str, ...], seed: int | None = None, seek_fraction: float = 0.6,
+                 min_stretch: int = 8, max_stretch: int = 48):
+        if not 0.0 <= seek_fraction <= 1.0:
+            raise ValueError(f"seek_fraction must lie in [0, 1], got {seek_fraction}")
+        self.meanings = tuple(action_meanings)
+        needed = ("forward", "turn_left", "turn_right", "forward_turn_left", "forward_turn_right")
+        missing = [m for m in needed if m not in self.meanings]
+        self.index = {m: self.meanings.index(m) for m in needed if m in self.meanings}
+        self.can_seek = not missing
+        self.seek_fraction, self.stretch = float(seek_fraction), (int(min_stretch), int(max_stretch))
+        self.walk = RandomWalkPolicy(action_meanings, seed=seed)
+        self.rng = np.random.default_rng(None if seed is None else seed + 7919)
+        self._distances: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
+        self._seeking, self._left = False, 0
+
+    def reset(self, seed: int | None = None) -> None:
+        if seed is not None:
+            self.rng = np.random.default_rng(seed + 7919)
+        self.walk.reset(seed)
+        self._seeking, self._left = False, 0
+
+    def _distance_field(self, layout: str, goal_cell: tuple[int, int]) -> np.ndarray:
+        """Steps from every free cell to the goal cell (BFS over the text grid; walls and unreached = inf)."""
+        key = (layout, goal_cell)
+        if key not in self._distances:
+            grid = layout.split("\n")
+            h, w = len(grid), len(grid[0])
+            dist = np.full((h, w), np.inf)
+            dist[goal_cell] = 0
+            todo = deque([goal_cell])
+            while todo:
+                r, c = todo.popleft()
+                for nr, nc in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
+                    if 0 <= nr < h and 0 <= nc < w and grid[nr][nc] != "*" and dist[nr, nc] == np.inf:
+                        dist[nr, nc] = dist[r, c] + 1
+                        todo.append((nr, nc))
+            if len(self._distances) > 64:
+                self._distances.clear()
+            self._distances[key] = dist
+        return self._distances[key]
+
+    def _seek(self, info: dict) -> int:
+        x, z, heading = (float(v) for v in np.asarray(info["pose"])[:3])
+        gx, gz = (float(v) for v in np.asarray(info["goal"])[:2])
+        cell, goal_cell = (int(z), int(x)), (int(gz), int(gx))
+        dist = self._distance_field(str(info["layout"]), goal_cell)
+        tx, tz = gx, gz
+        if cell != goal_cell and np.isfinite(dist[cell]):
+            r, c = cell
+            steps = [(dist[n], n) for n in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1))
+                     if 0 <= n[0] < dist.shape[0] and 0 <= n[1] < dist.shape[1]]
+            _, (nr, nc) = min(steps)
+            tx, tz = nc + 0.5, nr + 0.5
+        # forward moves along (cos h, -sin h); a left turn adds to h
+        off = _wrap(math.atan2(-(tz - z), tx - x) - heading)
+        if abs(off) > math.radians(40):
+            return self.index["turn_left" if off > 0 else "turn_right"]
+        if abs(off) > math.radians(8):
+            return self.index["forward_turn_left" if off > 0 else "forward_turn_right"]
+        return self.index["forward"]
+
+    def act(self, obs=None, info: dict | None = None) -> int:
+        info = info or {}
+        knows = self.can_seek and all(k in info for k in ("pose", "goal", "layout"))
+        if self._left <= 0:
+            self._seeking = bool(self.rng.random() < self.seek_fraction)
+            self._left = int(self.rng.integers(self.stretch[0], self.stretch[1] + 1))
+        self._left -= 1
+        if self._seeking and knows:
+            return self._seek(info)
+        return self.walk.act(obs, info)
+
+
+POLICIES = {"random_walk": RandomWalkPolicy, "uniform": UniformRandomPolicy, "goal_seeking": GoalSeekingPolicy}
 
 
 def make_policy(name: str, action_meanings: tuple[str, ...], seed: int | None = None) -> Policy:
-    """Build a collection policy by name (``random_walk`` or ``uniform``)."""
+    """Build a collection policy by name (``random_walk``, ``uniform`` or ``goal_seeking``)."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(POLICIES)}")
     return POLICIES[name](action_meanings, seed=seed)

@@ -37,6 +37,9 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "dream": ("dream", "worldmodel.dream.verb:run_dream", "imagine frames from real context; writes mp4 + PSNR curve"),
     "eval": ("eval", "worldmodel.evaluation.evaluate:run_eval",
              "FVD, PSNR/SSIM and the paper's comparisons; writes a report"),
+    # the agents layer sits above this one: its verbs are named here as strings and imported only when run
+    "rl": ("rl", "agents.rl:run_rl_cli", "the world-model RL loop: collect, fine-tune, PPO in the dream, evaluate"),
+    "play": ("play", "agents.policy:main_play", "play a saved policy in held-out real mazes (optionally an mp4)"),
 }
 
 # verb -> "module:Class" of its typed config dataclass: the types and ranges every key is checked against
@@ -47,6 +50,8 @@ CONFIGS: dict[str, str] = {
     "train": "worldmodel.training.loop:TrainConfig",
     "dream": "worldmodel.dream.verb:DreamConfig",
     "eval": "worldmodel.evaluation.evaluate:EvalConfig",
+    "rl": "agents.rl:RLConfig",
+    "play": "agents.policy:PlayConfig",
 }
 
 

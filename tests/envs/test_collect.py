@@ -128,3 +128,26 @@ def test_random_walk_covers_more_than_uniform():
         result[name] = np.mean(covs)
     env.close()
     assert result["walk"] > 1.6 * result["uniform"]
+
+
+@pytest.mark.slow
+def test_goal_seeking_oracle_reaches_the_goal_far_more_often_than_the_random_walk(tmp_path):
+    import gymnasium as gym
+
+    import envs  # noqa: F401
+    from envs.collect import CollectConfig, collect
+    from envs.dataset import EpisodeDataset
+    from envs.heldout import play_heldout
+
+    reaches = {}
+    env = gym.make("DMLabMaze-v0", max_episode_steps=1201)
+    for name in ("goal_seeking", "random_walk"):
+        reaches[name] = sum(int((play_heldout(env, 600, s, name, on_end="stop").rewards > 0).sum()) for s in (0, 1))
+    env.close()
+    assert reaches["goal_seeking"] >= 6 and reaches["goal_seeking"] >= 4 * max(reaches["random_walk"], 1)
+    # a collection gives the oracle the layout and goal it needs (it would random-walk without them)
+    collect(CollectConfig(out=str(tmp_path / "d"), policy="goal_seeking", episodes=2, steps=300, workers=1, seed=5,
+                          test_fraction=0.0), progress=False)
+    ds = EpisodeDataset(tmp_path / "d", "train")
+    assert sum(float(np.asarray(ds.episode(i)["rewards"]).sum()) for i in range(len(ds))) >= 3
+    ds.close()

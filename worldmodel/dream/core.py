@@ -52,7 +52,8 @@ class DreamCore:
                  steps_per_frame: int | None = None, temperature: float = 1.0, gumbel: float | None = None,
                  schedule: str = "arccos", context_length: int | None = None, obs_type: str = "rgb",
                  reward_mode: str = "binary", reward_threshold: float = 0.5, done_threshold: float = 0.5,
-                 policy: str = "random_walk", env_kwargs: dict | None = None, device: str = "cpu",
+                 end_on_reward: bool = False, policy: str = "random_walk", env_kwargs: dict | None = None,
+                 device: str = "cpu",
                  compile: bool = False, action_guidance: float = 0.0, history_guidance: float = 0.0,
                  threads: int | None = 0, precision: str = "auto"):
         from worldmodel.common.device import resolve_device
@@ -88,6 +89,9 @@ class DreamCore:
         self.num_actions = int(self.meta["action_space"]["n"])
         self.obs_type, self.reward_mode = obs_type, reward_mode
         self.reward_threshold, self.done_threshold = float(reward_threshold), float(done_threshold)
+        if not isinstance(end_on_reward, (bool, np.bool_)):
+            raise ConfigError(f"end_on_reward must be True or False, got {end_on_reward!r}")
+        self.end_on_reward = bool(end_on_reward)
         masking = str(self.meta.get("train_config", {}).get("scheduler", "sigmoid"))
         steps = DEFAULT_FRAME_STEPS if steps_per_frame is None else int(steps_per_frame)
         self.sampler = SamplerConfig(sampler, steps=steps, temperature=temperature,
@@ -190,6 +194,15 @@ class DreamCore:
         p_reward = torch.sigmoid(out.reward_logits.float()).cpu().numpy()
         p_done = torch.sigmoid(out.done_logits.float()).cpu().numpy()
         return out.tokens, p_reward, p_done, out.nfe
+
+    def terminations(self, p_reward: np.ndarray, p_done: np.ndarray) -> np.ndarray:
+        """Which dreams end (b,) bool: the termination head past ``done_threshold``, and with ``end_on_reward``
+        also a reward (a respawn-mode reach moves the real agent to a fresh start, which a dream cannot
+        know: without it a dream may stay at the goal and collect its reward frame after frame)."""
+        ended = p_done > self.done_threshold
+        if self.end_on_reward:
+            ended = ended | (p_reward > self.reward_threshold)
+        return ended
 
     def rewards(self, p_reward: np.ndarray) -> np.ndarray:
         """Reward from the reward head: 1/0 by threshold (``binary``) or the probability itself."""

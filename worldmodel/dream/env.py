@@ -113,7 +113,10 @@ class MaskFlowDreamEnv(gym.Env):
     ## Reward, termination, truncation
     The commit pass of each frame gives reward and termination logits. ``reward`` is 1.0 when
     sigmoid(reward logit) > ``reward_threshold`` (0.5) else 0.0, or the probability itself with
-    ``reward_mode="probability"``. ``terminated`` is sigmoid(done logit) > ``done_threshold`` (0.5).
+    ``reward_mode="probability"``. ``terminated`` is sigmoid(done logit) > ``done_threshold`` (0.5), and
+    with ``end_on_reward=True`` also a reward: in the respawn task a reach moves the real agent to a fresh
+    start, which the dream cannot know, so for RL the reach ends the dream (else a policy may learn to stay
+    at a dreamed goal that keeps paying).
     ``truncated`` is True when the episode reaches ``max_episode_steps`` steps (independently of
     ``terminated``). Made by ``gymnasium.make`` the env has no limit of its own: gymnasium's TimeLimit is
     the limit — the registered 300 steps, or ``gymnasium.make(..., max_episode_steps=N)`` — and
@@ -144,6 +147,7 @@ class MaskFlowDreamEnv(gym.Env):
                  context_length: int | None = None, max_episode_steps: int | None = DEFAULT_MAX_EPISODE_STEPS,
                  obs_type: str = "rgb",
                  reward_mode: str = "binary", reward_threshold: float = 0.5, done_threshold: float = 0.5,
+                 end_on_reward: bool = False,
                  policy: str = "random_walk", env_kwargs: dict | None = None, device: str = "cpu",
                  render_mode: str | None = None, timing_info: bool = False, compile: bool = False,
                  action_guidance: float = 0.0, history_guidance: float = 0.0, threads: int | None = 0,
@@ -156,7 +160,8 @@ class MaskFlowDreamEnv(gym.Env):
                               steps_per_frame=steps_per_frame, temperature=temperature, gumbel=gumbel,
                               schedule=schedule, context_length=context_length, obs_type=obs_type,
                               reward_mode=reward_mode, reward_threshold=reward_threshold,
-                              done_threshold=done_threshold, policy=policy, env_kwargs=env_kwargs, device=device,
+                              done_threshold=done_threshold, end_on_reward=end_on_reward, policy=policy,
+                              env_kwargs=env_kwargs, device=device,
                               compile=compile, action_guidance=action_guidance, history_guidance=history_guidance,
                               threads=threads, precision=precision)
         self.observation_space = self.core.observation_space()
@@ -193,7 +198,7 @@ class MaskFlowDreamEnv(gym.Env):
         self._tokens, p_reward, p_done, nfe = self.core.step(np.asarray([int(action)]), self._generator)
         obs = self._observe()
         self._elapsed += 1
-        terminated = bool(p_done[0] > self.core.done_threshold)
+        terminated = bool(self.core.terminations(p_reward, p_done)[0])
         truncated = self.max_episode_steps is not None and self._elapsed >= self.max_episode_steps
         info: dict[str, Any] = {"nfe": int(nfe), "reward_prob": float(p_reward[0]), "done_prob": float(p_done[0])}
         if self.timing_info:

@@ -196,7 +196,7 @@ class MaskFlowDreamVectorEnv(VectorEnv):
                                        tokens, self._tokens)
             self._elapsed[stepping] += 1
             rewards = np.where(stepping, self.core.rewards(p_reward), 0.0)
-            terminated = stepping & (p_done > self.core.done_threshold)
+            terminated = stepping & self.core.terminations(p_reward, p_done)
             limit = self.max_episode_steps if self.max_episode_steps is not None else np.iinfo(np.int64).max
             truncated = stepping & (self._elapsed >= limit)
         obs = self.core.observe(self._tokens)

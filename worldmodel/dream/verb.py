@@ -71,7 +71,7 @@ class DreamConfig:
     action_guidance: float = 0.0      # classifier-free guidance, frame by frame only (see SamplerConfig)
     history_guidance: float = 0.0   # guidance towards what the remembered frames imply (frame by frame only; 0 = off)
     seed: int = 0                   # seeds the sampler and the live episode (maze seed 2*seed+1, a test maze)
-    policy: str = "random_walk"     # policy of the live episode: random_walk | uniform
+    policy: str = "random_walk"     # policy of the live episode: random_walk | uniform | goal_seeking
     loop: str = ""                  # "" = the episode's own actions | turnL (left L, right L) | circleN (left N;
                                     # 30 = 360 deg): after the context, dream that loop in a live held-out maze,
                                     # which returns to the start view (frames = the loop's length)

@@ -110,6 +110,8 @@ class EvalConfig:
     loops: list[str] = field(default_factory=list)  # loop-closure trials in live held-out mazes: turnL (left L, right
                                                     # L) | circleN (left N; 30 = 360 deg), e.g. [turn15,circle30]
     loop_trials: int = 8            # mazes per loop (the same mazes for every loop)
+    reward_trials: int = 0          # > 0: reward/termination recall on this many real goal reaches in live held-out
+                                    # mazes (goal-seeking oracle), and false alarms away from them (0 = off)
     fvd_frames: int = 16            # FVD clip length (16 = standard; >= 9)
     separate_horizons: bool = False  # true = dream every horizon separately (default: shorter horizons are prefixes of
                                      # the longest dream)
@@ -123,6 +125,7 @@ class EvalConfig:
         "split": one_of("train", "test"), "seed": SEED, "temperature": at_least(0, "0 = greedy"),
         "gumbel": at_least(0, "0 = off"), "gumbel_frame": at_least(0, "0 = off"), "schedule": one_of(*COUNT_MODES),
         "device": DEVICE, "threads": THREADS, "precision": PRECISION, "loop_trials": at_least(1),
+        "reward_trials": at_least(0, "0 = off"),
         **{key: each(at_least(1), non_empty=True) for key in ("horizons", "comparison_horizons")},
     }
 
@@ -372,6 +375,15 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         loop_sheet(out / "loops.png", loops)
         for r in loops["loops"].values():
             r.pop("pictures")
+    rewards = None
+    if cfg.reward_trials > 0:
+        from worldmodel.evaluation.rewards import reward_recall, reward_sheet
+
+        rewards = reward_recall(cfg.checkpoint, cfg.reward_trials, cfg.seed, steps_per_frame=cfg.steps_frame,
+                                precision=cfg.precision, device=str(device), threads=None)
+        out.mkdir(parents=True, exist_ok=True)
+        reward_sheet(out / "rewards.png", rewards)
+        rewards.pop("pictures")
     paired = paired_margins(rows, cfg.seed, earlier["rows"] if earlier is not None else None)
     if earlier is not None:
         notes.append(f"pair_with: `pair_with:ROW` is ROW of the earlier eval {cfg.pair_with} (same videos)")
@@ -381,6 +393,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         "models": {ck.role: describe(ck) for ck in (main, compare) if ck is not None},
         "videos": real.picks, "data_kind": real.kind, "num_videos": len(real.frames),
         "fvd_protocol": PROTOCOL, "rows": rows, "paired": paired, "notes": notes, "loops": loops,
+        "rewards": rewards,
         "repeated_views": int((~new_view).sum()),
         "seconds_total": round(time.perf_counter() - t_start, 1),
     }

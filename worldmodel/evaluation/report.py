@@ -140,6 +140,27 @@ def loop_lines(loops: dict[str, Any]) -> list[str]:
     return md + ["", "![loop closure: real start, real furthest, dream return](loops.png)"]
 
 
+def reward_lines(rw: dict[str, Any]) -> list[str]:
+    """The reward-recall section: does the dream's reward head fire at real goal reaches, and only there?"""
+    def rate(r: dict[str, Any] | None) -> str:
+        if r is None:
+            return "–"
+        return f"{r['rate']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] ({r['count']}/{r['of']})"
+
+    md = ["", "## Rewards and terminations", "",
+          f"{rw['trials']} live held-out mazes played by the goal-seeking oracle; at its first goal reach t the dream "
+          f"gets the real context up to t - {rw['lead']} and the real actions after it. Recall: the reward "
+          f"probability exceeds {rw['reward_threshold']} within ± {rw['tolerance']} frames of t. False alarms: the "
+          f"same test on windows of the same plays with no reach within {rw['lead'] + rw['tolerance']} frames. "
+          "Goal: recall >= 0.7 with false alarms <= 0.1. Intervals: 95 % Wilson.", ""]
+    md += table(("head", "recall [95 % CI]", "false alarms [95 % CI]"),
+                [["reward", rate(rw["reward_recall"]), rate(rw["reward_false_alarms"])],
+                 ["termination", rate(rw["done_recall"]), rate(rw["done_false_alarms"])]])
+    return md + ["", f"Mean peak reward probability: {rw['mean_peak']['reach']:.3f} at reaches, "
+                 f"{rw['mean_peak']['no_reach'] or 0:.3f} away from them. Goal met: "
+                 f"{'yes' if rw['goal_met'] else 'no'}.", "", "![reward recall: real and dreamed reaches](rewards.png)"]
+
+
 def build_markdown(results: dict[str, Any]) -> str:
     """The whole report.md text."""
     s, rows, n = results["settings"], results["rows"], results["num_videos"]
@@ -202,6 +223,8 @@ def build_markdown(results: dict[str, Any]) -> str:
                       format_margin(m["new_view"]), wins(m["new_view"])] for m in results["paired"]])
     if results.get("loops"):
         md += loop_lines(results["loops"])
+    if results.get("rewards"):
+        md += reward_lines(results["rewards"])
     md += ["", "## All rows", ""]
     md += table(("horizon", *FULL_HEADER), [[f"{r['horizon_factor']}x ({r['frames']} f)", *full_line(r)]
                                             for r in sorted(rows, key=lambda r: r["frames"])])

@@ -139,3 +139,13 @@ def format_margin(m: dict) -> str:
     if m["n"] == 0:
         return "–"
     return f"{m['mean']:+.2f} dB [{m['ci_low']:+.2f}, {m['ci_high']:+.2f}]"
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion ``hits / n`` ((0, 1) when n = 0)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -39,8 +39,11 @@ class ObjectiveConfig:
     action_dropout: float = 0.1                      # fraction of frames whose action is replaced by "none"
     reward_weight: float = 0.1                       # weight of the reward + termination BCE terms
     token_noise: float = 0.0                         # max fraction of visible tokens per frame made random ids
+    reward_pos_weight: float = 1.0                   # weight of positive frames in both heads' BCE (rare events)
 
     def __post_init__(self) -> None:
+        if not self.reward_pos_weight > 0:
+            raise ConfigError(f"reward_pos_weight={self.reward_pos_weight} must be > 0 (1 = unweighted)")
         if not 0.0 <= self.token_noise < 1.0:
             raise ConfigError(f"token_noise={self.token_noise} must lie in [0, 1) (the largest fraction of a "
                               "frame's visible tokens replaced by random ids; 0 = off)")
@@ -143,8 +146,12 @@ class MaskFlowObjective(nn.Module):
         loss_ce = (ce * weights[index // per_frame]).sum() / n_masked
         # Reward / termination heads learn only from clean frames, where the dream env queries them.
         clean = ~masked.flatten(2).any(-1)
-        bce_r = F.binary_cross_entropy_with_logits(reward_logits, (batch.rewards > 0).float(), reduction="none")
-        bce_d = F.binary_cross_entropy_with_logits(done_logits, batch.terminated.float(), reduction="none")
+        # goal reaches are rare (~1 frame in 1,500 of a random walk): positives weigh reward_pos_weight
+        pos = torch.tensor(self.cfg.reward_pos_weight, device=reward_logits.device)
+        bce_r = F.binary_cross_entropy_with_logits(reward_logits, (batch.rewards > 0).float(), reduction="none",
+                                                   pos_weight=pos)
+        bce_d = F.binary_cross_entropy_with_logits(done_logits, batch.terminated.float(), reduction="none",
+                                                   pos_weight=pos)
         loss_heads = ((bce_r + bce_d) * clean).sum() / n_clean
         loss = loss_ce + self.cfg.reward_weight * loss_heads
         logs: dict[str, float] = {}

@@ -88,6 +88,7 @@ class TrainConfig:
     token_noise: float = 0.0            # max fraction of visible tokens per frame replaced by random ids
     action_dropout: float = 0.1     # fraction of frames trained without their action (action-free sampling)
     reward_weight: float = 0.1      # weight of the reward + termination heads' BCE (clean frames only)
+    reward_pos_weight: float = 1.0  # weight of positive frames (goal reaches, ends) in that BCE; > 1 for rare ones
     eval_every: int = 500           # held-out metrics on test mazes (0 = off)
     eval_clips: int = 32
     ckpt_every: int = 500           # resumable state + model export (also at the end, on Ctrl-C / SIGTERM)
@@ -117,7 +118,8 @@ class TrainConfig:
         "ema_decay": within(0, 1, hi_open=True), "masking": one_of("frame", "constant"),
         "scheduler": one_of(*SCHEDULERS), "loss_weighting": one_of("fused_snr", "min_snr", "none"),
         "clean_context_prob": within(0, 1), "token_noise": within(0, 1, hi_open=True),
-        "action_dropout": within(0, 1), "reward_weight": at_least(0), "eval_every": at_least(0, "0 = off"),
+        "action_dropout": within(0, 1), "reward_weight": at_least(0),
+        "reward_pos_weight": above(0, "1 = unweighted"), "eval_every": at_least(0, "0 = off"),
         "eval_clips": at_least(1), "ckpt_every": at_least(1), "log_every": at_least(1), "keep_states": at_least(1),
         "max_minutes": at_least(0, "0 = no limit"), "seed": SEED, "device": one_of("auto", "cpu", "cuda"),
         "precision": one_of("auto", "bf16", "fp32"), "threads": THREADS, "nice": at_least(0),
@@ -133,7 +135,7 @@ class TrainConfig:
     def objective(self) -> ObjectiveConfig:
         return ObjectiveConfig(self.scheduler, MaskingConfig(mode=self.masking, weighting=self.loss_weighting,
                                                              clean_context_prob=self.clean_context_prob),
-                               self.action_dropout, self.reward_weight, self.token_noise)
+                               self.action_dropout, self.reward_weight, self.token_noise, self.reward_pos_weight)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -163,6 +163,29 @@ def test_termination_and_truncation_are_kept_apart(ckpt, data):
     venv.close()
 
 
+@pytest.mark.slow
+def test_end_on_reward_ends_the_dream_at_a_reward_and_only_then(ckpt, data):
+    # reward_threshold=0 makes every frame a reward; the done head never fires (done_threshold=1)
+    for end, want in ((True, True), (False, False)):
+        env = make(ckpt, data, reward_threshold=0.0, done_threshold=1.0, end_on_reward=end, max_episode_steps=5)
+        env.reset(seed=0)
+        _, reward, terminated, truncated, _ = env.step(1)
+        assert reward == 1.0 and terminated is want and truncated is False
+        env.close()
+    quiet = make(ckpt, data, reward_threshold=1.0, done_threshold=1.0, end_on_reward=True, max_episode_steps=2)
+    quiet.reset(seed=0)
+    assert [quiet.step(1)[2:4] for _ in range(2)] == [(False, False), (False, True)]     # no reward: no end
+    quiet.close()
+    venv = MaskFlowDreamVectorEnv(2, ckpt, data=data, steps_per_frame=2, reward_threshold=0.0, done_threshold=1.0,
+                                  end_on_reward=True, max_episode_steps=4)
+    venv.reset(seed=0)
+    _, rewards, terminated, _, _ = venv.step(np.array([1, 2]))
+    assert terminated.all() and (rewards == 1.0).all()
+    venv.close()
+    with pytest.raises(ConfigError, match="end_on_reward"):
+        make(ckpt, data, end_on_reward="yes")
+
+
 # -- vector env ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_vector_env_next_step_autoreset_per_env(ckpt, data):
@@ -377,6 +400,11 @@ def test_ppo_trains_inside_the_dream(ckpt, data, tmp_path):
                   "--out", str(tmp_path / "ppo")])
     assert stats["timesteps"] >= 128 and stats["episodes"] >= 2 and stats["real"]["steps"] == 10
     assert (tmp_path / "ppo" / "policy.safetensors").stat().st_size > 0
+    from agents.policy import PolicyActor, load_policy
+
+    policy, meta = load_policy(tmp_path / "ppo")                  # the shared policy format: it reloads and acts
+    assert meta["stats"]["timesteps"] == stats["timesteps"]
+    assert 0 <= PolicyActor(policy).act(np.zeros((64, 64, 3), np.uint8)) < 9
 
 
 def _load_benchmark(name: str):

@@ -277,9 +277,9 @@ def test_guidance_applies_to_frame_by_frame_rows_only(tiny_world_checkpoint, tin
     assert "action guidance 1.5, history guidance 0.5" in (tmp_path / "g" / "report.md").read_text()
 
 
-def test_eval_loops_add_a_loop_closure_section(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
+def test_eval_loops_and_rewards_add_their_sections(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
     kw = dict(experiments=["fbf_mgm"], long_experiments=["fbf_mgm"], horizons=[1], fvd=False, num_videos=1,
-              loops=["turn2", "circle30"], loop_trials=1)
+              loops=["turn2", "circle30"], loop_trials=1, reward_trials=2)
     res = evaluate(make_cfg(tiny_world_checkpoint, tiny_frames_dataset, tmp_path / "l", **kw))
     assert list(res["loops"]["loops"]) == ["turn2", "circle30"] and res["loops"]["trials"] == 1
     assert all(r["real_return_psnr"] == 100.0 for r in res["loops"]["loops"].values())
@@ -287,6 +287,9 @@ def test_eval_loops_add_a_loop_closure_section(tiny_world_checkpoint, tiny_frame
     assert "## Loop closure" in report and "| `circle30` | 30 |" in report
     assert (tmp_path / "l" / "loops.png").stat().st_size > 0
     assert json.loads((tmp_path / "l" / "results.json").read_text())["loops"]["loops"]["turn2"]["frames"] == 4
+    # reward_trials adds the reward-recall section beside it
+    assert res["rewards"]["trials"] == 2 and res["rewards"]["reward_recall"]["of"] >= 1
+    assert "## Rewards and terminations" in report and (tmp_path / "l" / "rewards.png").stat().st_size > 0
 
 
 @pytest.mark.slow

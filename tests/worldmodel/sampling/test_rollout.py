@@ -304,3 +304,20 @@ def test_guidance_settings_are_checked():
     with pytest.raises(SamplerSettingsError, match="action-conditioned"):
         CachedRollout(free, SamplerConfig(steps=2, action_guidance=1.0), 1)
     CachedRollout(free, SamplerConfig(steps=2, history_guidance=1.0), 1)     # history guidance needs no actions
+
+
+def test_a_longer_window_keeps_a_constant_cache_of_window_minus_one_frames():
+    """Release 2's memory candidate widens the window (k = 32): the cache still holds k - 1 frames at most, its
+    bytes fixed from the first frame on, and twice the window costs about twice the cache, no more."""
+    sizes = {}
+    for window in (16, 32):
+        ro = CachedRollout(tiny_model(window=window, grid=(2, 2)), SamplerConfig("mgm_tfree", steps=1), 1)
+        ro.reset(torch.zeros(1, 1, 2, 2, dtype=torch.long))
+        g, a = torch.Generator().manual_seed(0), torch.zeros(1, dtype=torch.long)
+        first = ro.memory_bytes()
+        for _ in range(3 * window):
+            ro.step(a, g)
+            assert ro.memory_bytes() == first
+        assert int(ro.cache.num_frames[0]) == window - 1
+        sizes[window] = first
+    assert sizes[32] / sizes[16] == pytest.approx(31 / 15, rel=0.05)

@@ -363,3 +363,29 @@ def test_several_token_datasets_train_as_one_and_must_agree(painted_data, tmp_pa
     b, _ = _with_tokenizer(painted_data, tmp_path, seed=1)
     with pytest.raises(DatasetError, match="different tokenizers"):
         train(tiny_cfg(steps=1), [a, b], tmp_path / "mixed")
+
+
+def test_reward_pos_weight_scales_the_heads_loss_on_goal_frames_only():
+    from worldmodel.model.latte import Latte, model_config
+    from worldmodel.objective.loss import ClipBatch, MaskFlowObjective, ObjectiveConfig, draw_step
+
+    with pytest.raises(ConfigError, match="reward_pos_weight"):
+        ObjectiveConfig(reward_pos_weight=0.0)
+    torch.manual_seed(0)
+    model = Latte(model_config("tiny", vocab_size=V, token_grid=GRID, max_frames=4, num_actions=len(ACTIONS)))
+    ep = painted_episodes(8, 4, 5)
+    tokens = torch.as_tensor(np.stack([e["tokens"] for e in ep])).long()
+    actions = torch.as_tensor(np.stack([e["actions"] for e in ep])).long().clamp_min(0)
+    no_goal = ClipBatch(tokens, actions, torch.zeros(8, 4), torch.zeros(8, 4, dtype=torch.bool))
+    goal = ClipBatch(tokens, actions, torch.zeros(8, 4).index_fill_(1, torch.tensor([3]), 1.0),
+                     torch.zeros(8, 4, dtype=torch.bool))
+    draws = draw_step(8, 4, GRID, ObjectiveConfig(), torch.Generator().manual_seed(1))
+    draws.t[:, 3] = 1.0                                   # the goal frames are clean (t = 1): the heads learn there
+    logs = {}
+    for w in (1.0, 10.0):
+        objective = MaskFlowObjective(model, ObjectiveConfig(reward_pos_weight=w))
+        for name, batch in (("none", no_goal), ("goal", goal)):
+            logs[(w, name)] = objective(batch, draws, objective.global_counts(draws), with_metrics=True)[1]
+    # zero-initialised heads predict p = 0.5: a negative costs log 2 whatever the weight, a positive w log 2
+    assert logs[(1.0, "none")]["reward_bce"] == pytest.approx(logs[(10.0, "none")]["reward_bce"])
+    assert logs[(10.0, "goal")]["reward_bce"] > 2 * logs[(1.0, "goal")]["reward_bce"]

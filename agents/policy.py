@@ -1,0 +1,202 @@
+"""A trained policy on disk, and playing it (or a baseline) in real held-out mazes.
+
+On disk a policy is two files, never a pickle:
+
+- ``policy.safetensors``: the weights of SB3's ``ActorCriticCnnPolicy`` (NatureCNN features shared by actor
+  and critic; the aliases SB3 keeps under three names are stored once and listed in the metadata);
+- ``policy.json``: ``format: maskflow-policy``, the observation space (channels first, as SB3 trains on
+  images) and action space, the env it acts in (``env_id``, ``env_kwargs``, action meanings) and the
+  run's stats, sealed with the weights' sha256 (checked on every load).
+
+:func:`load_policy` rebuilds the network from those alone. :func:`goal_rate` plays any actor (a loaded
+policy, or a collection policy such as the random walk) in held-out mazes (odd maze seeds, never trained
+on) and counts goal reaches per 1,000 real steps: the figure the RL issue compares agents by.
+
+Axis letters: y x pixels, c colour.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from envs.common.config_check import SEED, Check, at_least, check_config
+from envs.common.errors import CheckpointError, ConfigError
+
+POLICY_FORMAT = "maskflow-policy"
+POLICY_VERSION = 1
+
+
+def _obs_space(shape: list[int]):
+    from gymnasium import spaces
+
+    return spaces.Box(0, 255, tuple(int(s) for s in shape), np.uint8)
+
+
+def save_policy(policy, out: str | Path, env_id: str, env_kwargs: dict | None, meanings: tuple[str, ...],
+                stats: dict[str, Any] | None = None) -> Path:
+    """Write ``policy`` (an SB3 ``ActorCriticCnnPolicy``) as ``policy.safetensors`` + ``policy.json`` in ``out``."""
+    from envs.common.files import save_weights, write_sealed_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # SB3 shares one features extractor between actor and critic under several names; safetensors wants each
+    # tensor once, so aliases are dropped here and restored on load
+    tensors, aliases, seen = {}, {}, {}
+    for name, t in policy.state_dict().items():
+        key = (t.data_ptr(), t.dtype, tuple(t.shape))
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key], tensors[name] = name, t.detach().cpu().contiguous()
+    save_weights(out / "policy.safetensors", tensors, metadata={"format": "sb3-ppo-cnn-policy"})
+    write_sealed_json(out / "policy.json", {
+        "format": POLICY_FORMAT, "format_version": POLICY_VERSION, "policy": "sb3 ActorCriticCnnPolicy",
+        "observation_shape": list(policy.observation_space.shape), "actions": int(policy.action_space.n),
+        "action_meanings": list(meanings), "env_id": env_id, "env_kwargs": dict(env_kwargs or {}),
+        "aliases": aliases, "stats": stats or {}}, files=("policy.safetensors",))
+    return out
+
+
+def read_policy_meta(path: str | Path) -> dict[str, Any]:
+    """``policy.json`` of a policy folder, checked for its format."""
+    from envs.common.files import read_format_json
+
+    p = Path(path)
+    if not (p / "policy.json").is_file() or not (p / "policy.safetensors").is_file():
+        raise CheckpointError(f"{p} is not a policy folder: it needs policy.json and policy.safetensors (written by "
+                              "`maskflow rl` or agents.policy.save_policy)")
+    return read_format_json(p / "policy.json", "policy", POLICY_FORMAT, POLICY_VERSION,
+                            ("observation_shape", "actions", "env_id", "aliases"), check_files=True)
+
+
+def new_policy(observation_shape: list[int], actions: int, learning_rate: float = 2.5e-4):
+    """A fresh SB3 ``ActorCriticCnnPolicy`` for ``observation_shape`` (c y x) images and ``actions`` choices."""
+    from gymnasium import spaces
+    from stable_baselines3.common.policies import ActorCriticCnnPolicy
+
+    return ActorCriticCnnPolicy(_obs_space(observation_shape), spaces.Discrete(int(actions)),
+                                lambda _: learning_rate)
+
+
+def load_policy(path: str | Path):
+    """(policy, meta): the SB3 policy of a policy folder, weights checked strictly, in eval mode on the CPU."""
+    from envs.common.files import load_state_dict_strict, load_weights
+
+    meta = read_policy_meta(path)
+    policy = new_policy(meta["observation_shape"], meta["actions"])
+    state = load_weights(Path(path) / "policy.safetensors")
+    for alias, name in meta["aliases"].items():
+        if name not in state:
+            raise CheckpointError(f"{path}/policy.json: alias {alias!r} points at {name!r}, which the weights lack")
+        state[alias] = state[name]
+    load_state_dict_strict(policy, state, str(Path(path) / "policy.safetensors"))
+    policy.set_training_mode(False)
+    return policy, meta
+
+
+@dataclass
+class PolicyActor:
+    """A policy as an ``act(obs, info) -> int`` actor (what collection and held-out plays call).
+    ``deterministic=False`` samples the policy's action distribution, as it acted in training."""
+
+    policy: Any
+    deterministic: bool = False
+
+    def act(self, obs, info: dict | None = None) -> int:
+        return int(self.policy.predict(np.asarray(obs), deterministic=self.deterministic)[0])
+
+    def reset(self, seed: int | None = None) -> None:
+        if seed is not None:
+            import torch
+
+            torch.manual_seed(seed)
+
+
+def goal_rate(actor: Any, env_id: str, env_kwargs: dict | None, episodes: int, seed: int,
+              episode_steps: int = 300, actor_seed: int = 0) -> dict[str, Any]:
+    """Goal reaches per 1,000 real steps of ``actor`` (an ``act(obs, info)`` object or a collection policy's
+    name) over ``episodes`` episodes of ``episode_steps`` steps in held-out mazes; episode e plays the maze of
+    seed ``seed + e`` (odd maze seed), so every actor is scored on the same mazes and spawns."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers the env ids)
+    from envs.heldout import play_heldout
+
+    if episodes < 1:
+        raise ConfigError(f"eval_episodes={episodes} must be >= 1")
+    kwargs = {**dict(env_kwargs or {}), "max_episode_steps": episode_steps}
+    env = gym.make(env_id, **kwargs)
+    reaches, steps = [], 0
+    try:
+        for e in range(episodes):
+            if hasattr(actor, "reset"):
+                actor.reset(actor_seed * 1_000_003 + seed + e)
+            play = play_heldout(env, episode_steps, seed + e, actor, on_end="stop")
+            reaches.append(int((play.rewards > 0).sum()))
+            steps += len(play.frames) - 1
+    finally:
+        env.close()
+    per_episode = np.asarray(reaches, np.float64) * 1000.0 / episode_steps
+    return {"reaches_per_1000": 1000.0 * sum(reaches) / max(steps, 1), "reaches": int(sum(reaches)),
+            "steps": steps, "episodes": episodes, "seed": seed,
+            "per_episode_sd": float(per_episode.std(ddof=1)) if episodes > 1 else 0.0}
+
+
+def play_policy(path: str | Path, episodes: int = 3, seed: int = 0, video: str | None = None,
+                deterministic: bool = False, episode_steps: int = 300) -> dict[str, Any]:
+    """Play a saved policy in held-out mazes of its env: goal reaches per 1,000 steps, and optionally an
+    mp4 of the first episode (``maskflow play``)."""
+    policy, meta = load_policy(path)
+    actor = PolicyActor(policy, deterministic)
+    result = goal_rate(actor, meta["env_id"], meta.get("env_kwargs"), episodes, seed, episode_steps)
+    if video:
+        import gymnasium as gym
+
+        import envs  # noqa: F401
+        from envs.common.video import write_video
+        from envs.heldout import play_heldout
+
+        env = gym.make(meta["env_id"], **{**dict(meta.get("env_kwargs") or {}), "max_episode_steps": episode_steps})
+        try:
+            play = play_heldout(env, episode_steps, seed, actor, on_end="stop")
+        finally:
+            env.close()
+        result["video"] = str(write_video(video, play.frames, scale=4))
+    return result
+
+
+def main_play(cfg: Any) -> dict[str, Any]:
+    """CLI entry of ``maskflow play``."""
+    from omegaconf import OmegaConf
+
+    c = PlayConfig(**OmegaConf.to_container(cfg, resolve=True))
+    c.validate()
+    read_policy_meta(c.policy)                          # a bad folder fails before any env opens
+    result = play_policy(c.policy, c.episodes, c.seed, c.video or None, c.deterministic, c.episode_steps)
+    print(json.dumps(result, indent=1))
+    return result
+
+
+@dataclass
+class PlayConfig:
+    """Settings of ``maskflow play`` (the keys of ``configs/play.yaml``)."""
+
+    policy: str = ""                # policy folder (policy.json + policy.safetensors), e.g. runs/rl/policy
+    episodes: int = 3               # held-out mazes to play (episode e: maze of seed `seed + e`)
+    episode_steps: int = 300
+    seed: int = 0
+    video: str = ""                 # write the first episode as an mp4 here ("" = none)
+    deterministic: bool = False     # true = always the most likely action (default: sample, as trained)
+
+    CHECKS: ClassVar[dict[str, Check]] = {"episodes": at_least(1), "episode_steps": at_least(1), "seed": SEED}
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first key of a wrong type or out of its range."""
+        check_config(self)
+        if not self.policy:
+            raise ConfigError("policy=DIR is required: a folder with policy.json and policy.safetensors")

@@ -1,0 +1,395 @@
+"""The world-model RL loop (``maskflow rl``), as DIAMOND and IRIS run it, on a shipped or trained world model.
+
+Each round r (``OUT/rounds/rNN/``):
+
+1. **collect** ``collect_steps`` real steps in training mazes (even maze seeds) with the current policy
+   (round 0: the exploration random walk, as there is no policy yet) → ``frames/`` (a frames dataset) →
+   ``tokens/`` (tokenized with the world model's tokenizer);
+2. **update the world model**: fine-tune the previous round's model for ``wm_steps`` on every round's tokens
+   plus ``wm_data`` (optional earlier token datasets, so the model does not forget) → ``world/``;
+3. **train the policy in the dream**: SB3 PPO (``CnnPolicy``) continues from the last round's weights in the
+   batched :class:`~worldmodel.dream.vector_env.MaskFlowDreamVectorEnv`, ``dream_envs`` dreams started from
+   real states (windows of this round's real tokens, or of ``dream_starts``), ``horizon`` imagined frames
+   each, ``dream_steps`` frames in all;
+4. **evaluate** in real held-out mazes (odd maze seeds): goal reaches per 1,000 real steps over
+   ``eval_episodes`` episodes (the same mazes every round) → ``policy/`` and a row of ``rl_log.csv``.
+
+Real steps counted are the collected ones only (N = rounds × collect_steps); held-out evaluation steps are
+measurement, not experience. The run resumes at the first round without a ``done.json``; a round's parts
+resume too (the dataset is rewritten, the fine-tune resumes from its own state). ``OUT/policy/`` is always
+the latest round's policy (``maskflow play policy=OUT/policy``); ``OUT/curves.png`` plots real goal reaches
+against real steps.
+
+:func:`baselines` scores rows (b)–(d) of the RL issue on the same held-out mazes: PPO on the real env for
+the same N real steps, the exploration random walk, and uniform random actions.
+
+Axis letters: y x pixels, c colour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+from envs.common.config_check import SEED, THREADS, Check, above, at_least, check_config, one_of
+from envs.common.errors import ConfigError
+
+ROUND_FILE = "done.json"
+LOG_FIELDS = ("round", "real_steps", "eval_reaches_per_1000", "eval_reaches", "eval_steps", "collect_reaches_per_1000",
+              "dream_frames", "dream_return", "dream_episodes", "collect_s", "world_s", "dream_s", "eval_s")
+
+
+@dataclass
+class RLConfig:
+    """Settings of one RL run (the keys of ``configs/rl.yaml``)."""
+
+    out: str = "runs/rl"            # run directory: rounds/, policy/, rl_log.csv, curves.png
+    checkpoint: str = "default"     # world model to start from (default | DIR)
+    rounds: int = 4                 # collect → update the world model → train in the dream → evaluate
+    collect_steps: int = 12500      # real env steps per round (the real budget N = rounds x collect_steps)
+    episode_steps: int = 300        # steps per real episode (collection and evaluation)
+    wm_steps: int = 150             # world-model fine-tune steps per round (0 = keep the model as it is)
+    wm_data: list[str] = field(default_factory=list)  # earlier token datasets mixed into every fine-tune
+    wm_lr: float = 3e-4
+    reward_pos_weight: float = 20.0  # weight of goal-reach frames in the reward head's loss (they are rare)
+    dream_steps: int = 8192         # imagined frames of PPO per round (all dreams together)
+    dream_envs: int = 16            # dreams batched in one forward pass
+    horizon: int = 32               # imagined frames per dream episode (DIAMOND: 15, IRIS: 20; 15-50)
+    dream_starts: str = ""          # dataset whose real windows start the dreams ("" = this round's real steps)
+    end_on_reward: bool = True      # a dreamed reach ends the dream, as the real respawn starts afresh (else a
+                                    # policy can learn to stand at a dreamed goal that pays frame after frame)
+    steps_per_frame: int = 0        # MGM passes per dreamed frame (0 = the dream env's default)
+    n_steps: int = 64               # PPO rollout length per dream
+    batch_size: int = 256
+    epochs: int = 4
+    lr: float = 2.5e-4              # PPO learning rate
+    ent_coef: float = 0.01          # entropy bonus: keeps the policy exploring the dream
+    gamma: float = 0.97
+    eval_episodes: int = 50         # held-out episodes per evaluation (the same mazes every round)
+    eval_seed: int = 100000         # evaluation episode e plays the held-out maze of seed eval_seed + e
+    seed: int = 0
+    threads: int = 0                # torch CPU threads (0 = adapt to the cores other processes leave free)
+    progress: bool = True
+    first_policy: str = "random_walk"   # who collects round 0: random_walk | uniform
+
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "rounds": at_least(1), "collect_steps": at_least(1), "episode_steps": at_least(1),
+        "wm_steps": at_least(0, "0 = no world-model update"), "wm_lr": above(0), "reward_pos_weight": above(0),
+        "dream_steps": at_least(1), "dream_envs": at_least(1), "horizon": at_least(1),
+        "steps_per_frame": at_least(0, "0 = the dream default"), "n_steps": at_least(2), "batch_size": at_least(2),
+        "epochs": at_least(1), "lr": above(0), "ent_coef": at_least(0), "gamma": above(0),
+        "eval_episodes": at_least(1), "eval_seed": SEED, "seed": SEED, "threads": THREADS,
+        "first_policy": one_of("random_walk", "uniform"),
+    }
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first key of a wrong type or out of its range."""
+        check_config(self)
+        if self.gamma > 1:
+            raise ConfigError(f"gamma={self.gamma} must lie in (0, 1]")
+        if self.dream_envs * self.n_steps < self.batch_size:
+            raise ConfigError(f"batch_size={self.batch_size} exceeds one PPO rollout of dream_envs x n_steps = "
+                              f"{self.dream_envs * self.n_steps}")
+        starts = [self.dream_starts] if self.dream_starts else []
+        for key, paths in (("wm_data", self.wm_data), ("dream_starts", starts)):
+            for d in paths:
+                if not (Path(d) / "manifest.json").is_file():
+                    raise ConfigError(f"{key}: {d} is not a dataset (no manifest.json)")
+
+
+# -- collection ---------------------------------------------------------------------------------------
+def collect_real(actor: Any, env_id: str, env_kwargs: dict, steps: int, episode_steps: int, seed: int,
+                 out: Path) -> dict[str, Any]:
+    """Play ``steps`` real steps with ``actor`` in training mazes (even maze seeds) and write them to ``out``
+    as a frames dataset (every episode in the train split). Returns the steps, reaches and episodes."""
+    import envs  # noqa: F401  (registers the env ids)
+    from envs.common.files import atomic_dir
+    from envs.dataset import write_dataset
+    from envs.heldout import env_action_meanings
+
+    env = gym.make(env_id, **{**env_kwargs, "max_episode_steps": episode_steps})
+    meanings = env_action_meanings(env)
+    rng = np.random.default_rng(seed)
+    episodes, done, reaches = [], 0, 0
+    try:
+        while done < steps:
+            length = min(episode_steps, steps - done)
+            ep_seed = int(rng.integers(2**30))
+            maze = 2 * int(rng.integers(2**29))                     # even: a training maze
+            if hasattr(actor, "reset"):
+                actor.reset(ep_seed)
+            obs, info = env.reset(seed=ep_seed, options={"maze_seed": maze} if env_id.startswith("DMLab") else None)
+            frames, actions, rewards = [obs], [-1], [0.0]
+            term = trunc = False
+            for _ in range(length):
+                a = actor.act(obs, info)
+                obs, r, term, trunc, info = env.step(a)
+                frames.append(obs)
+                actions.append(int(a))
+                rewards.append(float(r))
+                if term or trunc:
+                    break
+            n = len(frames)
+            done += n - 1
+            reaches += int(sum(x > 0 for x in rewards))
+            episodes.append({"id": len(episodes), "frames": np.stack(frames), "actions": np.asarray(actions, np.int16),
+                             "rewards": np.asarray(rewards, np.float32),
+                             "terminated": np.eye(1, n, n - 1, dtype=bool)[0] & bool(term),
+                             "truncated": np.zeros(n, bool),
+                             "attrs": {"seed": ep_seed, "maze_seed": maze, "layout": str(info.get("layout", "")),
+                                       "split": "train"}})
+    finally:
+        env.close()
+    with atomic_dir(out) as tmp:
+        write_dataset(tmp, episodes, "train", "frames", env_id, meanings, episodes_per_shard=16,
+                      config={"env": env_id, "env_kwargs": env_kwargs, "policy": "rl", "seed": seed,
+                              "steps": steps})
+    return {"steps": done, "reaches": reaches, "episodes": len(episodes)}
+
+
+# -- one round ----------------------------------------------------------------------------------------
+def world_meta(checkpoint: str) -> dict[str, Any]:
+    """The checkpoint's env (id, kwargs, action meanings) and its tokenizer folder."""
+    from worldmodel.common.assets import SHIPPED_TOKENIZER
+    from worldmodel.model.checkpoint import read_world_model_meta, resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint)
+    meta = read_world_model_meta(path)
+    return {"path": str(path), "env_id": meta.get("env_id") or "DMLabMaze-v0",
+            "env_kwargs": dict(meta.get("env_kwargs") or {}), "meanings": tuple(meta["action_space"]["meanings"]),
+            "tokenizer": str(path / SHIPPED_TOKENIZER)}
+
+
+def make_ppo(env, cfg: RLConfig, init_policy: str | None, device: str = "cpu"):
+    """SB3 PPO over ``env`` with ``cfg``'s settings, starting from the policy folder ``init_policy`` if any."""
+    from stable_baselines3 import PPO
+
+    from envs.common.files import load_state_dict_strict
+
+    model = PPO("CnnPolicy", env, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.epochs,
+                learning_rate=cfg.lr, ent_coef=cfg.ent_coef, gamma=cfg.gamma, seed=cfg.seed, device=device,
+                verbose=0)
+    if init_policy is not None:
+        from agents.policy import load_policy
+
+        policy, _ = load_policy(init_policy)
+        load_state_dict_strict(model.policy, policy.state_dict(), f"{init_policy}/policy.safetensors")
+    return model
+
+
+def train_in_dream(cfg: RLConfig, world: str, context_tokens: str, init_policy: str | None) -> tuple[Any, dict]:
+    """PPO for ``cfg.dream_steps`` imagined frames in the batched dream of ``world``, dreams started from
+    windows of ``context_tokens``; returns (the SB3 model, stats)."""
+    from agents.ppo_dream import make_dream_vec_env
+
+    env = make_dream_vec_env(world, cfg.dream_envs, vector=True, data=context_tokens, split="train",
+                             max_episode_steps=cfg.horizon, steps_per_frame=cfg.steps_per_frame or None,
+                             end_on_reward=cfg.end_on_reward, threads=None)
+    try:
+        model = make_ppo(env, cfg, init_policy)
+        t0 = time.perf_counter()
+        model.learn(total_timesteps=cfg.dream_steps)
+        seconds = time.perf_counter() - t0
+        eps = list(model.ep_info_buffer)
+        return model, {"dream_frames": int(model.num_timesteps), "dream_seconds": round(seconds, 1),
+                       "dream_return": float(np.mean([e["r"] for e in eps])) if eps else 0.0,
+                       "dream_episodes": len(eps)}
+    finally:
+        env.close()
+
+
+def finetune_world(cfg: RLConfig, init: str, data: list[str], out: Path, seed: int) -> str:
+    """Fine-tune ``init`` on ``data`` for ``cfg.wm_steps`` (resumable in ``out``); returns the new checkpoint.
+    The reward head learns from clean frames only, which plain frame-level masking hardly ever shows, so half
+    the clips keep a clean past (as the dream queries the head: a clean context and a committed frame)."""
+    from worldmodel.training.loop import TrainConfig, train
+
+    tc = TrainConfig(data=data, out=str(out), init=init, steps=cfg.wm_steps, lr=cfg.wm_lr,
+                     warmup_steps=min(20, cfg.wm_steps // 4), cooldown_steps=cfg.wm_steps // 3, eval_every=0,
+                     ckpt_every=max(25, cfg.wm_steps // 4), reward_weight=0.5, reward_pos_weight=cfg.reward_pos_weight,
+                     clean_context_prob=0.5,
+                     seed=seed, threads=cfg.threads, tensorboard=False, progress=False)
+    train(tc)
+    return str(out)
+
+
+def run_round(cfg: RLConfig, r: int, out: Path, world: str, policy_dir: str | None, meta: dict) -> dict[str, Any]:
+    """Round ``r``: collect, fine-tune, train in the dream, evaluate; returns its log row."""
+    from agents.policy import PolicyActor, goal_rate, load_policy, save_policy
+    from envs.policies import make_policy
+    from worldmodel.tokenizer.tokenize import tokenize_dataset
+
+    rdir = out / "rounds" / f"r{r:02d}"
+    t0 = time.perf_counter()
+    if policy_dir is None:
+        actor: Any = make_policy(cfg.first_policy, meta["meanings"], seed=cfg.seed)
+    else:
+        actor = PolicyActor(load_policy(policy_dir)[0])
+    collected = collect_real(actor, meta["env_id"], meta["env_kwargs"], cfg.collect_steps, cfg.episode_steps,
+                             cfg.seed * 1000 + r, rdir / "frames")
+    tokenize_dataset(rdir / "frames", meta["tokenizer"], rdir / "tokens", overwrite=True, progress=False)
+    t1 = time.perf_counter()
+    if cfg.wm_steps > 0:
+        data = [*cfg.wm_data, *(str(out / "rounds" / f"r{i:02d}" / "tokens") for i in range(r + 1))]
+        world = finetune_world(cfg, world, data, rdir / "world", cfg.seed * 1000 + r)
+    t2 = time.perf_counter()
+    model, dream = train_in_dream(cfg, world, cfg.dream_starts or str(rdir / "tokens"), policy_dir)
+    t3 = time.perf_counter()
+    real = goal_rate(PolicyActor(model.policy), meta["env_id"], meta["env_kwargs"], cfg.eval_episodes, cfg.eval_seed,
+                     cfg.episode_steps, actor_seed=cfg.seed)
+    row = {"round": r, "real_steps": (r + 1) * cfg.collect_steps, "eval_reaches_per_1000": real["reaches_per_1000"],
+           "eval_reaches": real["reaches"], "eval_steps": real["steps"],
+           "collect_reaches_per_1000": 1000.0 * collected["reaches"] / max(collected["steps"], 1),
+           **dream, "collect_s": round(t1 - t0, 1), "world_s": round(t2 - t1, 1), "dream_s": round(t3 - t2, 1),
+           "eval_s": round(time.perf_counter() - t3, 1)}
+    save_policy(model.policy, rdir / "policy", meta["env_id"], meta["env_kwargs"], meta["meanings"],
+                {**row, "world": world})
+    return {**row, "world": world}
+
+
+def rl_curves(path: Path, rows: list[dict[str, Any]], baselines: dict[str, float] | None = None) -> None:
+    """Real goal reaches per 1,000 steps (held-out mazes) against real steps, with baseline lines."""
+    import matplotlib.pyplot as plt
+
+    from envs.common.video import save_figure
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([x["real_steps"] for x in rows], [x["eval_reaches_per_1000"] for x in rows], "o-", label="dream-trained")
+    for name, value in (baselines or {}).items():
+        ax.axhline(value, ls="--", lw=1, color="grey")
+        ax.text(0, value, f" {name}", fontsize=7, va="bottom")
+    ax.set_xlabel("real env steps")
+    ax.set_ylabel("goal reaches / 1000 steps (held-out)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def run_rl(cfg: RLConfig) -> dict[str, Any]:
+    """Run (or resume) the loop; returns the per-round rows (also in ``OUT/rl_log.csv``) and the paths."""
+    import shutil
+
+    from tqdm.auto import tqdm
+
+    from envs.common.files import read_json, write_json
+    from worldmodel.common.runlog import write_csv
+    from worldmodel.common.threads import governor
+
+    cfg.validate()
+    try:
+        import stable_baselines3  # noqa: F401
+    except ImportError:
+        raise ConfigError("maskflow rl trains PPO with stable-baselines3, which is not installed: "
+                          "pip install -e '.[rl]' (make install does)") from None
+    governor(cfg.threads)
+    meta = world_meta(cfg.checkpoint)               # a bad checkpoint fails before any work
+    out = Path(cfg.out)
+    settings = dataclasses.asdict(cfg)
+    if (out / "rl.json").exists():
+        before = read_json(out / "rl.json", "RL run settings")["settings"]
+        differ = {k for k in settings if k not in ("rounds", "progress", "threads") and before.get(k) != settings[k]}
+        if differ:
+            raise ConfigError(f"{out} holds an RL run with other settings ({', '.join(sorted(differ))}); pick another "
+                              "out= (only rounds, threads and progress may change when resuming)")
+    elif out.exists() and any(out.iterdir()):
+        raise ConfigError(f"out={out} exists and is not an RL run; pick another out=")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "rl.json", {"format": "maskflow-rl-run", "settings": settings, "world_model": meta["path"]})
+    rows, world, policy_dir = [], meta["path"], None
+    bar = tqdm(range(cfg.rounds), desc="rl rounds", disable=not cfg.progress, dynamic_ncols=True)
+    for r in bar:
+        marker = out / "rounds" / f"r{r:02d}" / ROUND_FILE
+        if marker.exists():
+            row = read_json(marker, "RL round record")
+        else:
+            row = run_round(cfg, r, out, world, policy_dir, meta)
+            write_json(marker, row)
+        rows.append(row)
+        world, policy_dir = row["world"], str(out / "rounds" / f"r{r:02d}" / "policy")
+        bar.set_postfix(real_steps=row["real_steps"], reaches=f"{row['eval_reaches_per_1000']:.2f}/1k")
+        write_csv(out / "rl_log.csv", rows, LOG_FIELDS)
+        rl_curves(out / "curves.png", rows)
+    if policy_dir is not None:                      # OUT/policy: the latest round's, for `maskflow play`
+        tmp = out / "policy.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(policy_dir, tmp)
+        shutil.rmtree(out / "policy", ignore_errors=True)
+        tmp.rename(out / "policy")
+    return {"out": str(out), "rounds": rows, "policy": str(out / "policy"), "curves": str(out / "curves.png")}
+
+
+def run_rl_cli(cfg: Any) -> dict[str, Any]:
+    """CLI entry (``maskflow rl``): compose → :class:`RLConfig` → :func:`run_rl`; prints a summary."""
+    from omegaconf import OmegaConf
+
+    result = run_rl(RLConfig(**OmegaConf.to_container(cfg, resolve=True)))
+    last = result["rounds"][-1]
+    print(json.dumps({"out": result["out"], "policy": result["policy"], "real_steps": last["real_steps"],
+                      "eval_reaches_per_1000": round(last["eval_reaches_per_1000"], 2)}, indent=1))
+    return result
+
+
+# -- baselines (rows (b)-(d) of the RL issue) ---------------------------------------------------------
+def ppo_real(env_id: str, env_kwargs: dict, steps: int, cfg: RLConfig, envs_n: int = 8, episode_steps: int = 300):
+    """SB3 PPO trained on the real env (training mazes) for ``steps`` real steps, ``cfg``'s PPO settings."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
+
+    import envs  # noqa: F401
+
+    def make(i: int):
+        def thunk():
+            env = gym.make(env_id, **{**env_kwargs, "max_episode_steps": episode_steps})
+            return TrainingMazes(env, cfg.seed * 7919 + i)
+        return thunk
+
+    venv = VecMonitor(DummyVecEnv([make(i) for i in range(envs_n)]))
+    try:
+        c = dataclasses.replace(cfg, n_steps=max(cfg.n_steps, 128), batch_size=min(cfg.batch_size, envs_n * 128))
+        model = make_ppo(venv, c, None)
+        model.learn(total_timesteps=steps)
+        return model
+    finally:
+        venv.close()
+
+
+class TrainingMazes(gym.Wrapper):
+    """A real maze env whose every reset draws a training maze (even maze seed), never a held-out one."""
+
+    def __init__(self, env: gym.Env, seed: int):
+        super().__init__(env)
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        options = {**dict(options or {}), "maze_seed": 2 * int(self.rng.integers(2**29))}
+        return self.env.reset(seed=seed, options=options)
+
+
+def baselines(checkpoint: str = "default", steps: int = 50000, seeds: tuple[int, ...] = (0, 1, 2),
+              eval_episodes: int = 50, eval_seed: int = 100000, cfg: RLConfig | None = None) -> dict[str, Any]:
+    """Rows (b) PPO on the real env for ``steps`` real steps, (c) the exploration random walk and (d) uniform
+    random actions, scored like the loop (goal reaches per 1,000 steps on the same held-out mazes for every row
+    and seed: paired), per seed."""
+    from agents.policy import PolicyActor, goal_rate
+    from envs.policies import make_policy
+
+    meta = world_meta(checkpoint)
+    cfg = cfg or RLConfig()
+    rows: dict[str, list[dict]] = {"ppo_real": [], "random_walk": [], "uniform": []}
+    for s in seeds:
+        for name in ("random_walk", "uniform"):
+            actor = make_policy(name, meta["meanings"], seed=s)
+            rows[name].append({"seed": s, **goal_rate(actor, meta["env_id"], meta["env_kwargs"], eval_episodes,
+                                                       eval_seed, cfg.episode_steps, actor_seed=s)})
+        t0 = time.perf_counter()
+        model = ppo_real(meta["env_id"], meta["env_kwargs"], steps, dataclasses.replace(cfg, seed=s))
+        rows["ppo_real"].append({"seed": s, "train_s": round(time.perf_counter() - t0, 1),
+                                 **goal_rate(PolicyActor(model.policy), meta["env_id"], meta["env_kwargs"],
+                                             eval_episodes, eval_seed, cfg.episode_steps, actor_seed=s)})
+    return rows

@@ -1,0 +1,137 @@
+"""Agents trained in the dream against agents trained in the real maze, on the same held-out mazes.
+
+    PYTHONPATH=. python benchmarks/rl.py --checkpoint CKPT --out runs/rl_bench [--seeds 0 1 2] [--set key=value ...]
+
+Rows of the RL issue, goal reaches per 1,000 real steps in held-out mazes (the same mazes and episodes for
+every row and seed), as the mean over seeds with a 95 % t interval:
+
+- (a) the dream-trained agent: ``maskflow rl`` with the given settings, one run per seed (``OUT/a_seedS``);
+- (b) SB3 PPO trained on the real env (training mazes) for the same N = rounds x collect_steps real steps;
+- (c) the exploration random walk (the policy that collected the world model's data);
+- (d) uniform random actions.
+
+Every part resumes: RL runs round by round, baselines seed by seed (``OUT/baselines.json``). Writes
+``OUT/results.json`` (also copied to ``--results``) and ``OUT/curves.png`` (real goal reaches against real
+steps per seed, with the baselines' means).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def t_interval(values: list[float]) -> dict[str, Any]:
+    """Mean and 95 % t interval over seeds."""
+    from scipy import stats
+
+    v = np.asarray(values, np.float64)
+    mean = float(v.mean())
+    if len(v) < 2:
+        return {"mean": mean, "ci95": [mean, mean], "n": len(v), "values": v.tolist()}
+    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": len(v), "values": v.tolist()}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from agents.rl import RLConfig, baselines, run_rl
+    from envs.common.files import read_json, write_json
+    from worldmodel.common.threads import governor
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default="default")
+    p.add_argument("--out", default="runs/rl_bench")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--results", default="benchmarks/results/rl/results.json")
+    p.add_argument("--only", choices=("all", "a", "baselines"), default="all")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="an RLConfig setting of (a) (PPO's also apply to (b)); repeat for more")
+    a = p.parse_args(argv)
+    fields = {f.name: f.type for f in dataclasses.fields(RLConfig)}
+    kw: dict[str, Any] = {}
+    for item in a.overrides:
+        key, _, value = item.partition("=")
+        if key not in fields:
+            raise SystemExit(f"unknown RL setting {key!r}; valid: {', '.join(fields)}")
+        kw[key] = json.loads(value) if value[:1] in "[{" or value.replace(".", "").replace("-", "").isdigit() \
+            else value
+    governor(0)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base_cfg = RLConfig(checkpoint=a.checkpoint, progress=False, **kw)
+    base_cfg.validate()
+    n_real = base_cfg.rounds * base_cfg.collect_steps
+    runs = {}
+    if a.only in ("all", "a"):
+        for s in a.seeds:
+            runs[s] = run_rl(dataclasses.replace(base_cfg, seed=s, out=str(out / f"a_seed{s}")))["rounds"]
+    bpath = out / "baselines.json"
+    done = read_json(bpath, "baselines") if bpath.exists() else {}
+    if a.only in ("all", "baselines"):
+        for s in a.seeds:
+            if str(s) not in done:
+                done[str(s)] = baselines(a.checkpoint, n_real, (s,), base_cfg.eval_episodes, base_cfg.eval_seed,
+                                         base_cfg)
+                write_json(bpath, done)
+    if a.only != "all":
+        return {}
+    rows = {
+        "a_dream_trained": t_interval([runs[s][-1]["eval_reaches_per_1000"] for s in a.seeds]),
+        "b_ppo_real": t_interval([done[str(s)]["ppo_real"][0]["reaches_per_1000"] for s in a.seeds]),
+        "c_random_walk": t_interval([done[str(s)]["random_walk"][0]["reaches_per_1000"] for s in a.seeds]),
+        "d_uniform": t_interval([done[str(s)]["uniform"][0]["reaches_per_1000"] for s in a.seeds]),
+    }
+    a_, b_, c_ = (rows[k]["mean"] for k in ("a_dream_trained", "b_ppo_real", "c_random_walk"))
+    result = {
+        "metric": "goal reaches per 1,000 real steps in held-out mazes (odd maze seeds), "
+                  f"{base_cfg.eval_episodes} episodes of {base_cfg.episode_steps} steps, the same for every row "
+                  "and seed",
+        "real_steps_N": n_real, "seeds": a.seeds, "checkpoint": a.checkpoint,
+        "settings": dataclasses.asdict(base_cfg), "rows": rows,
+        "goals": {"a_over_c": a_ / c_ if c_ else None, "a_at_least_3c": bool(a_ >= 3 * c_),
+                  "a_at_least_b": bool(a_ >= b_)},
+        "curves": {str(s): [{k: r[k] for k in ("real_steps", "eval_reaches_per_1000", "dream_return")}
+                            for r in runs[s]] for s in a.seeds},
+        "baselines_per_seed": done,
+    }
+    write_json(out / "results.json", result)
+    plot(out / "curves.png", result)
+    if a.results:
+        dest = Path(a.results)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "results.json", dest)
+        shutil.copyfile(out / "curves.png", dest.with_name("curves.png"))
+    print(json.dumps({k: {"mean": round(v["mean"], 2), "ci95": [round(x, 2) for x in v["ci95"]]}
+                      for k, v in rows.items()} | {"goals": result["goals"]}, indent=1))
+    return result
+
+
+def plot(path: Path, result: dict[str, Any]) -> None:
+    import matplotlib.pyplot as plt
+
+    from envs.common.video import save_figure
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for s, curve in result["curves"].items():
+        ax.plot([c["real_steps"] for c in curve], [c["eval_reaches_per_1000"] for c in curve], "o-", lw=1, ms=3,
+                label=f"(a) dream-trained, seed {s}")
+    styles = {"b_ppo_real": ("C3", "(b) PPO on the real env"), "c_random_walk": ("grey", "(c) random walk"),
+              "d_uniform": ("k", "(d) uniform random")}
+    for key, (color, label) in styles.items():
+        r = result["rows"][key]
+        ax.axhline(r["mean"], color=color, ls="--", lw=1, label=f"{label}: {r['mean']:.2f}")
+    ax.set_xlabel("real env steps (collection)")
+    ax.set_ylabel("goal reaches / 1,000 steps, held-out mazes")
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Reward recall: windows anchored on real goal reaches, scored on a tiny dream."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from envs.common.errors import ConfigError
+from worldmodel.evaluation.rewards import event_windows, reward_recall
+
+
+@pytest.mark.slow
+def test_windows_sit_on_real_reaches_and_away_from_them():
+    import gymnasium as gym
+
+    import envs  # noqa: F401
+    from envs.heldout import play_heldout
+
+    lead, tol, m = 4, 2, 3
+    for trial in range(2):
+        pos, neg = event_windows("DMLabMaze-v0", {}, trial, 0, m, lead, tol, max_steps=600)
+        env = gym.make("DMLabMaze-v0", max_episode_steps=601)
+        play = play_heldout(env, 600, trial, "goal_seeking", on_end="stop")        # the same play, again
+        env.close()
+        assert pos is not None and neg is not None and pos.maze_seed == 2 * trial + 1
+        assert play.rewards[pos.step] > 0 and not np.any(play.rewards[: pos.step][m + lead - 1:] > 0)
+        s = pos.step - lead                                   # context ends lead frames before the reach
+        assert np.array_equal(pos.context_frames, play.frames[s - m + 1: s + 1]) and len(pos.context_frames) == m
+        assert np.array_equal(pos.actions, play.actions[s + 1: pos.step + tol + 1])
+        near = np.flatnonzero(play.rewards > 0)
+        assert np.all(np.abs(near - neg.step) > lead + tol) and not neg.terminal
+
+
+@pytest.mark.slow
+def test_reward_recall_scores_a_tiny_dream(tiny_world_checkpoint):
+    ckpt = str(tiny_world_checkpoint)
+    res = reward_recall(ckpt, trials=3, seed=0, steps_per_frame=1, threads=1, max_steps=400)
+    assert res["reward_recall"]["of"] == len(res["reaches"]) >= 2
+    for key in ("reward_recall", "reward_false_alarms", "done_false_alarms"):
+        r = res[key]
+        assert r["ci95"][0] <= r["rate"] <= r["ci95"][1] and r["count"] <= r["of"]
+    # hits are peaks above the threshold within ± tolerance of the reach: the counts follow the recorded peaks
+    thr = res["reward_threshold"]
+    assert res["reward_recall"]["count"] == sum(r["reward_peak"] > thr for r in res["reaches"])
+    for r in res["reaches"]:
+        assert len(r["reward_probs"]) == res["lead"] + res["tolerance"]
+        assert r["reward_peak"] == pytest.approx(max(r["reward_probs"][1:]), abs=1e-4)   # frames t-2 .. t+2
+    assert res["done_recall"] is None                    # respawn mode: nothing ends, only false alarms count
+    # a threshold of 0 fires everywhere, of 1 nowhere
+    assert reward_recall(ckpt, trials=2, steps_per_frame=1, threads=1, threshold=0.0, max_steps=400)[
+        "reward_recall"]["rate"] == 1.0
+    never = reward_recall(ckpt, trials=2, steps_per_frame=1, threads=1, threshold=1.0, max_steps=400)
+    assert never["reward_recall"]["rate"] == 0.0 and never["reward_false_alarms"]["rate"] == 0.0
+    with pytest.raises(ConfigError, match="reward_trials=0"):
+        reward_recall(ckpt, trials=0)

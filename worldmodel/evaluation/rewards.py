@@ -1,0 +1,176 @@
+"""Reward recall: does the dream's reward head fire where the real maze gives a goal reach?
+
+Each trial plays a fresh held-out maze (odd maze seed, :func:`envs.heldout.play_heldout`) with the
+goal-seeking oracle (:class:`envs.policies.GoalSeekingPolicy`) until its first goal reach at step t with a
+full context before it. The dream gets the real context ending ``lead`` frames before the reach and the
+real actions after it, and dreams ``lead + tolerance`` frames, up to t + ``tolerance``.
+
+- **Hit**: the reward probability exceeds ``threshold`` (the dream env's ``reward_threshold``) on a dreamed
+  frame within ± ``tolerance`` frames of t. Recall = hits / trials.
+- **False alarm**: the same test on a window of the same shape from the same play, anchored at a step u
+  with no real reach within ``lead + tolerance`` frames. False-alarm rate = such windows that fire / windows.
+  Being from goal-seeking plays, these are often near the goal: hard negatives.
+- **Termination**: where the env ends the episode at the reach (``goal_mode="terminate"``) the done head is
+  scored the same way; in respawn mode nothing ends, so only its false alarms are counted.
+
+The goal of the RL issue: recall ≥ 0.7 with false alarms ≤ 0.1.
+
+Axis letters: f frames, y x pixels, c colour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from envs.common.errors import ConfigError
+
+
+@dataclass
+class EventWindow:
+    """One dream to score: real context frames (m y x c) and actions (m,), the real actions to dream with
+    (lead + tolerance,), and the real frames at those steps (same length) for pictures."""
+
+    context_frames: np.ndarray
+    context_actions: np.ndarray
+    actions: np.ndarray
+    real: np.ndarray
+    terminal: bool          # the real episode ended at the event (a termination to recall)
+    maze_seed: int
+    step: int               # the anchor step t (the reach) or u (no reach near)
+
+
+def event_windows(env_id: str, env_kwargs: dict | None, trial: int, seed: int, context: int, lead: int,
+                  tolerance: int, max_steps: int = 900,
+                  policy: str = "goal_seeking") -> tuple[EventWindow | None, EventWindow | None]:
+    """The reach window and the no-reach window of trial ``trial`` (None where the play had none)."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers the env ids)
+    from envs.heldout import play_heldout
+
+    kwargs = dict(env_kwargs or {})
+    if env_id.startswith("DMLabMaze"):          # one unbroken episode: reaches respawn, only a termination ends it
+        kwargs["max_episode_steps"] = max_steps + 1
+    env = gym.make(env_id, **kwargs)
+    try:
+        play = play_heldout(env, max_steps, seed + trial, policy, on_end="stop")
+    finally:
+        env.close()
+    n = len(play.frames)
+    terminal_at = n - 1 if play.episodes_ended else -1
+    reaches = np.flatnonzero(play.rewards > 0)
+    first = context + lead - 1                   # earliest anchor with a full context before it
+
+    def window(t: int) -> EventWindow:
+        s = t - lead                             # last context frame
+        idx = np.arange(s + 1, t + tolerance + 1)
+        acts = np.where(idx < n, play.actions[np.minimum(idx, n - 1)], 0)      # noop after a termination
+        real = play.frames[np.minimum(idx, n - 1)]
+        return EventWindow(play.frames[s - context + 1: s + 1], play.actions[s - context + 1: s + 1], acts, real,
+                           t == terminal_at, play.maze_seed, int(t))
+
+    hits = [int(t) for t in reaches if t >= first]
+    pos = window(hits[0]) if hits else None
+    rng = np.random.default_rng(seed + trial + 104729)
+    far = lead + tolerance
+    free = [u for u in range(first, n - tolerance) if not np.any(np.abs(reaches - u) <= far)]
+    neg = window(int(rng.choice(free))) if free else None
+    return pos, neg
+
+
+def reward_recall(checkpoint: str = "default", trials: int = 32, seed: int = 0, lead: int = 4, tolerance: int = 2,
+                  threshold: float | None = None, steps_per_frame: int | None = None, precision: str = "auto",
+                  device: str = "cpu", threads: int | None = 0, env_kwargs: dict | None = None,
+                  max_steps: int = 900) -> dict[str, Any]:
+    """Recall and false alarms of the reward (and termination) head over ``trials`` held-out mazes (trial i
+    uses seed ``seed + i``). Returns the rates with 95 % Wilson intervals, every window's peak
+    probabilities, and the settings."""
+    from worldmodel.dream.env import MaskFlowDreamEnv
+    from worldmodel.evaluation.stats import wilson
+
+    if trials < 1:
+        raise ConfigError(f"reward_trials={trials} must be >= 1")
+    if lead < 1 or tolerance < 0:
+        raise ConfigError(f"lead={lead} must be >= 1 and tolerance={tolerance} >= 0")
+    env = MaskFlowDreamEnv(checkpoint, context="given", steps_per_frame=steps_per_frame, precision=precision,
+                           max_episode_steps=None, device=device, threads=threads)
+    try:
+        core, m = env.core, env.core.context_length
+        env_id = core.meta.get("env_id") or "DMLabMaze-v0"
+        kwargs = {**dict(core.meta.get("env_kwargs") or {}), **dict(env_kwargs or {})}
+        r_thr = core.reward_threshold if threshold is None else float(threshold)
+        d_thr = core.done_threshold if threshold is None else float(threshold)
+        # dreamed frame j (0-based) is step s + 1 + j = t - lead + 1 + j; frames within ± tolerance of t:
+        near = slice(max(0, lead - 1 - tolerance), lead + tolerance)
+
+        def dream(w: EventWindow, i: int) -> dict[str, Any]:
+            env.reset(seed=seed + i, options={"context_frames": w.context_frames, "context_actions": w.context_actions})
+            pr, pd, frames = [], [], []
+            for a in w.actions:
+                obs, _, _, _, info = env.step(int(a))
+                pr.append(info["reward_prob"])
+                pd.append(info["done_prob"])
+                frames.append(obs)
+            return {"maze_seed": w.maze_seed, "step": w.step, "terminal": w.terminal,
+                    "reward_peak": float(max(pr[near])), "done_peak": float(max(pd[near])),
+                    "reward_probs": [round(float(p), 4) for p in pr], "done_probs": [round(float(p), 4) for p in pd],
+                    "frames": np.stack(frames), "real": w.real}
+
+        pos, neg = [], []
+        for i in range(trials):
+            p, q = event_windows(env_id, kwargs, i, seed, m, lead, tolerance, max_steps)
+            if p is not None:
+                pos.append(dream(p, i))
+            if q is not None:
+                neg.append(dream(q, i))
+        if not pos:
+            raise ConfigError(f"no goal reach in {trials} held-out plays of {max_steps} steps: the env's goal cannot "
+                              "be reached, so reward recall cannot be measured")
+
+        def rate(rows: list[dict], key: str, thr: float) -> dict[str, Any]:
+            k = sum(r[key] > thr for r in rows)
+            lo, hi = wilson(k, len(rows))
+            return {"rate": k / len(rows) if rows else None, "count": k, "of": len(rows), "ci95": [lo, hi]}
+
+        terminal = [r for r in pos if r["terminal"]]
+        out = {"trials": trials, "seed": seed, "lead": lead, "tolerance": tolerance, "context_length": m,
+               "policy": "goal_seeking", "reward_threshold": r_thr, "done_threshold": d_thr,
+               "steps_per_frame": core.sampler.num_steps, "dtype": str(core.rollout.dtype).removeprefix("torch."),
+               "reward_recall": rate(pos, "reward_peak", r_thr), "reward_false_alarms": rate(neg, "reward_peak", r_thr),
+               "done_recall": rate(terminal, "done_peak", d_thr) if terminal else None,
+               "done_false_alarms": rate(neg + [r for r in pos if not r["terminal"]], "done_peak", d_thr),
+               "mean_peak": {"reach": float(np.mean([r["reward_peak"] for r in pos])),
+                             "no_reach": float(np.mean([r["reward_peak"] for r in neg])) if neg else None}}
+        out["goal_met"] = bool(out["reward_recall"]["rate"] >= 0.7 and (out["reward_false_alarms"]["rate"] or 0) <= 0.1)
+        keys = ("maze_seed", "step", "terminal", "reward_peak", "done_peak", "reward_probs", "done_probs")
+        out["reaches"] = [{k: r[k] for k in keys} for r in pos]
+        out["no_reaches"] = [{k: r[k] for k in keys} for r in neg]
+        out["pictures"] = [(r["real"], r["frames"], r["reward_probs"]) for r in pos[:4]]
+        return out
+    finally:
+        env.close()
+
+
+def reward_sheet(path, result: dict[str, Any]) -> None:
+    """Contact sheet: for the first reaches, the real frames around the reach (top) and the dream with its
+    reward probability under each frame (bottom); the reach is the frame marked ``t``."""
+    import matplotlib.pyplot as plt
+
+    from envs.common.video import save_figure
+
+    pics = result["pictures"]
+    lead = result["lead"]
+    n = len(pics[0][0])
+    fig, axes = plt.subplots(2 * len(pics), n, figsize=(n * 1.1, 2 * len(pics) * 1.2), squeeze=False)
+    for i, (real, dream, probs) in enumerate(pics):
+        for j in range(n):
+            rel = j - (lead - 1)
+            tag = "t" if rel == 0 else f"t{rel:+d}"
+            for row, img, title in ((2 * i, real[j], f"real {tag}"), (2 * i + 1, dream[j], f"p={probs[j]:.2f}")):
+                axes[row, j].imshow(img)
+                axes[row, j].set_title(title, fontsize=6)
+                axes[row, j].axis("off")
+    save_figure(fig, path)

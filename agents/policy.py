@@ -150,7 +150,7 @@ def goal_rate(actor: Any, env_id: str, env_kwargs: dict | None, episodes: int, s
 def play_policy(path: str | Path, episodes: int = 3, seed: int = 0, video: str | None = None,
                 deterministic: bool = False, episode_steps: int = 300) -> dict[str, Any]:
     """Play a saved policy in held-out mazes of its env: goal reaches per 1,000 steps, and optionally an
-    mp4 of the first episode (``maskflow play``)."""
+    mp4 of the first episode at ``video``."""
     policy, meta = load_policy(path)
     actor = PolicyActor(policy, deterministic)
     result = goal_rate(actor, meta["env_id"], meta.get("env_kwargs"), episodes, seed, episode_steps)
@@ -174,10 +174,16 @@ def main_play(cfg: Any) -> dict[str, Any]:
     """CLI entry of ``maskflow play``."""
     from omegaconf import OmegaConf
 
+    from envs.common.files import write_json
+
     c = PlayConfig(**OmegaConf.to_container(cfg, resolve=True))
     c.validate()
     read_policy_meta(c.policy)                          # a bad folder fails before any env opens
-    result = play_policy(c.policy, c.episodes, c.seed, c.video or None, c.deterministic, c.episode_steps)
+    out = Path(c.out) if c.out else None
+    result = play_policy(c.policy, c.episodes, c.seed, str(out / "play.mp4") if out else None, c.deterministic,
+                         c.episode_steps)
+    if out:
+        write_json(out / "play.json", {"policy": c.policy, **result})
     print(json.dumps(result, indent=1))
     return result
 
@@ -190,7 +196,7 @@ class PlayConfig:
     episodes: int = 3               # held-out mazes to play (episode e: maze of seed `seed + e`)
     episode_steps: int = 300
     seed: int = 0
-    video: str = ""                 # write the first episode as an mp4 here ("" = none)
+    out: str = ""                   # folder for play.json and play.mp4 (the first episode); "" = print only
     deterministic: bool = False     # true = always the most likely action (default: sample, as trained)
 
     CHECKS: ClassVar[dict[str, Check]] = {"episodes": at_least(1), "episode_steps": at_least(1), "seed": SEED}
@@ -198,5 +204,3 @@ class PlayConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first key of a wrong type or out of its range."""
         check_config(self)
-        if not self.policy:
-            raise ConfigError("policy=DIR is required: a folder with policy.json and policy.safetensors")

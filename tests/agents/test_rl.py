@@ -45,6 +45,13 @@ def test_one_round_runs_end_to_end_saves_a_playable_policy_and_resumes(tiny_worl
     assert meta["env_id"] == "DMLabMaze-v0" and meta["actions"] == 9
     played = play_policy(out / "policy", episodes=1, seed=3, video=str(tmp_path / "p.mp4"), episode_steps=20)
     assert played["steps"] == 20 and (tmp_path / "p.mp4").stat().st_size > 0
+    from worldmodel.cli import run                                  # the documented command
+
+    run("play", [f"policy={out / 'policy'}", "episodes=1", "episode_steps=20", "seed=3", f"out={tmp_path / 'play'}"])
+    assert json.loads((tmp_path / "play" / "play.json").read_text())["steps"] == 20
+    assert (tmp_path / "play" / "play.mp4").stat().st_size > 0
+    with pytest.raises(CheckpointError, match="not a policy folder"):
+        run("play", [f"policy={tmp_path}"])
     scored = goal_rate(PolicyActor(policy), "DMLabMaze-v0", {}, 2, 3, 20, actor_seed=0)
     assert scored["steps"] == 40 and scored["reaches_per_1000"] == 1000 * scored["reaches"] / 40
     # resuming: a finished round is not run again; one more round continues from it

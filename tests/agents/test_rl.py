@@ -20,6 +20,7 @@ def test_one_round_runs_end_to_end_saves_a_playable_policy_and_resumes(tiny_worl
     from agents.policy import PolicyActor, goal_rate, load_policy, play_policy
     from agents.rl import RLConfig, run_rl
     from envs.dataset import EpisodeDataset
+    from worldmodel.cli import run
 
     out = tmp_path / "rl"
     res = run_rl(RLConfig(out=str(out), checkpoint=str(tiny_world_checkpoint), **TINY))
@@ -45,8 +46,6 @@ def test_one_round_runs_end_to_end_saves_a_playable_policy_and_resumes(tiny_worl
     assert meta["env_id"] == "DMLabMaze-v0" and meta["actions"] == 9
     played = play_policy(out / "policy", episodes=1, seed=3, video=str(tmp_path / "p.mp4"), episode_steps=20)
     assert played["steps"] == 20 and (tmp_path / "p.mp4").stat().st_size > 0
-    from worldmodel.cli import run                                  # the documented command
-
     run("play", [f"policy={out / 'policy'}", "episodes=1", "episode_steps=20", "seed=3", f"out={tmp_path / 'play'}"])
     assert json.loads((tmp_path / "play" / "play.json").read_text())["steps"] == 20
     assert (tmp_path / "play" / "play.mp4").stat().st_size > 0

@@ -112,7 +112,7 @@ def collect_real(actor: Any, env_id: str, env_kwargs: dict, steps: int, episode_
     import envs  # noqa: F401  (registers the env ids)
     from envs.common.files import atomic_dir
     from envs.dataset import write_dataset
-    from envs.heldout import env_action_meanings
+    from envs.heldout import env_action_meanings, play_maze
 
     env = gym.make(env_id, **{**env_kwargs, "max_episode_steps": episode_steps})
     meanings = env_action_meanings(env)
@@ -120,30 +120,20 @@ def collect_real(actor: Any, env_id: str, env_kwargs: dict, steps: int, episode_
     episodes, done, reaches = [], 0, 0
     try:
         while done < steps:
-            length = min(episode_steps, steps - done)
-            ep_seed = int(rng.integers(2**30))
-            maze = 2 * int(rng.integers(2**29))                     # even: a training maze
+            ep_seed, maze = int(rng.integers(2**30)), 2 * int(rng.integers(2**29))      # even: a training maze
             if hasattr(actor, "reset"):
                 actor.reset(ep_seed)
-            obs, info = env.reset(seed=ep_seed, options={"maze_seed": maze} if env_id.startswith("DMLab") else None)
-            frames, actions, rewards = [obs], [-1], [0.0]
-            term = trunc = False
-            for _ in range(length):
-                a = actor.act(obs, info)
-                obs, r, term, trunc, info = env.step(a)
-                frames.append(obs)
-                actions.append(int(a))
-                rewards.append(float(r))
-                if term or trunc:
-                    break
-            n = len(frames)
+            options = {"maze_seed": maze} if hasattr(env.unwrapped, "fixed_maze_seed") else None
+            play = play_maze(env, min(episode_steps, steps - done), ep_seed, actor, options, on_end="stop")
+            n = len(play.frames)
             done += n - 1
-            reaches += int(sum(x > 0 for x in rewards))
-            episodes.append({"id": len(episodes), "frames": np.stack(frames), "actions": np.asarray(actions, np.int16),
-                             "rewards": np.asarray(rewards, np.float32),
-                             "terminated": np.eye(1, n, n - 1, dtype=bool)[0] & bool(term),
+            reaches += int((play.rewards > 0).sum())
+            terminated = np.zeros(n, bool)
+            terminated[-1] = play.terminated
+            episodes.append({"id": len(episodes), "frames": play.frames, "actions": play.actions.astype(np.int16),
+                             "rewards": play.rewards.astype(np.float32), "terminated": terminated,
                              "truncated": np.zeros(n, bool),
-                             "attrs": {"seed": ep_seed, "maze_seed": maze, "layout": str(info.get("layout", "")),
+                             "attrs": {"seed": ep_seed, "maze_seed": play.maze_seed, "layout": play.layout,
                                        "split": "train"}})
     finally:
         env.close()

@@ -32,6 +32,8 @@ class HeldoutPlay:
     rewards: np.ndarray
     episodes_ended: int
     maze_seed: int
+    terminated: bool = False        # the last step ended its episode by termination (not truncation)
+    layout: str = ""                # the maze's text grid, where the env reports one
 
 
 def heldout_maze_seed(seed: int) -> int:
@@ -52,19 +54,28 @@ def env_action_meanings(env: gym.Env) -> tuple[str, ...]:
 
 def play_heldout(env: gym.Env, steps: int, seed: int, policy: str | Policy = "random_walk",
                  on_end: str = "reset") -> HeldoutPlay:
-    """Reset ``env`` on the held-out maze of ``seed`` and play ``steps`` steps.
+    """Reset ``env`` on the held-out maze of ``seed`` and play ``steps`` steps (:func:`play_maze`).
 
     ``policy`` is a collection policy's name (:data:`envs.policies.POLICIES`, seeded with ``seed + 1``) or
     any object with ``act(obs, info) -> int``. At an episode's end ``on_end="reset"`` starts a new episode
     in the same maze (the stream goes on, as a dream has no episode end); ``"stop"`` ends the play there,
     so the frames never splice two episodes."""
+    play = play_maze(env, steps, seed, policy, heldout_options(env, seed), on_end)
+    play.maze_seed = heldout_maze_seed(seed)
+    return play
+
+
+def play_maze(env: gym.Env, steps: int, seed: int, policy: str | Policy, options: dict | None,
+              on_end: str = "reset") -> HeldoutPlay:
+    """Reset ``env`` with ``seed`` and ``options`` (e.g. the maze seed to pin) and play ``steps`` steps; the
+    rest as :func:`play_heldout` (which pins the held-out maze of ``seed``; a training-maze play pins an even
+    one)."""
     if on_end not in END_MODES:
         raise ValueError(f"on_end={on_end!r} is not one of {', '.join(END_MODES)}")
     if isinstance(policy, str):
         policy = make_policy(policy, env_action_meanings(env), seed=seed + 1)
-    options = heldout_options(env, seed)
     obs, info = env.reset(seed=seed, options=options)
-    frames, actions, rewards, ended = [obs], [-1], [0.0], 0
+    frames, actions, rewards, ended, term = [obs], [-1], [0.0], 0, False
     for _ in range(steps):
         a = policy.act(obs, info)
         obs, r, term, trunc, info = env.step(a)
@@ -76,5 +87,6 @@ def play_heldout(env: gym.Env, steps: int, seed: int, policy: str | Policy = "ra
             if on_end == "stop":
                 break
             obs, info = env.reset(options=options)
+    maze = (options or {}).get("maze_seed", info.get("maze_seed", -1))
     return HeldoutPlay(np.stack(frames), np.asarray(actions, np.int64), np.asarray(rewards, np.float64), ended,
-                       heldout_maze_seed(seed))
+                       int(maze), bool(term), str(info.get("layout", "")))

@@ -165,6 +165,10 @@ def _say(verb: str, e: Exception, valid: list[str]) -> ConfigError:
     cause = e.__cause__
     key = str(getattr(cause, "full_key", "") or "")
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+        head, _, sub = key.partition(".")
+        if sub and head in _dict_keys(verb):      # `env_kwargs={styles:[1]}`: a whole dict merges as unknown keys
+            return ConfigError(f"set {head}'s entries one by one, e.g. '{head}.{sub}=...' (a whole dict, "
+                               f"{head}={{...}}, is not accepted); valid keys: {', '.join(valid)}")
         return ConfigError(f"unknown key {key!r} for `maskflow {verb}`; valid keys: {', '.join(valid)}")
     if isinstance(cause, ValidationError) and key in keys_of(config_class(verb)):
         cls = config_class(verb)

@@ -32,6 +32,10 @@ def test_unknown_key_is_named_with_valid_keys():
         compose("collect", ["episodez=3"])
     with pytest.raises(ConfigError, match="unknown verb"):
         compose("fly", [])
+    # a dict key takes its entries one by one; a whole dict is refused with the form that works
+    with pytest.raises(ConfigError, match=r"env_kwargs.styles=\.\.\."):
+        compose("collect", ["out=x", "env_kwargs={styles:[1]}"])
+    assert list(compose("collect", ["out=x", "env_kwargs.styles=[1]"]).env_kwargs.styles) == [1]
 
 
 def test_bad_key_exit_code_and_message(capsys):

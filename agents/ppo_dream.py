@@ -148,15 +148,13 @@ def evaluate_real(model, env_id: str = "DMLabMaze-v0", env_kwargs: dict | None =
     import gymnasium as gym
 
     import envs  # noqa: F401  (registers the env ids)
+    from agents.policy import PolicyActor
     from envs.heldout import play_heldout
-
-    class Greedy:                   # the policy's most likely action, as a play_heldout policy
-        def act(self, obs, info=None) -> int:
-            return int(model.predict(obs, deterministic=True)[0])
 
     env = gym.make(env_id, **dict(env_kwargs or {}))
     try:
-        play = play_heldout(env, steps, seed, Greedy())       # a new episode in the same maze after each end
+        # the policy's most likely action; a new episode in the same maze after each end
+        play = play_heldout(env, steps, seed, PolicyActor(model.policy, deterministic=True))
         return {"env_id": env_id, "steps": steps, "total_reward": float(sum(play.rewards.tolist())),
                 "episodes_ended": play.episodes_ended}
     finally:

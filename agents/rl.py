@@ -244,17 +244,14 @@ def run_round(cfg: RLConfig, r: int, out: Path, world: str, policy_dir: str | No
     return {**row, "world": world}
 
 
-def rl_curves(path: Path, rows: list[dict[str, Any]], baselines: dict[str, float] | None = None) -> None:
-    """Real goal reaches per 1,000 steps (held-out mazes) against real steps, with baseline lines."""
+def rl_curves(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Real goal reaches per 1,000 steps (held-out mazes) against real steps."""
     import matplotlib.pyplot as plt
 
     from envs.common.video import save_figure
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot([x["real_steps"] for x in rows], [x["eval_reaches_per_1000"] for x in rows], "o-", label="dream-trained")
-    for name, value in (baselines or {}).items():
-        ax.axhline(value, ls="--", lw=1, color="grey")
-        ax.text(0, value, f" {name}", fontsize=7, va="bottom")
     ax.set_xlabel("real env steps")
     ax.set_ylabel("goal reaches / 1000 steps (held-out)")
     ax.legend(fontsize=7)

@@ -9,8 +9,9 @@ Each round r (``OUT/rounds/rNN/``):
    plus ``wm_data`` (optional earlier token datasets, so the model does not forget) → ``world/``;
 3. **train the policy in the dream**: SB3 PPO (``CnnPolicy``) continues from the last round's weights in the
    batched :class:`~worldmodel.dream.vector_env.MaskFlowDreamVectorEnv`, ``dream_envs`` dreams started from
-   real states (windows of this round's real tokens, or of ``dream_starts``), ``horizon`` imagined frames
-   each, ``dream_steps`` frames in all;
+   real states (windows of this round's real tokens, or of ``dream_starts``; a share ``reward_starts`` of
+   them end 1..``reward_lead`` frames before a real reward, where the data holds any), ``horizon`` imagined
+   frames each, ``dream_steps`` frames in all;
 4. **evaluate** in real held-out mazes (odd maze seeds): goal reaches per 1,000 real steps over
    ``eval_episodes`` episodes (the same mazes every round) → ``policy/`` and a row of ``rl_log.csv``.
 
@@ -38,12 +39,13 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from envs.common.config_check import SEED, THREADS, Check, above, at_least, check_config, one_of
+from envs.common.config_check import SEED, THREADS, Check, above, at_least, check_config, one_of, within
 from envs.common.errors import ConfigError
 
 ROUND_FILE = "done.json"
 LOG_FIELDS = ("round", "real_steps", "eval_reaches_per_1000", "eval_reaches", "eval_steps", "collect_reaches_per_1000",
-              "dream_frames", "dream_return", "dream_episodes", "collect_s", "world_s", "dream_s", "eval_s")
+              "dream_frames", "dream_return", "dream_episodes", "reward_starts", "collect_s", "world_s", "dream_s",
+              "eval_s")
 
 
 @dataclass
@@ -63,6 +65,8 @@ class RLConfig:
     dream_envs: int = 16            # dreams batched in one forward pass
     horizon: int = 32               # imagined frames per dream episode (DIAMOND: 15, IRIS: 20; 15-50)
     dream_starts: str = ""          # dataset whose real windows start the dreams ("" = this round's real steps)
+    reward_starts: float = 0.5      # share of dreams whose real start ends 1..reward_lead frames before a real
+    reward_lead: int = 16           # reward in those windows (where they hold any), so PPO meets rewards
     end_on_reward: bool = True      # a dreamed reach ends the dream, as the real respawn starts afresh (else a
                                     # policy can learn to stand at a dreamed goal that pays frame after frame)
     steps_per_frame: int = 0        # MGM passes per dreamed frame (0 = the dream env's default)
@@ -83,6 +87,7 @@ class RLConfig:
         "rounds": at_least(1), "collect_steps": at_least(1), "episode_steps": at_least(1),
         "wm_steps": at_least(0, "0 = no world-model update"), "wm_lr": above(0), "reward_pos_weight": above(0),
         "dream_steps": at_least(1), "dream_envs": at_least(1), "horizon": at_least(1),
+        "reward_starts": within(0, 1), "reward_lead": at_least(1),
         "steps_per_frame": at_least(0, "0 = the dream default"), "n_steps": at_least(2), "batch_size": at_least(2),
         "epochs": at_least(1), "lr": above(0), "ent_coef": at_least(0), "gamma": above(0),
         "eval_episodes": at_least(1), "eval_seed": SEED, "seed": SEED, "threads": THREADS,
@@ -174,14 +179,27 @@ def make_ppo(env, cfg: RLConfig, init_policy: str | None, device: str = "cpu"):
     return model
 
 
+def count_rewards(data: str, split: str) -> int:
+    """Frames with a reward in ``data``'s ``split`` (a round's own real steps may hold none)."""
+    from envs.dataset import EpisodeDataset
+
+    ds = EpisodeDataset(data, split=split)
+    try:
+        return sum(int((np.asarray(ds.episode(i).get("rewards", ())) > 0).sum()) for i in range(len(ds)))
+    finally:
+        ds.close()
+
+
 def train_in_dream(cfg: RLConfig, world: str, context_tokens: str, init_policy: str | None) -> tuple[Any, dict]:
     """PPO for ``cfg.dream_steps`` imagined frames in the batched dream of ``world``, dreams started from
     windows of ``context_tokens``; returns (the SB3 model, stats)."""
     from agents.ppo_dream import make_dream_vec_env
 
+    reward_starts = cfg.reward_starts if count_rewards(context_tokens, "train") else 0.0
     env = make_dream_vec_env(world, cfg.dream_envs, vector=True, data=context_tokens, split="train",
                              max_episode_steps=cfg.horizon, steps_per_frame=cfg.steps_per_frame or None,
-                             end_on_reward=cfg.end_on_reward, threads=None)
+                             end_on_reward=cfg.end_on_reward, reward_starts=reward_starts,
+                             reward_lead=cfg.reward_lead, threads=None)
     try:
         model = make_ppo(env, cfg, init_policy)
         t0 = time.perf_counter()
@@ -189,6 +207,7 @@ def train_in_dream(cfg: RLConfig, world: str, context_tokens: str, init_policy: 
         seconds = time.perf_counter() - t0
         eps = list(model.ep_info_buffer)
         return model, {"dream_frames": int(model.num_timesteps), "dream_seconds": round(seconds, 1),
+                       "reward_starts": reward_starts,
                        "dream_return": float(np.mean([e["r"] for e in eps])) if eps else 0.0,
                        "dream_episodes": len(eps)}
     finally:

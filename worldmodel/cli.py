@@ -37,6 +37,8 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "dream": ("dream", "worldmodel.dream.verb:run_dream", "imagine frames from real context; writes mp4 + PSNR curve"),
     "eval": ("eval", "worldmodel.evaluation.evaluate:run_eval",
              "FVD, PSNR/SSIM and the paper's comparisons; writes a report"),
+    "calibrate": ("calibrate", "worldmodel.evaluation.rewards:run_calibrate",
+                  "pick the dream's reward threshold on held-out mazes (writes reward_calibration.json)"),
     # the agents layer sits above this one: its verbs are named here as strings and imported only when run
     "rl": ("rl", "agents.rl:run_rl_cli", "the world-model RL loop: collect, fine-tune, PPO in the dream, evaluate"),
     "play": ("play", "agents.policy:main_play", "play a saved policy in held-out real mazes (optionally an mp4)"),
@@ -50,6 +52,7 @@ CONFIGS: dict[str, str] = {
     "train": "worldmodel.training.loop:TrainConfig",
     "dream": "worldmodel.dream.verb:DreamConfig",
     "eval": "worldmodel.evaluation.evaluate:EvalConfig",
+    "calibrate": "worldmodel.evaluation.rewards:CalibrateConfig",
     "rl": "agents.rl:RLConfig",
     "play": "agents.policy:PlayConfig",
 }

@@ -18,7 +18,7 @@ TINY = dict(rounds=1, collect_steps=40, episode_steps=20, wm_steps=2, dream_step
 @pytest.mark.slow
 def test_one_round_runs_end_to_end_saves_a_playable_policy_and_resumes(tiny_world_checkpoint, tmp_path):
     from agents.policy import PolicyActor, goal_rate, load_policy, play_policy
-    from agents.rl import RLConfig, run_rl
+    from agents.rl import RLConfig, count_rewards, run_rl
     from envs.dataset import EpisodeDataset
     from worldmodel.cli import run
 
@@ -34,6 +34,8 @@ def test_one_round_runs_end_to_end_saves_a_playable_policy_and_resumes(tiny_worl
     assert json.loads((r0 / "world" / "model.json").read_text())["init"]["path"] == str(tiny_world_checkpoint)
     # 3. PPO trained in the dream; 4. evaluated on the held-out mazes
     assert row["dream_frames"] >= 16 and row["eval_steps"] == 2 * 20
+    # dreams start before real rewards only where the start data holds some (a random walk's 40 steps: none)
+    assert row["reward_starts"] == (0.5 if count_rewards(str(r0 / "tokens"), "train") else 0.0)
     with open(out / "rl_log.csv") as f:
         logged = list(csv.DictReader(f))
     assert len(logged) == 1 and float(logged[0]["eval_reaches_per_1000"]) == pytest.approx(row["eval_reaches_per_1000"])

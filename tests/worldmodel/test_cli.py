@@ -24,7 +24,7 @@ def test_verb_help_prints_defaults_even_with_required_keys(verb, capsys):
     # the training verbs have required keys (data=???); --help must still show the config
     assert main([verb, "--help"]) == 0
     out = capsys.readouterr().out
-    assert "out:" in out and f"maskflow {verb}" in out
+    assert ("out:" in out or "checkpoint:" in out) and f"maskflow {verb}" in out   # calibrate writes into its
 
 
 def test_unknown_key_is_named_with_valid_keys():

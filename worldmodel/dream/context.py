@@ -85,26 +85,55 @@ def dataset_episode(root: str, split: str, index: int, tokenizer) -> RealEpisode
 
 
 class DatasetContext:
-    """Context windows cut at random from the episodes of a frames or token dataset."""
+    """Context windows cut at random from the episodes of a frames or token dataset.
+
+    With ``reward_starts`` = p > 0, a share p of the windows end 1 … ``reward_lead`` frames before a real
+    reward in the data (a goal reach), so that a dream started there can reach it within a short horizon:
+    RL in the dream then sees rewards often enough to learn the approach (prioritised start states).
+    """
 
     def __init__(self, root: str, split: str, length: int, meanings: tuple[str, ...], tokenizer,
-                 grid: tuple[int, int]):
+                 grid: tuple[int, int], reward_starts: float = 0.0, reward_lead: int = 16):
         from envs.dataset import EpisodeDataset
 
+        if isinstance(reward_starts, bool) or not (isinstance(reward_starts, (int, float)) and 0 <= reward_starts <= 1):
+            raise ConfigError(f"reward_starts={reward_starts!r} must be a share in [0, 1] (0 = uniform windows)")
+        if isinstance(reward_lead, bool) or not (isinstance(reward_lead, (int, np.integer)) and reward_lead >= 1):
+            raise ConfigError(f"reward_lead={reward_lead!r} must be an integer >= 1 (frames before a reward)")
         self.ds = EpisodeDataset(root, split=split)
         if self.ds.action_meanings != tuple(meanings):
             self.ds.close()
             raise CheckpointError(f"the checkpoint was trained on actions {list(meanings)} but dataset {root} "
                                   f"uses {list(self.ds.action_meanings)}; dream from a dataset of the same env")
         self.root, self.split, self.length, self.tokenizer, self.grid = root, split, length, tokenizer, grid
+        self.reward_starts, self.reward_lead = float(reward_starts), int(reward_lead)
+        # (episode, frame) of every reward with at least one frame before it to end a window on
+        self.rewarded: list[tuple[int, int]] = []
+        if self.reward_starts > 0:
+            for i in range(len(self.ds)):
+                rewards = np.asarray(self.ds.episode(i).get("rewards", ()))
+                self.rewarded += [(i, int(j)) for j in np.flatnonzero(rewards > 0) if j >= 1]
+            if not self.rewarded:
+                self.ds.close()
+                raise ConfigError(f"reward_starts={reward_starts}: dataset {root} ({split}) holds no rewards "
+                                  "to start dreams before; use a dataset with goal reaches or reward_starts=0")
 
     def draw(self, rng: np.random.Generator) -> Context:
-        """A random window of ``length`` frames (shorter only when the episode is) of a random episode."""
-        i = int(rng.integers(len(self.ds)))
-        ep = self.ds.episode(i)
-        obs = ep[self.ds.kind]
-        m = min(self.length, len(obs))
-        s = int(rng.integers(len(obs) - m + 1))
+        """A random window of ``length`` frames (shorter only when the episode is) of a random episode, or
+        (a share ``reward_starts`` of draws) one ending 1 … ``reward_lead`` frames before a reward."""
+        if self.reward_starts > 0 and rng.random() < self.reward_starts:
+            i, j = self.rewarded[int(rng.integers(len(self.rewarded)))]
+            end = j - int(rng.integers(1, min(self.reward_lead, j) + 1))     # last context frame, >= 0
+            ep = self.ds.episode(i)
+            obs = ep[self.ds.kind]
+            m = min(self.length, end + 1)
+            s = end + 1 - m
+        else:
+            i = int(rng.integers(len(self.ds)))
+            ep = self.ds.episode(i)
+            obs = ep[self.ds.kind]
+            m = min(self.length, len(obs))
+            s = int(rng.integers(len(obs) - m + 1))
         if self.ds.kind == "frames":
             tokens = encode_frames(self.tokenizer, np.asarray(obs[s:s + m]))
         else:

@@ -28,6 +28,7 @@ from worldmodel.tokenizer.codec import encode_frames
 CONTEXT_SOURCES = ("auto", "dataset", "live", "given")
 OBS_TYPES = ("rgb", "tokens")
 REWARD_MODES = ("binary", "probability")
+DEFAULT_REWARD_THRESHOLD = 0.5      # for a checkpoint without a calibration (maskflow calibrate)
 
 
 class DreamEnvError(MaskFlowError):
@@ -51,9 +52,9 @@ class DreamCore:
                  data: str | None = None, split: str = "test", sampler: str = "mgm",
                  steps_per_frame: int | None = None, temperature: float = 1.0, gumbel: float | None = None,
                  schedule: str = "arccos", context_length: int | None = None, obs_type: str = "rgb",
-                 reward_mode: str = "binary", reward_threshold: float = 0.5, done_threshold: float = 0.5,
-                 end_on_reward: bool = False, policy: str = "random_walk", env_kwargs: dict | None = None,
-                 device: str = "cpu",
+                 reward_mode: str = "binary", reward_threshold: float | None = None, done_threshold: float = 0.5,
+                 end_on_reward: bool = False, reward_starts: float = 0.0, reward_lead: int = 16,
+                 policy: str = "random_walk", env_kwargs: dict | None = None, device: str = "cpu",
                  compile: bool = False, action_guidance: float = 0.0, history_guidance: float = 0.0,
                  threads: int | None = 0, precision: str = "auto"):
         from worldmodel.common.device import resolve_device
@@ -88,6 +89,11 @@ class DreamCore:
         self.meanings = tuple(self.meta["action_space"]["meanings"])
         self.num_actions = int(self.meta["action_space"]["n"])
         self.obs_type, self.reward_mode = obs_type, reward_mode
+        if reward_threshold is None:            # the checkpoint's calibrated threshold (maskflow calibrate), else 0.5
+            reward_threshold = self.meta.get("reward_calibration", {}).get("reward_threshold", DEFAULT_REWARD_THRESHOLD)
+        for name, value in (("reward_threshold", reward_threshold), ("done_threshold", done_threshold)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ConfigError(f"{name}={value!r} must be a probability in [0, 1]")
         self.reward_threshold, self.done_threshold = float(reward_threshold), float(done_threshold)
         if not isinstance(end_on_reward, (bool, np.bool_)):
             raise ConfigError(f"end_on_reward must be True or False, got {end_on_reward!r}")
@@ -107,8 +113,12 @@ class DreamCore:
         if self.source_name == "dataset":
             if not data:
                 raise ConfigError("context='dataset' needs data=DIR (a frames or token dataset of the real env)")
-            self.source = DatasetContext(data, split, self.context_length, self.meanings, self.tokenizer, self.grid)
-        elif self.source_name == "live":
+            self.source = DatasetContext(data, split, self.context_length, self.meanings, self.tokenizer, self.grid,
+                                         reward_starts, reward_lead)
+        elif reward_starts:
+            raise ConfigError(f"reward_starts={reward_starts} needs dataset context (data=DIR with rewards), "
+                              f"not context={self.source_name!r}")
+        if self.source_name == "live":
             env_id = self.meta.get("env_id") or "DMLabMaze-v0"
             kwargs = {**dict(self.meta.get("env_kwargs") or {}), **dict(env_kwargs or {})}
             self.source = LiveContext(env_id, kwargs, self.context_length, self.meanings, policy, self.tokenizer)

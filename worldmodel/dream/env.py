@@ -72,6 +72,9 @@ class MaskFlowDreamEnv(gym.Env):
     ``data=DIR``'s ``split`` episodes), ``"live"`` (a fresh held-out maze of the real env recorded in the
     checkpoint, with its recorded ``env_kwargs`` updated by ``env_kwargs``, explored by ``policy``),
     ``"given"`` (only ``reset(options=...)``), or ``"auto"`` (dataset when ``data`` is set, else live).
+    ``reward_starts`` (dataset context, default 0): the share of episodes whose context ends 1 …
+    ``reward_lead`` (16) frames before a real reward in ``data``, so that RL with a short horizon meets
+    rewards (DIAMOND and IRIS start dreams from real states; these are the rewarded ones).
     Drift controls: ``sampler`` (mgm | mgm_tfree | fm | df), ``steps_per_frame`` (None = the default,
     ``DEFAULT_FRAME_STEPS``; see "Speed" below), ``temperature``, ``gumbel`` (None = ``DEFAULT_FRAME_GUMBEL``, 8),
     ``schedule``,
@@ -112,11 +115,12 @@ class MaskFlowDreamEnv(gym.Env):
 
     ## Reward, termination, truncation
     The commit pass of each frame gives reward and termination logits. ``reward`` is 1.0 when
-    sigmoid(reward logit) > ``reward_threshold`` (0.5) else 0.0, or the probability itself with
-    ``reward_mode="probability"``. ``terminated`` is sigmoid(done logit) > ``done_threshold`` (0.5), and
-    with ``end_on_reward=True`` also a reward: in the respawn task a reach moves the real agent to a fresh
-    start, which the dream cannot know, so for RL the reach ends the dream (else a policy may learn to stay
-    at a dreamed goal that keeps paying).
+    sigmoid(reward logit) > ``reward_threshold`` else 0.0, or the probability itself with
+    ``reward_mode="probability"``. ``reward_threshold=None`` (default) takes the checkpoint's calibrated
+    threshold (``reward_calibration.json``, written by ``maskflow calibrate``), else 0.5. ``terminated``
+    is sigmoid(done logit) > ``done_threshold`` (0.5), and with ``end_on_reward=True`` also a reward: in
+    the respawn task a reach moves the real agent to a fresh start, which the dream cannot know, so for RL
+    the reach ends the dream (else a policy may learn to stay at a dreamed goal that keeps paying).
     ``truncated`` is True when the episode reaches ``max_episode_steps`` steps (independently of
     ``terminated``). Made by ``gymnasium.make`` the env has no limit of its own: gymnasium's TimeLimit is
     the limit — the registered 300 steps, or ``gymnasium.make(..., max_episode_steps=N)`` — and
@@ -146,8 +150,8 @@ class MaskFlowDreamEnv(gym.Env):
                  temperature: float = 1.0, gumbel: float | None = None, schedule: str = "arccos",
                  context_length: int | None = None, max_episode_steps: int | None = DEFAULT_MAX_EPISODE_STEPS,
                  obs_type: str = "rgb",
-                 reward_mode: str = "binary", reward_threshold: float = 0.5, done_threshold: float = 0.5,
-                 end_on_reward: bool = False,
+                 reward_mode: str = "binary", reward_threshold: float | None = None, done_threshold: float = 0.5,
+                 end_on_reward: bool = False, reward_starts: float = 0.0, reward_lead: int = 16,
                  policy: str = "random_walk", env_kwargs: dict | None = None, device: str = "cpu",
                  render_mode: str | None = None, timing_info: bool = False, compile: bool = False,
                  action_guidance: float = 0.0, history_guidance: float = 0.0, threads: int | None = 0,
@@ -160,7 +164,8 @@ class MaskFlowDreamEnv(gym.Env):
                               steps_per_frame=steps_per_frame, temperature=temperature, gumbel=gumbel,
                               schedule=schedule, context_length=context_length, obs_type=obs_type,
                               reward_mode=reward_mode, reward_threshold=reward_threshold,
-                              done_threshold=done_threshold, end_on_reward=end_on_reward, policy=policy,
+                              done_threshold=done_threshold, end_on_reward=end_on_reward,
+                              reward_starts=reward_starts, reward_lead=reward_lead, policy=policy,
                               env_kwargs=env_kwargs, device=device,
                               compile=compile, action_guidance=action_guidance, history_guidance=history_guidance,
                               threads=threads, precision=precision)

@@ -15,16 +15,22 @@ real actions after it, and dreams ``lead + tolerance`` frames, up to t + ``toler
 
 The goal of the RL issue: recall ≥ 0.7 with false alarms ≤ 0.1.
 
+**Calibration** (``maskflow calibrate``, :func:`calibrate_rewards`): the same windows on *other* held-out
+mazes (seeds from 500,000) give the reward head's peaks away from reaches; the threshold is the lowest one
+that keeps their false alarms within a budget (default 2 %), and it is written beside the weights
+(``reward_calibration.json``), which the dream then uses. Evaluations keep their own mazes (seeds from 0).
+
 Axis letters: f frames, y x pixels, c colour.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from envs.common.config_check import SEED, THREADS, Check, at_least, check_config, within
 from envs.common.errors import ConfigError
 
 
@@ -174,3 +180,76 @@ def reward_sheet(path, result: dict[str, Any]) -> None:
                 axes[row, j].set_title(title, fontsize=6)
                 axes[row, j].axis("off")
     save_figure(fig, path)
+
+
+def pick_threshold(no_reach_peaks: list[float] | np.ndarray, max_false_alarms: float, floor: float = 0.05,
+                   ceiling: float = 0.95) -> float:
+    """The lowest threshold that at most ``max_false_alarms`` (a share) of the no-reach peaks exceed: the most
+    recall that budget of false alarms allows. Kept in [``floor``, ``ceiling``] so that noise-level
+    probabilities never count as rewards."""
+    peaks = np.sort(np.asarray(no_reach_peaks, np.float64))[::-1]
+    if len(peaks) == 0:
+        raise ConfigError("no no-reach windows to calibrate on: play more trials")
+    allowed = int(np.floor(max_false_alarms * len(peaks) + 1e-9))
+    t = peaks[allowed] if allowed < len(peaks) else 0.0         # exceeded (strictly) by <= allowed peaks
+    return float(np.clip(t, floor, ceiling))
+
+
+@dataclass
+class CalibrateConfig:
+    """Settings of ``maskflow calibrate`` (the keys of ``configs/calibrate.yaml``)."""
+
+    checkpoint: str = "default"     # world model whose reward threshold to pick (default | DIR)
+    trials: int = 128               # held-out mazes played by the goal-seeking oracle
+    seed: int = 500000              # trial i plays the held-out maze of seed + i (evaluations use seeds from 0)
+    max_false_alarms: float = 0.02  # share of no-reach windows that may fire at the picked threshold
+    steps_per_frame: int = 0        # MGM passes per dreamed frame (0 = the dream env's default)
+    threads: int = 0                # torch CPU threads (0 = adapt to the cores other processes leave free)
+
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "trials": at_least(1), "seed": SEED, "max_false_alarms": within(0, 1, hi_open=True),
+        "steps_per_frame": at_least(0, "0 = the dream default"), "threads": THREADS,
+    }
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first key of a wrong type or out of its range."""
+        check_config(self)
+
+
+def calibrate_rewards(cfg: CalibrateConfig) -> dict[str, Any]:
+    """Pick the reward threshold of ``cfg.checkpoint`` on its own held-out mazes and write it beside the
+    weights (``reward_calibration.json``); returns the record, with recall and false alarms at the picked
+    threshold and at 0.5 on these calibration mazes."""
+    from worldmodel.evaluation.stats import wilson
+    from worldmodel.model.checkpoint import read_world_model_meta, resolve_checkpoint, write_reward_calibration
+
+    cfg.validate()
+    read_world_model_meta(cfg.checkpoint)               # a wrong folder fails before any maze is played
+    res = reward_recall(cfg.checkpoint, cfg.trials, cfg.seed, steps_per_frame=cfg.steps_per_frame or None,
+                        threads=cfg.threads)
+    pos = np.array([r["reward_peak"] for r in res["reaches"]])
+    neg = np.array([r["reward_peak"] for r in res["no_reaches"]])
+    t = pick_threshold(neg, cfg.max_false_alarms)
+
+    def at(thr: float) -> dict[str, Any]:
+        k, f = int((pos > thr).sum()), int((neg > thr).sum())
+        return {"recall": k / len(pos), "recall_ci95": list(wilson(k, len(pos))), "reaches": len(pos),
+                "false_alarms": f / len(neg), "false_alarms_ci95": list(wilson(f, len(neg))), "no_reaches": len(neg)}
+
+    record = {"trials": cfg.trials, "seed": cfg.seed, "max_false_alarms": cfg.max_false_alarms,
+              "policy": res["policy"], "lead": res["lead"], "tolerance": res["tolerance"],
+              "steps_per_frame": res["steps_per_frame"], "dtype": res["dtype"],
+              "at_threshold": at(t), "at_0.5": at(0.5)}
+    path = write_reward_calibration(resolve_checkpoint(cfg.checkpoint), t, record)
+    return {"reward_threshold": t, "path": str(path), **record}
+
+
+def run_calibrate(cfg: Any) -> dict[str, Any]:
+    """CLI entry of ``maskflow calibrate``."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    out = calibrate_rewards(CalibrateConfig(**OmegaConf.to_container(cfg, resolve=True)))
+    print(json.dumps(out, indent=1))
+    return out

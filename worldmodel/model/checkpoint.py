@@ -56,6 +56,8 @@ FORMAT = "maskflow-world-model"
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "model.json"
+CALIBRATION_NAME = "reward_calibration.json"     # the reward threshold picked for these weights (optional)
+CALIBRATION_FORMAT = "maskflow-reward-calibration"
 TOKENIZER_DIR = "tokenizer"
 
 
@@ -189,8 +191,40 @@ def load_world_model(path: str | os.PathLike, device: str | torch.device = "cpu"
                                    device=device)
         # callers compare the encoder identity with token datasets' (older model.json files lack it)
         meta["tokenizer"] = {**tokenizer_identity(tokenizer.cfg.to_dict(), tokenizer.state_dict()), **rec}
+    calibration = read_reward_calibration(p, meta)
+    if calibration is not None:
+        meta["reward_calibration"] = calibration
     meta["path"] = str(p)
     return model.to(device).eval(), tokenizer, meta
+
+
+def write_reward_calibration(path: str | os.PathLike, threshold: float, record: Mapping[str, Any]) -> Path:
+    """Write ``CALIBRATION_NAME`` into the checkpoint ``path``: the dream's reward threshold for these weights
+    (``maskflow calibrate``), sealed with the weights' sha256 so that it never applies to other weights."""
+    p = resolve_checkpoint(path)
+    out = p / CALIBRATION_NAME
+    write_sealed_json(out, {"format": CALIBRATION_FORMAT, "format_version": 1, "reward_threshold": float(threshold),
+                            **dict(record)}, files=(WEIGHTS_NAME,))
+    return out
+
+
+def read_reward_calibration(p: Path, meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint's reward calibration, or None without one; :class:`CheckpointError` naming the file
+    when it is corrupt or was made for other weights (after a fine-tune, say)."""
+    f = p / CALIBRATION_NAME
+    if not f.is_file():
+        return None
+    cal = read_format_json(f, "reward calibration", CALIBRATION_FORMAT, 1, required=("reward_threshold",))
+    made_for = cal.get(INTEGRITY_KEY, {}).get("files", {}).get(WEIGHTS_NAME)
+    seal = meta.get(INTEGRITY_KEY, {})
+    weights = seal.get("files", {}).get(WEIGHTS_NAME) if isinstance(seal, dict) else None
+    if made_for != (weights or sha256_file(p / WEIGHTS_NAME)):
+        raise CheckpointError(f"{f} was made for other weights than {p / WEIGHTS_NAME}; run `maskflow calibrate "
+                              f"checkpoint={p}` again or delete it (the dream then uses the 0.5 threshold)")
+    t = cal["reward_threshold"]
+    if not isinstance(t, (int, float)) or not 0 < t < 1:
+        raise CheckpointError(f"{f}: reward_threshold={t!r} must lie in (0, 1)")
+    return cal
 
 
 def _check_tokenizer_record(rec: Mapping[str, Any], tdir: Path, source: Path) -> None:

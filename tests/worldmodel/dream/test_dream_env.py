@@ -186,6 +186,52 @@ def test_end_on_reward_ends_the_dream_at_a_reward_and_only_then(ckpt, data):
         make(ckpt, data, end_on_reward="yes")
 
 
+@pytest.mark.slow
+def test_reward_starts_end_the_context_just_before_a_real_reward(ckpt, data, tmp_path):
+    import re
+
+    from envs.collect import CollectConfig, collect
+    from envs.dataset import EpisodeDataset
+
+    goal = tmp_path / "goal"
+    collect(CollectConfig(out=str(goal), policy="goal_seeking", episodes=2, steps=150, workers=1, seed=5,
+                          test_fraction=0.0), progress=False)
+    ds = EpisodeDataset(goal, "train")
+    rewards = {i: np.asarray(ds.episode(i)["rewards"]) for i in range(len(ds))}
+    ds.close()
+    assert sum(r.sum() for r in rewards.values()) >= 2
+
+    def windows(share: float) -> list[tuple[int, int, int]]:
+        env = make(ckpt, str(goal), split="train", reward_starts=share, reward_lead=3, max_episode_steps=2)
+        out = []
+        for seed in range(12):
+            _, info = env.reset(seed=seed)
+            i, s, e = map(int, re.search(r"episode (\d+) frames (\d+)\.\.(\d+)", info["context_source"]).groups())
+            out.append((i, s, e))
+        env.close()
+        return out
+
+    near = windows(1.0)
+    # every context ends 1..3 frames before a real reward of its episode, and is as long as it can be
+    assert all(rewards[i][e + 1:e + 4].sum() > 0 for i, s, e in near)
+    assert all(e - s + 1 == min(3, e + 1) for _, s, e in near)
+    assert len(set(near)) > 3
+    # uniform windows (the default) mostly do not
+    assert sum(rewards[i][e + 1:e + 4].sum() > 0 for i, _, e in windows(0.0)) < 12
+    # a dataset without rewards, a share outside [0, 1], and live context are refused by name
+    ds = EpisodeDataset(data, "test")
+    assert not any(np.asarray(ds.episode(i)["rewards"]).any() for i in range(len(ds)))
+    ds.close()
+    with pytest.raises(ConfigError, match="holds no rewards"):
+        make(ckpt, data, reward_starts=0.5)
+    with pytest.raises(ConfigError, match="reward_starts"):
+        make(ckpt, str(goal), split="train", reward_starts=1.5)
+    with pytest.raises(ConfigError, match="reward_lead"):
+        make(ckpt, str(goal), split="train", reward_starts=0.5, reward_lead=0)
+    with pytest.raises(ConfigError, match="needs dataset context"):
+        MaskFlowDreamEnv(ckpt, context="live", reward_starts=0.5)
+
+
 # -- vector env ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_vector_env_next_step_autoreset_per_env(ckpt, data):

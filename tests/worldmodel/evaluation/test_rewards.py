@@ -53,3 +53,58 @@ def test_reward_recall_scores_a_tiny_dream(tiny_world_checkpoint):
     assert never["reward_recall"]["rate"] == 0.0 and never["reward_false_alarms"]["rate"] == 0.0
     with pytest.raises(ConfigError, match="reward_trials=0"):
         reward_recall(ckpt, trials=0)
+
+
+def test_pick_threshold_keeps_false_alarms_within_the_budget():
+    from worldmodel.evaluation.rewards import pick_threshold
+
+    neg = np.array([0.9, 0.3, 0.2, 0.12, 0.11, 0.1, 0.09, 0.08, 0.07, 0.06])
+    for budget, want in ((0.0, 0.9), (0.1, 0.3), (0.25, 0.2), (0.5, 0.1)):
+        t = pick_threshold(neg, budget)
+        assert t == pytest.approx(want) and (neg > t).mean() <= budget
+    assert pick_threshold(np.full(10, 0.01), 0.1) == 0.05          # never below the floor
+    assert pick_threshold(np.full(10, 0.99), 0.0) == 0.95          # nor above the ceiling
+    with pytest.raises(ConfigError, match="no no-reach windows"):
+        pick_threshold([], 0.1)
+
+
+@pytest.mark.slow
+def test_calibrate_writes_a_threshold_the_dream_uses_and_only_for_its_weights(tiny_world_checkpoint, tmp_path):
+    import json
+    import shutil
+
+    from envs.common.errors import CheckpointError
+    from worldmodel.cli import run
+    from worldmodel.dream.env import MaskFlowDreamEnv
+    from worldmodel.model.checkpoint import CALIBRATION_NAME, load_world_model, save_world_model
+
+    ckpt = tmp_path / "world"
+    shutil.copytree(tiny_world_checkpoint, ckpt)
+    out = run("calibrate", [f"checkpoint={ckpt}", "trials=3", "steps_per_frame=1", "threads=1",
+                            "max_false_alarms=0.5"])
+    cal = json.loads((ckpt / CALIBRATION_NAME).read_text())
+    t = cal["reward_threshold"]
+    assert t == out["reward_threshold"] and 0.05 <= t <= 0.95 and cal["trials"] == 3 and cal["seed"] == 500000
+    assert cal["at_threshold"]["false_alarms"] <= 0.5
+    # the dream takes the calibrated threshold unless told another; uncalibrated checkpoints keep 0.5
+    for kw, want in (({}, t), ({"reward_threshold": 0.9}, 0.9)):
+        env = MaskFlowDreamEnv(str(ckpt), context="given", **kw)
+        assert env.core.reward_threshold == pytest.approx(want)
+        env.close()
+    env = MaskFlowDreamEnv(str(tiny_world_checkpoint), context="given")
+    assert env.core.reward_threshold == 0.5
+    env.close()
+    with pytest.raises(ConfigError, match="reward_threshold"):
+        MaskFlowDreamEnv(str(ckpt), context="given", reward_threshold=1.5)
+    # the calibration is sealed to its weights: other weights (a fine-tune, here a nudge) refuse it by name
+    model, _, meta = load_world_model(ckpt)
+    state = {k: v + 1e-3 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    other = tmp_path / "other"
+    save_world_model(other, model.cfg, state, action_meanings=meta["action_space"]["meanings"],
+                     env_id=meta["env_id"], tokenizer_dir=ckpt / "tokenizer")
+    shutil.copy(ckpt / CALIBRATION_NAME, other / CALIBRATION_NAME)
+    with pytest.raises(CheckpointError, match="made for other weights"):
+        load_world_model(other)
+    # a bad setting is refused before any maze is played
+    with pytest.raises(ConfigError, match="max_false_alarms"):
+        run("calibrate", [f"checkpoint={ckpt}", "max_false_alarms=1.5"])

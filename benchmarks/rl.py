@@ -12,7 +12,8 @@ every row and seed), as the mean over seeds with a 95 % t interval:
 
 Every part resumes: RL runs round by round, baselines seed by seed (``OUT/baselines.json``). Writes
 ``OUT/results.json`` (also copied to ``--results``) and ``OUT/curves.png`` (real goal reaches against real
-steps per seed, with the baselines' means).
+steps per seed, with the baselines' means; copied beside ``--results`` as ``curves*.png``, the name's
+``results`` part replaced).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dest = Path(a.results)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / "results.json", dest)
-        shutil.copyfile(out / "curves.png", dest.with_name("curves.png"))
+        shutil.copyfile(out / "curves.png", dest.with_name(dest.stem.replace("results", "curves") + ".png"))
     print(json.dumps({k: {"mean": round(v["mean"], 2), "ci95": [round(x, 2) for x in v["ci95"]]}
                       for k, v in rows.items()} | {"goals": result["goals"]}, indent=1))
     return result

@@ -185,7 +185,7 @@ def count_rewards(data: str, split: str) -> int:
 
     ds = EpisodeDataset(data, split=split)
     try:
-        return sum(int((np.asarray(ds.episode(i).get("rewards", ())) > 0).sum()) for i in range(len(ds)))
+        return len(ds.reward_frames())
     finally:
         ds.close()
 

@@ -239,6 +239,15 @@ class EpisodeDataset:
             self._cache[i] = out
         return out
 
+    def reward_frames(self) -> list[tuple[int, int]]:
+        """(episode, frame) of every frame with a positive reward (reads only the rewards arrays)."""
+        out = []
+        for i, (si, eid) in enumerate(self.index):
+            g = self._file(si)[f"episodes/{eid:06d}"]
+            if "rewards" in g:
+                out += [(i, int(j)) for j in np.flatnonzero(np.asarray(g["rewards"][()]) > 0)]
+        return out
+
     def lengths(self) -> list[int]:
         """Frames per episode (reads each episode's obs dataset shape only)."""
         out = []

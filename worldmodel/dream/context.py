@@ -110,9 +110,7 @@ class DatasetContext:
         # (episode, frame) of every reward with at least one frame before it to end a window on
         self.rewarded: list[tuple[int, int]] = []
         if self.reward_starts > 0:
-            for i in range(len(self.ds)):
-                rewards = np.asarray(self.ds.episode(i).get("rewards", ()))
-                self.rewarded += [(i, int(j)) for j in np.flatnonzero(rewards > 0) if j >= 1]
+            self.rewarded = [(i, j) for i, j in self.ds.reward_frames() if j >= 1]
             if not self.rewarded:
                 self.ds.close()
                 raise ConfigError(f"reward_starts={reward_starts}: dataset {root} ({split}) holds no rewards "

@@ -44,8 +44,8 @@ from envs.common.errors import ConfigError
 
 ROUND_FILE = "done.json"
 LOG_FIELDS = ("round", "real_steps", "eval_reaches_per_1000", "eval_reaches", "eval_steps", "collect_reaches_per_1000",
-              "dream_frames", "dream_return", "dream_episodes", "reward_starts", "collect_s", "world_s", "dream_s",
-              "eval_s")
+              "dream_frames", "dream_return", "dream_episodes", "reward_starts", "reward_threshold", "collect_s",
+              "world_s", "dream_s", "eval_s")
 
 
 @dataclass
@@ -67,6 +67,8 @@ class RLConfig:
     dream_starts: str = ""          # dataset whose real windows start the dreams ("" = this round's real steps)
     reward_starts: float = 0.5      # share of dreams whose real start ends 1..reward_lead frames before a real
     reward_lead: int = 16           # reward in those windows (where they hold any), so PPO meets rewards
+    reward_threshold: float | None = None   # the dream's reward threshold; null = the start checkpoint's
+                                    # calibration (`maskflow calibrate`; kept through the fine-tunes), else 0.5
     end_on_reward: bool = True      # a dreamed reach ends the dream, as the real respawn starts afresh (else a
                                     # policy can learn to stand at a dreamed goal that pays frame after frame)
     steps_per_frame: int = 0        # MGM passes per dreamed frame (0 = the dream env's default)
@@ -88,6 +90,7 @@ class RLConfig:
         "wm_steps": at_least(0, "0 = no world-model update"), "wm_lr": above(0), "reward_pos_weight": above(0),
         "dream_steps": at_least(1), "dream_envs": at_least(1), "horizon": at_least(1),
         "reward_starts": within(0, 1), "reward_lead": at_least(1),
+        "reward_threshold": within(0, 1, hi_open=True),
         "steps_per_frame": at_least(0, "0 = the dream default"), "n_steps": at_least(2), "batch_size": at_least(2),
         "epochs": at_least(1), "lr": above(0), "ent_coef": at_least(0), "gamma": above(0),
         "eval_episodes": at_least(1), "eval_seed": SEED, "seed": SEED, "threads": THREADS,
@@ -151,15 +154,18 @@ def collect_real(actor: Any, env_id: str, env_kwargs: dict, steps: int, episode_
 
 # -- one round ----------------------------------------------------------------------------------------
 def world_meta(checkpoint: str) -> dict[str, Any]:
-    """The checkpoint's env (id, kwargs, action meanings) and its tokenizer folder."""
+    """The checkpoint's env (id, kwargs, action meanings), its tokenizer folder and its reward threshold."""
     from worldmodel.common.assets import SHIPPED_TOKENIZER
-    from worldmodel.model.checkpoint import read_world_model_meta, resolve_checkpoint
+    from worldmodel.dream.core import DEFAULT_REWARD_THRESHOLD
+    from worldmodel.model.checkpoint import read_reward_calibration, read_world_model_meta, resolve_checkpoint
 
     path = resolve_checkpoint(checkpoint)
     meta = read_world_model_meta(path)
+    cal = read_reward_calibration(path, meta)
     return {"path": str(path), "env_id": meta.get("env_id") or "DMLabMaze-v0",
             "env_kwargs": dict(meta.get("env_kwargs") or {}), "meanings": tuple(meta["action_space"]["meanings"]),
-            "tokenizer": str(path / SHIPPED_TOKENIZER)}
+            "tokenizer": str(path / SHIPPED_TOKENIZER),
+            "reward_threshold": cal["reward_threshold"] if cal else DEFAULT_REWARD_THRESHOLD}
 
 
 def make_ppo(env, cfg: RLConfig, init_policy: str | None, device: str = "cpu"):
@@ -190,15 +196,18 @@ def count_rewards(data: str, split: str) -> int:
         ds.close()
 
 
-def train_in_dream(cfg: RLConfig, world: str, context_tokens: str, init_policy: str | None) -> tuple[Any, dict]:
+def train_in_dream(cfg: RLConfig, world: str, context_tokens: str, init_policy: str | None,
+                   reward_threshold: float) -> tuple[Any, dict]:
     """PPO for ``cfg.dream_steps`` imagined frames in the batched dream of ``world``, dreams started from
-    windows of ``context_tokens``; returns (the SB3 model, stats)."""
+    windows of ``context_tokens``, a reward where the head's probability exceeds ``reward_threshold``;
+    returns (the SB3 model, stats)."""
     from agents.ppo_dream import make_dream_vec_env
 
     reward_starts = cfg.reward_starts if count_rewards(context_tokens, "train") else 0.0
     env = make_dream_vec_env(world, cfg.dream_envs, vector=True, data=context_tokens, split="train",
                              max_episode_steps=cfg.horizon, steps_per_frame=cfg.steps_per_frame or None,
                              end_on_reward=cfg.end_on_reward, reward_starts=reward_starts,
+                             reward_threshold=reward_threshold,
                              reward_lead=cfg.reward_lead, threads=None)
     try:
         model = make_ppo(env, cfg, init_policy)
@@ -207,7 +216,7 @@ def train_in_dream(cfg: RLConfig, world: str, context_tokens: str, init_policy: 
         seconds = time.perf_counter() - t0
         eps = list(model.ep_info_buffer)
         return model, {"dream_frames": int(model.num_timesteps), "dream_seconds": round(seconds, 1),
-                       "reward_starts": reward_starts,
+                       "reward_starts": reward_starts, "reward_threshold": reward_threshold,
                        "dream_return": float(np.mean([e["r"] for e in eps])) if eps else 0.0,
                        "dream_episodes": len(eps)}
     finally:
@@ -217,13 +226,17 @@ def train_in_dream(cfg: RLConfig, world: str, context_tokens: str, init_policy: 
 def finetune_world(cfg: RLConfig, init: str, data: list[str], out: Path, seed: int) -> str:
     """Fine-tune ``init`` on ``data`` for ``cfg.wm_steps`` (resumable in ``out``); returns the new checkpoint.
     The reward head learns from clean frames only, which plain frame-level masking hardly ever shows, so half
-    the clips keep a clean past (as the dream queries the head: a clean context and a committed frame)."""
+    the clips keep a clean past (as the dream queries the head: a clean context and a committed frame).
+    The head keeps the reward labelling its starting weights learnt (``reward_early``): its meaning stays."""
+    from worldmodel.model.checkpoint import read_world_model_meta
     from worldmodel.training.loop import TrainConfig, train
+
+    early = int((read_world_model_meta(init).get("train_config") or {}).get("reward_early", 0))
 
     tc = TrainConfig(data=data, out=str(out), init=init, steps=cfg.wm_steps, lr=cfg.wm_lr,
                      warmup_steps=min(20, cfg.wm_steps // 4), cooldown_steps=cfg.wm_steps // 3, eval_every=0,
                      ckpt_every=max(25, cfg.wm_steps // 4), reward_weight=0.5, reward_pos_weight=cfg.reward_pos_weight,
-                     clean_context_prob=0.5,
+                     reward_early=early, clean_context_prob=0.5,
                      seed=seed, threads=cfg.threads, tensorboard=False, progress=False)
     train(tc)
     return str(out)
@@ -249,7 +262,9 @@ def run_round(cfg: RLConfig, r: int, out: Path, world: str, policy_dir: str | No
         data = [*cfg.wm_data, *(str(out / "rounds" / f"r{i:02d}" / "tokens") for i in range(r + 1))]
         world = finetune_world(cfg, world, data, rdir / "world", cfg.seed * 1000 + r)
     t2 = time.perf_counter()
-    model, dream = train_in_dream(cfg, world, cfg.dream_starts or str(rdir / "tokens"), policy_dir)
+    # a fine-tune's weights carry no calibration of their own: the start checkpoint's threshold holds throughout
+    threshold = cfg.reward_threshold if cfg.reward_threshold is not None else meta["reward_threshold"]
+    model, dream = train_in_dream(cfg, world, cfg.dream_starts or str(rdir / "tokens"), policy_dir, threshold)
     t3 = time.perf_counter()
     real = goal_rate(PolicyActor(model.policy), meta["env_id"], meta["env_kwargs"], cfg.eval_episodes, cfg.eval_seed,
                      cfg.episode_steps, actor_seed=cfg.seed)

@@ -36,6 +36,11 @@ def test_one_round_runs_end_to_end_saves_a_playable_policy_and_resumes(tiny_worl
     assert row["dream_frames"] >= 16 and row["eval_steps"] == 2 * 20
     # dreams start before real rewards only where the start data holds some (a random walk's 40 steps: none)
     assert row["reward_starts"] == (0.5 if count_rewards(str(r0 / "tokens"), "train") else 0.0)
+    # an uncalibrated start dreams at the 0.5 threshold; the fine-tune keeps the start's reward labelling
+    assert row["reward_threshold"] == 0.5
+    start_cfg = json.loads((tiny_world_checkpoint / "model.json").read_text())["train_config"]
+    tuned_cfg = json.loads((r0 / "world" / "model.json").read_text())["train_config"]
+    assert tuned_cfg["reward_early"] == start_cfg.get("reward_early", 0)
     with open(out / "rl_log.csv") as f:
         logged = list(csv.DictReader(f))
     assert len(logged) == 1 and float(logged[0]["eval_reaches_per_1000"]) == pytest.approx(row["eval_reaches_per_1000"])
@@ -70,6 +75,21 @@ def test_one_round_runs_end_to_end_saves_a_playable_policy_and_resumes(tiny_worl
     w.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="policy.safetensors"):
         load_policy(out / "policy")
+
+
+def test_the_loop_dreams_at_the_start_checkpoints_calibrated_threshold(tiny_world_checkpoint, tmp_path):
+    import shutil
+
+    from agents.rl import RLConfig, run_rl, world_meta
+    from worldmodel.model.checkpoint import write_reward_calibration
+
+    ckpt = tmp_path / "world"
+    shutil.copytree(tiny_world_checkpoint, ckpt)
+    assert world_meta(str(ckpt))["reward_threshold"] == 0.5
+    write_reward_calibration(ckpt, 0.25, {"trials": 1})
+    assert world_meta(str(ckpt))["reward_threshold"] == 0.25
+    with pytest.raises(ConfigError, match="reward_threshold"):
+        run_rl(RLConfig(out=str(tmp_path / "a"), checkpoint=str(ckpt), reward_threshold=1.0))
 
 
 def test_bad_settings_are_refused_before_any_work(tmp_path):

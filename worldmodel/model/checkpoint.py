@@ -39,10 +39,12 @@ from envs.common.files import (
     load_state_dict_strict,
     load_weights,
     read_format_json,
+    read_json,
     save_weights,
     sha256_file,
     verify_files,
     verify_sums,
+    write_json,
     write_sealed_json,
 )
 from worldmodel.common.assets import default_checkpoint
@@ -200,11 +202,21 @@ def load_world_model(path: str | os.PathLike, device: str | torch.device = "cpu"
 
 def write_reward_calibration(path: str | os.PathLike, threshold: float, record: Mapping[str, Any]) -> Path:
     """Write ``CALIBRATION_NAME`` into the checkpoint ``path``: the dream's reward threshold for these weights
-    (``maskflow calibrate``), sealed with the weights' sha256 so that it never applies to other weights."""
+    (``maskflow calibrate``), sealed with the weights' sha256 so that it never applies to other weights.
+    In a release (``SHA256SUMS.json``), whose every file is listed, the sums are checked first and then
+    rewritten to list the calibration too, so that the release stays verifiable."""
     p = resolve_checkpoint(path)
     out = p / CALIBRATION_NAME
+    release = (p / SUMS_NAME).is_file()
+    if release:
+        verify_sums(p)            # bless nothing that was already changed
     write_sealed_json(out, {"format": CALIBRATION_FORMAT, "format_version": 1, "reward_threshold": float(threshold),
                             **dict(record)}, files=(WEIGHTS_NAME,))
+    if release:
+        sums = read_json(p / SUMS_NAME, what="release checksums")
+        sums["files"][CALIBRATION_NAME] = sha256_file(out)
+        sums["bytes"] = sum((p / f).stat().st_size for f in sums["files"])
+        write_json(p / SUMS_NAME, sums)
     return out
 
 

@@ -43,8 +43,10 @@ from envs.common.files import (
     write_json,
     write_sealed_json,
 )
+from worldmodel.model.checkpoint import CALIBRATION_NAME, CONFIG_NAME, TOKENIZER_DIR, WEIGHTS_NAME
 
-RELEASE_ENTRIES = ("model.json", "model.safetensors", "tokenizer", SUMS_NAME)
+# a release's entries; `maskflow calibrate` may add its reward calibration (and list it in the sums)
+RELEASE_ENTRIES = (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR, SUMS_NAME, CALIBRATION_NAME)
 
 
 def _half(path: Path, dst: Path) -> None:
@@ -106,9 +108,6 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, half: bool
     """Write a release of checkpoint ``src`` to ``dst``; returns ``dst``. Loads it back to check it.
     ``decoder``: a tokenizer with ``src``'s encoder whose decoder replaces the one in ``src``."""
     from worldmodel.model.checkpoint import (
-        CONFIG_NAME,
-        TOKENIZER_DIR,
-        WEIGHTS_NAME,
         load_world_model,
         read_world_model_meta,
         resolve_checkpoint,

@@ -35,9 +35,14 @@ class TokenClips:
     (its decoder may differ; see tokenizer_identity), the token grid, the env and its action list; a
     mismatch is a :class:`DatasetError` naming
     both datasets. A dataset without episodes in ``split`` is skipped when others have some.
+
+    ``reward_early`` > 0 also labels the ``reward_early`` frames before each reward of an episode with that
+    reward: in respawn mode the reward frame itself is the jump to a new view, which a dream seldom draws,
+    while the frame before shows the goal close up (docs/results.md, "Rewards the dream gets right").
     """
 
-    def __init__(self, root: str | os.PathLike | Sequence[str | os.PathLike], split: str, clip_len: int):
+    def __init__(self, root: str | os.PathLike | Sequence[str | os.PathLike], split: str, clip_len: int,
+                 reward_early: int = 0):
         roots = [Path(r) for r in ([root] if isinstance(root, (str, os.PathLike)) else root)]
         if not roots:
             raise DatasetError("no token dataset given")
@@ -75,7 +80,7 @@ class TokenClips:
         self.tokens = np.concatenate([e["tokens"] for e in eps])          # uint16 on disk: kept compact
         n = len(self.tokens)
         self.actions = np.concatenate([_field(e, "actions", -1, np.int64) for e in eps])
-        self.rewards = np.concatenate([_field(e, "rewards", 0, np.float32) for e in eps])
+        self.rewards = np.concatenate([_early(_field(e, "rewards", 0, np.float32), reward_early) for e in eps])
         self.terminated = np.concatenate([_field(e, "terminated", False, bool) for e in eps])
         starts = np.cumsum([0] + [len(e["tokens"]) for e in eps])
         self.starts = np.concatenate([np.arange(s, s + len(e["tokens"]) - clip_len + 1)
@@ -115,6 +120,14 @@ class TokenClips:
         idx = self.starts[windows][:, None] + np.arange(self.clip_len)[None]
         return ClipBatch(torch.from_numpy(self.tokens[idx].astype(np.int64)), torch.from_numpy(self.actions[idx]),
                          torch.from_numpy(self.rewards[idx]), torch.from_numpy(self.terminated[idx]))
+
+
+def _early(rewards: np.ndarray, n: int) -> np.ndarray:
+    """``rewards`` (f,) of one episode with each reward copied onto the ``n`` frames before it."""
+    out = rewards.copy()
+    for k in range(1, min(n, len(rewards) - 1) + 1):
+        out[:-k] = np.maximum(out[:-k], rewards[k:])
+    return out
 
 
 def _check_compatible(a: EpisodeDataset, b: EpisodeDataset) -> None:

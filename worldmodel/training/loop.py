@@ -89,6 +89,7 @@ class TrainConfig:
     action_dropout: float = 0.1     # fraction of frames trained without their action (action-free sampling)
     reward_weight: float = 0.1      # weight of the reward + termination heads' BCE (clean frames only)
     reward_pos_weight: float = 1.0  # weight of positive frames (goal reaches, ends) in that BCE; > 1 for rare ones
+    reward_early: int = 0           # also label the n frames before each reward as rewarded (the goal close up)
     eval_every: int = 500           # held-out metrics on test mazes (0 = off)
     eval_clips: int = 32
     ckpt_every: int = 500           # resumable state + model export (also at the end, on Ctrl-C / SIGTERM)
@@ -119,7 +120,8 @@ class TrainConfig:
         "scheduler": one_of(*SCHEDULERS), "loss_weighting": one_of("fused_snr", "min_snr", "none"),
         "clean_context_prob": within(0, 1), "token_noise": within(0, 1, hi_open=True),
         "action_dropout": within(0, 1), "reward_weight": at_least(0),
-        "reward_pos_weight": above(0, "1 = unweighted"), "eval_every": at_least(0, "0 = off"),
+        "reward_pos_weight": above(0, "1 = unweighted"), "reward_early": at_least(0, "0 = the reward frame only"),
+        "eval_every": at_least(0, "0 = off"),
         "eval_clips": at_least(1), "ckpt_every": at_least(1), "log_every": at_least(1), "keep_states": at_least(1),
         "max_minutes": at_least(0, "0 = no limit"), "seed": SEED, "device": one_of("auto", "cpu", "cuda"),
         "precision": one_of("auto", "bf16", "fp32"), "threads": THREADS, "nice": at_least(0),
@@ -171,9 +173,9 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
         os.nice(cfg.nice)
     amp = autocast_dtype(cfg.precision, device)
     seed_everything(cfg.seed)                       # same init on every rank (DDP also broadcasts)
-    clips = TokenClips(roots, "train", cfg.clip_len)
+    clips = TokenClips(roots, "train", cfg.clip_len, cfg.reward_early)
     try:
-        test = TokenClips(roots, "test", cfg.clip_len) if cfg.eval_every > 0 and rank == 0 else None
+        test = TokenClips(roots, "test", cfg.clip_len, cfg.reward_early) if cfg.eval_every > 0 and rank == 0 else None
     except DatasetError as e:
         print(f"no held-out evaluation: {e}")
         test = None

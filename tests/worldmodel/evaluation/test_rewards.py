@@ -108,3 +108,23 @@ def test_calibrate_writes_a_threshold_the_dream_uses_and_only_for_its_weights(ti
     # a bad setting is refused before any maze is played
     with pytest.raises(ConfigError, match="max_false_alarms"):
         run("calibrate", [f"checkpoint={ckpt}", "max_false_alarms=1.5"])
+
+
+def test_a_release_takes_its_calibration_into_its_checksums(tiny_world_checkpoint, tmp_path):
+    from envs.common.errors import CheckpointError
+    from worldmodel.model.checkpoint import CALIBRATION_NAME, load_world_model, write_reward_calibration
+    from worldmodel.model.export import export_checkpoint, verify_release
+
+    rel = export_checkpoint(tiny_world_checkpoint, tmp_path / "release")
+    write_reward_calibration(rel, 0.3, {"trials": 1})
+    assert CALIBRATION_NAME in verify_release(rel)          # listed, so the release still verifies
+    assert load_world_model(rel)[2]["reward_calibration"]["reward_threshold"] == 0.3
+    write_reward_calibration(rel, 0.2, {"trials": 1})        # a new calibration replaces the old one
+    assert load_world_model(rel)[2]["reward_calibration"]["reward_threshold"] == 0.2
+    export_checkpoint(tiny_world_checkpoint, rel, overwrite=True)   # re-exporting drops it (new weights)
+    assert CALIBRATION_NAME not in verify_release(rel) and not (rel / CALIBRATION_NAME).exists()
+    # a release changed by hand is not blessed by calibrating it
+    (rel / "tokenizer" / "tokenizer.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="tokenizer.json"):
+        write_reward_calibration(rel, 0.3, {"trials": 1})
+    assert not (rel / CALIBRATION_NAME).exists()

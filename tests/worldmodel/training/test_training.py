@@ -389,3 +389,20 @@ def test_reward_pos_weight_scales_the_heads_loss_on_goal_frames_only():
     # zero-initialised heads predict p = 0.5: a negative costs log 2 whatever the weight, a positive w log 2
     assert logs[(1.0, "none")]["reward_bce"] == pytest.approx(logs[(10.0, "none")]["reward_bce"])
     assert logs[(10.0, "goal")]["reward_bce"] > 2 * logs[(1.0, "goal")]["reward_bce"]
+
+
+def test_reward_early_labels_the_frames_before_each_reward_within_its_episode(tmp_path):
+    from worldmodel.training.data import TokenClips
+
+    eps = painted_episodes(2, 8, 3)
+    for e, at in zip(eps, ([3, 7], [0, 5])):            # a reward mid-episode, one at each episode's edge
+        e["rewards"] = np.zeros(8, np.float32)
+        e["rewards"][at] = 1.0
+    root = tmp_path / "tokens"
+    write_dataset(root, eps, "train", "tokens", "synthetic", ACTIONS)
+    plain, early = TokenClips(root, "train", 4).rewards, TokenClips(root, "train", 4, reward_early=2).rewards
+    assert np.flatnonzero(plain).tolist() == [3, 7, 8, 13]
+    # frames 1-3 and 5-7 of episode 0; frame 0 and 3-5 of episode 1: nothing spills into episode 0's end
+    assert np.flatnonzero(early).tolist() == [1, 2, 3, 5, 6, 7, 8, 11, 12, 13]
+    with pytest.raises(ConfigError, match="reward_early"):
+        tiny_cfg(reward_early=-1).validate()

@@ -156,8 +156,12 @@ def collect_real(actor: Any, env_id: str, env_kwargs: dict, steps: int, episode_
 def world_meta(checkpoint: str) -> dict[str, Any]:
     """The checkpoint's env (id, kwargs, action meanings), its tokenizer folder and its reward threshold."""
     from worldmodel.common.assets import SHIPPED_TOKENIZER
-    from worldmodel.dream.core import DEFAULT_REWARD_THRESHOLD
-    from worldmodel.model.checkpoint import read_reward_calibration, read_world_model_meta, resolve_checkpoint
+    from worldmodel.model.checkpoint import (
+        calibrated_threshold,
+        read_reward_calibration,
+        read_world_model_meta,
+        resolve_checkpoint,
+    )
 
     path = resolve_checkpoint(checkpoint)
     meta = read_world_model_meta(path)
@@ -165,7 +169,7 @@ def world_meta(checkpoint: str) -> dict[str, Any]:
     return {"path": str(path), "env_id": meta.get("env_id") or "DMLabMaze-v0",
             "env_kwargs": dict(meta.get("env_kwargs") or {}), "meanings": tuple(meta["action_space"]["meanings"]),
             "tokenizer": str(path / SHIPPED_TOKENIZER),
-            "reward_threshold": cal["reward_threshold"] if cal else DEFAULT_REWARD_THRESHOLD}
+            "reward_threshold": calibrated_threshold(cal)}
 
 
 def make_ppo(env, cfg: RLConfig, init_policy: str | None, device: str = "cpu"):

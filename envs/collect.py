@@ -44,8 +44,9 @@ class CollectConfig:
 
     Attributes:
         env: a registered env id (``DMLabMaze-v0`` by default).
-        policy: ``random_walk`` (held actions, DMLab-dataset style), ``uniform``, or ``goal_seeking`` (an oracle
-            that walks to the goal part of the time: data with many goal reaches for the reward head).
+        policy: ``random_walk`` (held actions, DMLab-dataset style), ``uniform``, ``goal_seeking`` (an oracle
+            that walks to the goal part of the time: data with many goal reaches for the reward head), or
+            ``revisit`` (a random walk with turn-away-and-back excursions: data for memory beyond the window).
         episodes: total episodes (train + test).
         steps: steps per episode (frames per episode = steps + 1).
         workers: parallel env processes (1 = in-process).
@@ -58,7 +59,8 @@ class CollectConfig:
 
     out: str                        # dataset directory (resumed if it holds the same collection)
     env: str = "DMLabMaze-v0"       # any registered id: DMLabMaze-v0, DMLabMazeLarge-v0, MiniWorldMaze64-v0, ...
-    policy: str = "random_walk"     # random_walk (held actions) | uniform | goal_seeking (oracle, for reward data)
+    policy: str = "random_walk"     # random_walk (held actions) | uniform | goal_seeking (oracle, for reward
+                                    # data) | revisit (turns away and back, for memory)
     episodes: int = 16              # train + test episodes
     steps: int = 300                # steps per episode (frames = steps + 1)
     workers: int = 2                # env processes (AsyncVectorEnv, spawn); 1 = in-process

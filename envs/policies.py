@@ -2,7 +2,8 @@
 
 :class:`RandomWalkPolicy` imitates the DeepMind Lab datasets' random walks: an action is held for a
 random number of steps, forward motion dominates, and a blocked agent turns away, so the agent
-travels through the maze instead of jittering in place. :class:`GoalSeekingPolicy` is an oracle for the
+travels through the maze instead of jittering in place. :class:`RevisitPolicy` adds excursions that turn
+away and back to the view they left, for memory training. :class:`GoalSeekingPolicy` is an oracle for the
 reward data: it reads the maze layout and the goal from ``info`` (privileged, as only a collector may)
 and alternates stretches of walking the shortest path to the goal with stretches of random walk, so the
 data holds many goal reaches, approached from many sides.
@@ -190,11 +191,58 @@ class GoalSeekingPolicy:
         return self.walk.act(obs, info)
 
 
-POLICIES = {"random_walk": RandomWalkPolicy, "uniform": UniformRandomPolicy, "goal_seeking": GoalSeekingPolicy}
+class RevisitPolicy:
+    """A random walk with excursions that come back: data in which the far past is worth remembering.
+
+    At each step, with probability ``loop_prob``, the walk (outside an excursion) turns ``L`` times one way and
+    then ``L`` times back, or a full circle in place (``circle_turns`` turns), and so ends on exactly the view
+    it left (the renderer is deterministic and turns are exact). ``L`` is uniform in [``min_turns``,
+    ``max_turns``]. A world model trained on such data sees the start view again up to ``2 max_turns`` frames
+    later, which a plain random walk seldom shows it.
+    """
+
+    def __init__(self, action_meanings: tuple[str, ...], seed: int | None = None, loop_prob: float = 0.03,
+                 min_turns: int = 4, max_turns: int = 15, circle_prob: float = 0.25, circle_turns: int = 30):
+        if not 0.0 <= loop_prob <= 1.0 or not 0.0 <= circle_prob <= 1.0:
+            raise ValueError(f"loop_prob and circle_prob must lie in [0, 1], got {loop_prob}, {circle_prob}")
+        if not 1 <= min_turns <= max_turns:
+            raise ValueError(f"need 1 <= min_turns <= max_turns, got {min_turns}, {max_turns}")
+        meanings = tuple(action_meanings)
+        missing = [m for m in ("turn_left", "turn_right") if m not in meanings]
+        if missing:
+            raise ValueError(f"the revisit policy needs the actions {missing}; this env has {meanings}")
+        self.left, self.right = meanings.index("turn_left"), meanings.index("turn_right")
+        self.loop_prob, self.turns, self.circle = float(loop_prob), (int(min_turns), int(max_turns)), (
+            float(circle_prob), int(circle_turns))
+        self.walk = RandomWalkPolicy(meanings, seed=seed)
+        self.rng = np.random.default_rng(None if seed is None else seed + 104729)
+        self._script: list[int] = []
+
+    def reset(self, seed: int | None = None) -> None:
+        if seed is not None:
+            self.rng = np.random.default_rng(seed + 104729)
+        self.walk.reset(seed)
+        self._script = []
+
+    def act(self, obs=None, info: dict | None = None) -> int:
+        if not self._script and self.rng.random() < self.loop_prob:
+            a, b = (self.left, self.right) if self.rng.random() < 0.5 else (self.right, self.left)
+            if self.rng.random() < self.circle[0]:
+                self._script = [a] * self.circle[1]
+            else:
+                n = int(self.rng.integers(self.turns[0], self.turns[1] + 1))
+                self._script = [a] * n + [b] * n
+        if self._script:
+            return self._script.pop(0)
+        return self.walk.act(obs, info)
+
+
+POLICIES = {"random_walk": RandomWalkPolicy, "uniform": UniformRandomPolicy, "goal_seeking": GoalSeekingPolicy,
+            "revisit": RevisitPolicy}
 
 
 def make_policy(name: str, action_meanings: tuple[str, ...], seed: int | None = None) -> Policy:
-    """Build a collection policy by name (``random_walk``, ``uniform`` or ``goal_seeking``)."""
+    """Build a collection policy by name (``random_walk``, ``uniform``, ``goal_seeking`` or ``revisit``)."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(POLICIES)}")
     return POLICIES[name](action_meanings, seed=seed)

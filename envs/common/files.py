@@ -262,9 +262,10 @@ def check_replaceable(out: str | os.PathLike, *, own: Callable[[Path], bool], wh
                           "overwrite=true will not delete them: move them or choose another out=")
 
 
-def verify_sums(path: str | os.PathLike) -> dict[str, str]:
+def verify_sums(path: str | os.PathLike, unlisted_ok: tuple[str, ...] = ()) -> dict[str, str]:
     """Check every file under ``path`` against its ``SHA256SUMS.json``; raise :class:`CheckpointError`
-    naming a changed, missing or unlisted file. Returns the recorded {file: sha256}."""
+    naming a changed, missing or unlisted file (unlisted ones named in ``unlisted_ok`` excepted).
+    Returns the recorded {file: sha256}."""
     p = Path(path)
     record = read_json(p / SUMS_NAME, what="release checksums")
     files = record.get("files") if isinstance(record, dict) else None
@@ -278,7 +279,7 @@ def verify_sums(path: str | os.PathLike) -> dict[str, str]:
             raise CheckpointError(f"{f} does not match its recorded sha256 in {p / SUMS_NAME}; the file was "
                                   f"changed or corrupted (restore it, e.g. `git checkout -- {f}`)")
     extra = sorted(q.relative_to(p).as_posix() for q in p.rglob("*") if q.is_file()
-                   and q.name != SUMS_NAME and q.relative_to(p).as_posix() not in files)
+                   and q.name != SUMS_NAME and q.relative_to(p).as_posix() not in (*files, *unlisted_ok))
     if extra:
         raise CheckpointError(f"{p} holds files not in {SUMS_NAME}: {extra}")
     return dict(files)

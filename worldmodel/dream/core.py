@@ -28,7 +28,6 @@ from worldmodel.tokenizer.codec import encode_frames
 CONTEXT_SOURCES = ("auto", "dataset", "live", "given")
 OBS_TYPES = ("rgb", "tokens")
 REWARD_MODES = ("binary", "probability")
-DEFAULT_REWARD_THRESHOLD = 0.5      # for a checkpoint without a calibration (maskflow calibrate)
 
 
 class DreamEnvError(MaskFlowError):
@@ -59,7 +58,7 @@ class DreamCore:
                  threads: int | None = 0, precision: str = "auto"):
         from worldmodel.common.device import resolve_device
         from worldmodel.common.threads import governor
-        from worldmodel.model.checkpoint import load_world_model
+        from worldmodel.model.checkpoint import calibrated_threshold, load_world_model
 
         if threads is not None and not (_is_int(threads) and threads >= 0):
             raise ConfigError(f"threads={threads!r} must be 0 (adapt to the cores other processes leave free), "
@@ -90,7 +89,7 @@ class DreamCore:
         self.num_actions = int(self.meta["action_space"]["n"])
         self.obs_type, self.reward_mode = obs_type, reward_mode
         if reward_threshold is None:            # the checkpoint's calibrated threshold (maskflow calibrate), else 0.5
-            reward_threshold = self.meta.get("reward_calibration", {}).get("reward_threshold", DEFAULT_REWARD_THRESHOLD)
+            reward_threshold = calibrated_threshold(self.meta.get("reward_calibration"))
         for name, value in (("reward_threshold", reward_threshold), ("done_threshold", done_threshold)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ConfigError(f"{name}={value!r} must be a probability in [0, 1]")

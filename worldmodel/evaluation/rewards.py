@@ -87,6 +87,14 @@ def event_windows(env_id: str, env_kwargs: dict | None, trial: int, seed: int, c
     return pos, neg
 
 
+def exceed_rate(peaks, threshold: float) -> dict[str, Any]:
+    """Share of windows whose peak probability passes ``threshold``, with its 95 % Wilson interval."""
+    from worldmodel.evaluation.stats import wilson
+
+    k, n = int(sum(float(p) > threshold for p in peaks)), len(peaks)
+    return {"rate": k / n if n else None, "count": k, "of": n, "ci95": list(wilson(k, n))}
+
+
 def reward_recall(checkpoint: str = "default", trials: int = 32, seed: int = 0, lead: int = 4, tolerance: int = 2,
                   threshold: float | None = None, steps_per_frame: int | None = None, precision: str = "auto",
                   device: str = "cpu", threads: int | None = 0, env_kwargs: dict | None = None,
@@ -95,7 +103,6 @@ def reward_recall(checkpoint: str = "default", trials: int = 32, seed: int = 0, 
     uses seed ``seed + i``). Returns the rates with 95 % Wilson intervals, every window's peak
     probabilities, and the settings."""
     from worldmodel.dream.env import MaskFlowDreamEnv
-    from worldmodel.evaluation.stats import wilson
 
     if trials < 1:
         raise ConfigError(f"reward_trials={trials} must be >= 1")
@@ -137,9 +144,7 @@ def reward_recall(checkpoint: str = "default", trials: int = 32, seed: int = 0, 
                               "be reached, so reward recall cannot be measured")
 
         def rate(rows: list[dict], key: str, thr: float) -> dict[str, Any]:
-            k = sum(r[key] > thr for r in rows)
-            lo, hi = wilson(k, len(rows))
-            return {"rate": k / len(rows) if rows else None, "count": k, "of": len(rows), "ci95": [lo, hi]}
+            return exceed_rate([r[key] for r in rows], thr)
 
         terminal = [r for r in pos if r["terminal"]]
         out = {"trials": trials, "seed": seed, "lead": lead, "tolerance": tolerance, "context_length": m,
@@ -220,7 +225,6 @@ def calibrate_rewards(cfg: CalibrateConfig) -> dict[str, Any]:
     """Pick the reward threshold of ``cfg.checkpoint`` on its own held-out mazes and write it beside the
     weights (``reward_calibration.json``); returns the record, with recall and false alarms at the picked
     threshold and at 0.5 on these calibration mazes."""
-    from worldmodel.evaluation.stats import wilson
     from worldmodel.model.checkpoint import read_world_model_meta, resolve_checkpoint, write_reward_calibration
 
     cfg.validate()
@@ -232,9 +236,9 @@ def calibrate_rewards(cfg: CalibrateConfig) -> dict[str, Any]:
     t = pick_threshold(neg, cfg.max_false_alarms)
 
     def at(thr: float) -> dict[str, Any]:
-        k, f = int((pos > thr).sum()), int((neg > thr).sum())
-        return {"recall": k / len(pos), "recall_ci95": list(wilson(k, len(pos))), "reaches": len(pos),
-                "false_alarms": f / len(neg), "false_alarms_ci95": list(wilson(f, len(neg))), "no_reaches": len(neg)}
+        r, f = exceed_rate(pos, thr), exceed_rate(neg, thr)
+        return {"recall": r["rate"], "recall_ci95": r["ci95"], "reaches": r["of"],
+                "false_alarms": f["rate"], "false_alarms_ci95": f["ci95"], "no_reaches": f["of"]}
 
     record = {"trials": cfg.trials, "seed": cfg.seed, "max_false_alarms": cfg.max_false_alarms,
               "policy": res["policy"], "lead": res["lead"], "tolerance": res["tolerance"],

@@ -60,6 +60,7 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "model.json"
 CALIBRATION_NAME = "reward_calibration.json"     # the reward threshold picked for these weights (optional)
 CALIBRATION_FORMAT = "maskflow-reward-calibration"
+DEFAULT_REWARD_THRESHOLD = 0.5      # the dream's reward threshold for weights without a calibration
 TOKENIZER_DIR = "tokenizer"
 
 
@@ -208,8 +209,8 @@ def write_reward_calibration(path: str | os.PathLike, threshold: float, record: 
     p = resolve_checkpoint(path)
     out = p / CALIBRATION_NAME
     release = (p / SUMS_NAME).is_file()
-    if release:
-        verify_sums(p)            # bless nothing that was already changed
+    if release:                   # bless nothing that was already changed; an older calibration that predates
+        verify_sums(p, unlisted_ok=(CALIBRATION_NAME,))   # listing in the sums is this project's and replaced
     write_sealed_json(out, {"format": CALIBRATION_FORMAT, "format_version": 1, "reward_threshold": float(threshold),
                             **dict(record)}, files=(WEIGHTS_NAME,))
     if release:
@@ -237,6 +238,11 @@ def read_reward_calibration(p: Path, meta: Mapping[str, Any]) -> dict[str, Any] 
     if not isinstance(t, (int, float)) or not 0 < t < 1:
         raise CheckpointError(f"{f}: reward_threshold={t!r} must lie in (0, 1)")
     return cal
+
+
+def calibrated_threshold(calibration: Mapping[str, Any] | None) -> float:
+    """The dream's reward threshold: the calibrated one (``maskflow calibrate``), else 0.5."""
+    return float(calibration["reward_threshold"]) if calibration else DEFAULT_REWARD_THRESHOLD
 
 
 def _check_tokenizer_record(rec: Mapping[str, Any], tdir: Path, source: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -121,6 +123,14 @@ def test_a_release_takes_its_calibration_into_its_checksums(tiny_world_checkpoin
     assert load_world_model(rel)[2]["reward_calibration"]["reward_threshold"] == 0.3
     write_reward_calibration(rel, 0.2, {"trials": 1})        # a new calibration replaces the old one
     assert load_world_model(rel)[2]["reward_calibration"]["reward_threshold"] == 0.2
+    # a calibration written before releases listed it (unlisted) is replaced and listed, not refused
+    sums = json.loads((rel / "SHA256SUMS.json").read_text())
+    del sums["files"][CALIBRATION_NAME]
+    (rel / "SHA256SUMS.json").write_text(json.dumps(sums))
+    with pytest.raises(CheckpointError, match=CALIBRATION_NAME):
+        verify_release(rel)
+    write_reward_calibration(rel, 0.25, {"trials": 1})
+    assert CALIBRATION_NAME in verify_release(rel)
     export_checkpoint(tiny_world_checkpoint, rel, overwrite=True)   # re-exporting drops it (new weights)
     assert CALIBRATION_NAME not in verify_release(rel) and not (rel / CALIBRATION_NAME).exists()
     # a release changed by hand is not blessed by calibrating it

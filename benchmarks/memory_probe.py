@@ -1,6 +1,7 @@
 """Memory probe: does a world model use frames beyond a 16-frame window when the view returns to one?
 
     PYTHONPATH=. python benchmarks/memory_probe.py CHECKPOINT [CHECKPOINT ...] --data TOKENS [--out FILE]
+        [--context-noise P] [--guidance W]
 
 Teacher-forced, no sampling: in the test split of a token dataset (``maskflow collect policy=revisit``
 gives many), a *return frame* g has exactly the tokens of a frame 16 or more frames earlier, of none of
@@ -15,6 +16,15 @@ and the probe reports token accuracy on the tokens that differ from frame g − 
 frame scores 0), per return frame, with the paired margin full − window16 and its bootstrap 95 % interval.
 The same on as many ordinary frames (no return) is the control: memory should help return frames only.
 
+Two variants probe why memory that works here may not work in a dream:
+
+- ``--context-noise P``: every history frame has each token replaced by a random id with probability P
+  (the same corrupted copy for both windows), as a dream's own, partly wrong frames are; the frame to
+  predict and the "changed" mask stay real. Memory that survives this is a lookup robust to approximate
+  frames.
+- ``--guidance W``: also scores far-history guidance, argmax of log p_full + W·(log p_full − log
+  p_window16) (``history_guidance=W history_guidance_recent=15`` in a dream).
+
 Axis letters: b batch, f frames, h w token grid.
 """
 
@@ -28,57 +38,76 @@ from typing import Any
 import numpy as np
 import torch
 
+from envs.loops import return_frames
+
 SHORT = 16                      # release 1's window: 15 frames of history
 SPAN = 31                       # return frames are looked for this far back (a 30-frame loop, the issue's goal)
 
 
-def return_frames(tokens: np.ndarray, episode_start: np.ndarray, history: int, short: int = SHORT
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices g (with ``history`` frames before them in their episode) that return to a view of ``short`` or
-    more frames earlier (within ``history``) and to none closer, and differ from g − 1; and ordinary frames
-    (no equal frame in the history, differing from g − 1). ``tokens`` (n h w), ``episode_start`` (n,) =
-    index of each frame's episode's first frame."""
-    flat = tokens.reshape(len(tokens), -1)
-    returns, ordinary = [], []
-    for g in range(len(flat)):
-        if g - history < episode_start[g] or np.array_equal(flat[g], flat[g - 1]):
-            continue
-        same = (flat[g - history: g] == flat[g]).all(1)            # (history,) oldest first
-        far, near = same[: history - short + 1].any(), same[history - short + 1:].any()
-        if far and not near:
-            returns.append(g)
-        elif not same.any():
-            ordinary.append(g)
-    return np.array(returns, np.int64), np.array(ordinary, np.int64)
+def _logprobs(model, tokens: np.ndarray, context: np.ndarray, actions: np.ndarray, g: np.ndarray,
+              history: int) -> torch.Tensor:
+    """Log-probabilities (b h w V) of frames ``g`` (fully masked, one pass) from the ``history`` frames of
+    ``context`` before each."""
+    V = model.cfg.mask_id
+    idx = g[:, None] + np.arange(-history, 1)[None]                   # (b, history + 1)
+    tok = torch.from_numpy(context[idx].astype(np.int64))            # (b f h w)
+    tok[:, -1] = V
+    act = torch.from_numpy(actions[idx].astype(np.int64))            # (b f)
+    t = torch.ones(tok.shape[:2])
+    t[:, -1] = 0.0
+    return torch.log_softmax(model(tok, t, act).logits[:, -1, ..., :V].float(), dim=-1)
+
+
+def _changed_hits(pred: torch.Tensor, tokens: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Accuracy of ``pred`` (b h w) on the tokens of frames ``g`` that differ from frame g − 1."""
+    want, prev = torch.from_numpy(tokens[g].astype(np.int64)), torch.from_numpy(tokens[g - 1].astype(np.int64))
+    changed = want != prev
+    hits = ((pred == want) & changed).flatten(1).sum(1).float()
+    return (hits / changed.flatten(1).sum(1).clamp(min=1)).numpy()
 
 
 @torch.no_grad()
 def changed_accuracy(model, tokens: np.ndarray, actions: np.ndarray, frames: np.ndarray, history: int,
-                     batch: int = 16) -> np.ndarray:
+                     batch: int = 16, context: np.ndarray | None = None) -> np.ndarray:
     """Per frame g of ``frames``: accuracy of predicting frame g (fully masked, one pass, argmax) from the
-    ``history`` frames before it, on the tokens that differ from frame g − 1."""
-    out = []
-    V = model.cfg.mask_id
-    for i in range(0, len(frames), batch):
-        g = frames[i: i + batch]
-        idx = g[:, None] + np.arange(-history, 1)[None]               # (b, history + 1)
-        tok = torch.from_numpy(tokens[idx].astype(np.int64))         # (b f h w)
-        act = torch.from_numpy(actions[idx].astype(np.int64))        # (b f)
-        noisy = tok.clone()
-        noisy[:, -1] = V
-        t = torch.ones(tok.shape[:2])
-        t[:, -1] = 0.0
-        pred = model(noisy, t, act).logits[:, -1].argmax(-1)          # (b h w)
-        changed = tok[:, -1] != tok[:, -2]
-        hits = ((pred == tok[:, -1]) & changed).flatten(1).sum(1).float()
-        out.append((hits / changed.flatten(1).sum(1).clamp(min=1)).numpy())
+    ``history`` frames before it (taken from ``context``, default ``tokens``: a corrupted copy probes
+    robustness), on the tokens that differ from frame g − 1 of ``tokens``."""
+    context = tokens if context is None else context
+    out = [_changed_hits(_logprobs(model, tokens, context, actions, g, history).argmax(-1), tokens, g)
+           for g in (frames[i: i + batch] for i in range(0, len(frames), batch))]
     return np.concatenate(out) if out else np.zeros(0)
 
 
+@torch.no_grad()
+def guided_accuracy(model, tokens: np.ndarray, actions: np.ndarray, frames: np.ndarray, history: int, short: int,
+                    weight: float, batch: int = 16, context: np.ndarray | None = None) -> np.ndarray:
+    """As :func:`changed_accuracy` for far-history guidance: argmax of log p_history + ``weight``·(log p_history −
+    log p_short), ``short`` < ``history`` frames."""
+    context = tokens if context is None else context
+    out = []
+    for g in (frames[i: i + batch] for i in range(0, len(frames), batch)):
+        full = _logprobs(model, tokens, context, actions, g, history)
+        near = _logprobs(model, tokens, context, actions, g, short)
+        out.append(_changed_hits((full + weight * (full - near)).argmax(-1), tokens, g))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def corrupt_tokens(tokens: np.ndarray, level: float, vocab: int, seed: int = 0) -> np.ndarray:
+    """A copy of ``tokens`` with each token replaced by a uniformly random id in [0, ``vocab``) with
+    probability ``level`` (the same draw for every use, so windows stay paired)."""
+    if level <= 0:
+        return tokens
+    rng = np.random.default_rng(seed)
+    hit = rng.random(tokens.shape) < level
+    return np.where(hit, rng.integers(0, vocab, tokens.shape), tokens).astype(tokens.dtype)
+
+
 def probe_arrays(model, tokens: np.ndarray, actions: np.ndarray, episode_start: np.ndarray, limit: int = 512,
-                 seed: int = 0, short: int = SHORT, span: int = SPAN) -> dict[str, Any]:
+                 seed: int = 0, short: int = SHORT, span: int = SPAN, context_noise: float = 0.0,
+                 guidance: float = 0.0) -> dict[str, Any]:
     """The probe on arrays: ``tokens`` (n h w), ``actions`` (n,), ``episode_start`` (n,) (see
-    :func:`return_frames`); at most ``limit`` return frames and as many ordinary ones, drawn with ``seed``."""
+    :func:`return_frames`); at most ``limit`` return frames and as many ordinary ones, drawn with ``seed``;
+    ``context_noise`` and ``guidance`` as the module docstring says."""
     from worldmodel.evaluation.stats import paired_margin
 
     k = int(model.cfg.max_frames)
@@ -89,19 +118,26 @@ def probe_arrays(model, tokens: np.ndarray, actions: np.ndarray, episode_start: 
     rets = np.sort(rng.permutation(rets)[:limit])
     ords = np.sort(rng.permutation(ords)[:len(rets)])
     out: dict[str, Any] = {"window": k, "short_window": short, "span": span, "return_frames": len(rets),
-                           "ordinary_frames": len(ords)}
+                           "ordinary_frames": len(ords), "context_noise": context_noise}
+    context = corrupt_tokens(tokens, context_noise, int(model.cfg.mask_id), seed)       # mask id = V
     for name, frames in (("returns", rets), ("ordinary", ords)):
-        small = changed_accuracy(model, tokens, actions, frames, short - 1)
+        small = changed_accuracy(model, tokens, actions, frames, short - 1, context=context)
         row: dict[str, Any] = {f"window{short}": float(small.mean()) if len(small) else None}
         if k > short:
-            full = changed_accuracy(model, tokens, actions, frames, history)
+            full = changed_accuracy(model, tokens, actions, frames, history, context=context)
             row["full"] = float(full.mean()) if len(full) else None
             row[f"full_minus_window{short}"] = paired_margin(full, small, seed=seed) if len(full) else None
+            if guidance > 0:
+                guided = guided_accuracy(model, tokens, actions, frames, history, short - 1, guidance,
+                                         context=context)
+                row[f"guided{guidance:g}"] = float(guided.mean()) if len(guided) else None
+                row[f"guided{guidance:g}_minus_full"] = paired_margin(guided, full, seed=seed) if len(full) else None
         out[name] = row
     return out
 
 
-def probe(checkpoint: str, data: str, split: str = "test", limit: int = 512, seed: int = 0) -> dict[str, Any]:
+def probe(checkpoint: str, data: str, split: str = "test", limit: int = 512, seed: int = 0,
+          context_noise: float = 0.0, guidance: float = 0.0) -> dict[str, Any]:
     """The probe's figures for one checkpoint on a token dataset's split (see the module docstring)."""
     from worldmodel.common.threads import governor
     from worldmodel.model.checkpoint import load_world_model
@@ -116,7 +152,8 @@ def probe(checkpoint: str, data: str, split: str = "test", limit: int = 512, see
     for lo, hi in zip(np.concatenate([[0], ends[:-1] + 1]), ends + 1, strict=True):
         first[lo:hi] = lo
     return {"checkpoint": str(meta["path"]), "data": data, "split": split,
-            **probe_arrays(model, clips.tokens, clips.actions, first, limit, seed)}
+            **probe_arrays(model, clips.tokens, clips.actions, first, limit, seed, context_noise=context_noise,
+                           guidance=guidance)}
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -126,8 +163,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=512, help="most return frames scored")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--context-noise", type=float, default=0.0,
+                   help="probability that a history token is replaced by a random id (0 = real context)")
+    p.add_argument("--guidance", type=float, default=0.0, help="also score far-history guidance of this weight")
     args = p.parse_args(argv)
-    rows = [probe(c, args.data, args.split, args.limit) for c in args.checkpoints]
+    if not 0 <= args.context_noise < 1 or args.guidance < 0:
+        p.error("--context-noise must lie in [0, 1) and --guidance be >= 0")
+    rows = [probe(c, args.data, args.split, args.limit, context_noise=args.context_noise, guidance=args.guidance)
+            for c in args.checkpoints]
     text = json.dumps(rows, indent=1)
     print(text)
     if args.out:

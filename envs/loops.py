@@ -3,7 +3,8 @@
 The maze renderer is deterministic and turns are exact 12° steps, so turning left L times and then
 right L times (``turnL``), or turning a full circle in place (``circleN``, N × 12° = 360° for N = 30),
 ends on exactly the view it started from. :func:`real_loop` plays one in a held-out maze after a short
-exploration, for ``maskflow eval loops=...`` and ``maskflow dream loop=...``.
+exploration, for ``maskflow eval loops=...`` and ``maskflow dream loop=...``. :func:`return_frames` finds
+such returns in any recorded episode (``maskflow collect policy=revisit`` makes many).
 """
 
 from __future__ import annotations
@@ -32,6 +33,21 @@ class Loop:
     @property
     def frames(self) -> int:
         return len(self.script)
+
+    def revisits(self, turn_degrees: float = TURN_DEGREES) -> list[tuple[int, int]]:
+        """Pairs (later, earlier) of frames of the loop (0 = the start view, i = after the i-th turn) that face
+        the same heading in place, so the real maze shows identical views; the earlier is the first frame at
+        that heading and never the start view (returning to it is the loop's own score)."""
+        heading, first, pairs = 0.0, {0.0: 0}, []
+        for i, a in enumerate(self.script, start=1):
+            heading += turn_degrees if a == "turn_left" else -turn_degrees
+            key = round(heading % 360.0, 6) % 360.0
+            if key in first:
+                if first[key] != 0:
+                    pairs.append((i, first[key]))
+            else:
+                first[key] = i
+        return pairs
 
 
 def furthest(script: tuple[str, ...], turn_degrees: float = TURN_DEGREES) -> int:
@@ -93,3 +109,25 @@ def real_loop(env_id: str, env_kwargs: dict | None, loop: Loop, context: int, se
         raise ConfigError(f"loop {loop.name}: the real episode in maze seed {seed} ended after {len(play.frames)} "
                           f"frames, before the loop closed")
     return play.frames, play.actions
+
+
+def return_frames(frames: np.ndarray, episode_start: np.ndarray, history: int, short: int = 16
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Indices g (with ``history`` frames before them in their episode) whose frame equals one ``short`` to
+    ``history`` frames earlier and none closer, and differs from frame g − 1 (standing still against a wall
+    is no return); and the ordinary frames (equal to none of the ``history`` before, differing from g − 1).
+
+    ``frames`` (n ...) of any kind (pixels or token grids; the renderer is deterministic, so a returned view
+    is identical), ``episode_start`` (n,) = index of each frame's episode's first frame."""
+    if not 1 <= short <= history:
+        raise ValueError(f"need 1 <= short <= history, got short={short}, history={history}")
+    if len(episode_start) != len(frames):
+        raise ValueError(f"episode_start has {len(episode_start)} entries for {len(frames)} frames")
+    flat = frames.reshape(len(frames), -1)
+    g = np.arange(len(flat))
+    same = np.zeros((len(flat), history), bool)            # column d − 1: frame g equals frame g − d
+    for d in range(1, min(history, len(flat) - 1) + 1):
+        same[d:, d - 1] = (flat[d:] == flat[:-d]).all(1)
+    ok = (g - history >= np.asarray(episode_start)) & ~same[:, 0]
+    near, far = same[:, :short - 1].any(1), same[:, short - 1:].any(1)
+    return g[ok & far & ~near], g[ok & ~same.any(1)]

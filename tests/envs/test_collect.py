@@ -153,30 +153,21 @@ def test_goal_seeking_oracle_reaches_the_goal_far_more_often_than_the_random_wal
     ds.close()
 
 
-def _returns_after(frames: np.ndarray, min_gap: int) -> int:
-    """Frames identical to one at least ``min_gap`` frames earlier but not to the one just before."""
-    flat = frames.reshape(len(frames), -1)
-    count = 0
-    for t in range(min_gap, len(flat)):
-        if np.array_equal(flat[t], flat[t - 1]):
-            continue                                  # standing still (blocked) is no return
-        if any(np.array_equal(flat[t], flat[s]) for s in range(t - min_gap + 1)):
-            count += 1
-    return count
-
-
 def test_revisit_policy_returns_to_views_it_left_far_more_often_than_the_random_walk():
     import gymnasium as gym
 
     import envs  # noqa: F401
     from envs.heldout import play_heldout
+    from envs.loops import return_frames
     from envs.maze.dmlab import ACTION_MEANINGS
     from envs.policies import RevisitPolicy
 
     env = gym.make("DMLabMaze-v0", max_episode_steps=1201)
-    # returns from beyond a 16-frame window: what a model must remember (seen 135 vs 19 when written)
-    returns = {name: sum(_returns_after(play_heldout(env, 300, s, name).frames, 16) for s in range(4))
-               for name in ("revisit", "random_walk")}
+    # returns from beyond a 16-frame window within 31 frames: what a 32-frame model must remember (86 vs 11
+    # when written)
+    frames = {name: [play_heldout(env, 300, s, name).frames for s in range(4)] for name in ("revisit", "random_walk")}
+    returns = {name: sum(len(return_frames(f, np.zeros(len(f), int), 31)[0]) for f in eps)
+               for name, eps in frames.items()}
     env.close()
     assert returns["revisit"] >= 40 and returns["revisit"] >= 4 * max(returns["random_walk"], 1), returns
     with pytest.raises(ValueError, match="min_turns"):

@@ -55,7 +55,7 @@ class DreamCore:
                  end_on_reward: bool = False, reward_starts: float = 0.0, reward_lead: int = 16,
                  policy: str = "random_walk", env_kwargs: dict | None = None, device: str = "cpu",
                  compile: bool = False, action_guidance: float = 0.0, history_guidance: float = 0.0,
-                 threads: int | None = 0, precision: str = "auto"):
+                 history_guidance_recent: int = 0, threads: int | None = 0, precision: str = "auto"):
         from worldmodel.common.device import resolve_device
         from worldmodel.common.threads import governor
         from worldmodel.model.checkpoint import calibrated_threshold, load_world_model
@@ -102,7 +102,8 @@ class DreamCore:
         self.sampler = SamplerConfig(sampler, steps=steps, temperature=temperature,
                                      gumbel=DEFAULT_FRAME_GUMBEL if gumbel is None else gumbel, schedule=schedule,
                                      masking=masking, action_guidance=action_guidance,
-                                     history_guidance=history_guidance)
+                                     history_guidance=history_guidance,
+                                     history_guidance_recent=history_guidance_recent)
         self.rollout = CachedRollout(self.model, self.sampler, batch_size, device=self.device, compile=compile,
                                      precision=precision)
         self.batch_size = batch_size

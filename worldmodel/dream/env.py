@@ -80,7 +80,8 @@ class MaskFlowDreamEnv(gym.Env):
     ``schedule``,
     ``context_length`` (frames of real context, default window − 1, the most the model can see),
     ``action_guidance`` / ``history_guidance`` (classifier-free guidance weights, 0 = off; each one on
-    adds a model pass per unmasking step, see ``SamplerConfig``).
+    adds a model pass per unmasking step, see ``SamplerConfig``), ``history_guidance_recent`` (frames the
+    history guidance pass still sees; 0 = none; n > 0 guides towards the frames older than the last n).
     ``max_episode_steps`` (default 300, None = never truncate), ``device``, ``render_mode`` (None |
     "rgb_array"), ``timing_info`` (add the step's wall clock to ``info``), ``compile`` (torch.compile the
     rollout; it did not pay on the CPU), ``precision`` (see "Speed"), ``threads`` (torch CPU threads:
@@ -154,8 +155,8 @@ class MaskFlowDreamEnv(gym.Env):
                  end_on_reward: bool = False, reward_starts: float = 0.0, reward_lead: int = 16,
                  policy: str = "random_walk", env_kwargs: dict | None = None, device: str = "cpu",
                  render_mode: str | None = None, timing_info: bool = False, compile: bool = False,
-                 action_guidance: float = 0.0, history_guidance: float = 0.0, threads: int | None = 0,
-                 precision: str = "auto"):
+                 action_guidance: float = 0.0, history_guidance: float = 0.0, history_guidance_recent: int = 0,
+                 threads: int | None = 0, precision: str = "auto"):
         if render_mode not in (None, "rgb_array"):
             raise ConfigError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         if max_episode_steps is not None and max_episode_steps < 1:
@@ -168,7 +169,7 @@ class MaskFlowDreamEnv(gym.Env):
                               reward_starts=reward_starts, reward_lead=reward_lead, policy=policy,
                               env_kwargs=env_kwargs, device=device,
                               compile=compile, action_guidance=action_guidance, history_guidance=history_guidance,
-                              threads=threads, precision=precision)
+                              history_guidance_recent=history_guidance_recent, threads=threads, precision=precision)
         self.observation_space = self.core.observation_space()
         self.action_space = self.core.action_space()
         self.action_meanings = self.core.meanings

@@ -70,6 +70,7 @@ class DreamConfig:
     schedule: str = "arccos"        # MGM unmask-count schedule: arccos | cosine | linear | square | root
     action_guidance: float = 0.0      # classifier-free guidance, frame by frame only (see SamplerConfig)
     history_guidance: float = 0.0   # guidance towards what the remembered frames imply (frame by frame only; 0 = off)
+    history_guidance_recent: int = 0  # frames its second pass still sees (0 = none; n > 0: guide towards the far past)
     seed: int = 0                   # seeds the sampler and the live episode (maze seed 2*seed+1, a test maze)
     policy: str = "random_walk"     # policy of the live episode: random_walk | uniform | goal_seeking
     loop: str = ""                  # "" = the episode's own actions | turnL (left L, right L) | circleN (left N;
@@ -96,7 +97,8 @@ class DreamConfig:
         "sampler": one_of(*SAMPLER_NAMES), "steps": at_least(0, "0 = the default"),
         "temperature": at_least(0, "0 = greedy"), "gumbel": at_least(0, "0 = off; null = the default"),
         "schedule": one_of(*COUNT_MODES), "action_guidance": at_least(0, "0 = off"),
-        "history_guidance": at_least(0, "0 = off"), "seed": SEED, "policy": one_of(*POLICIES),
+        "history_guidance": at_least(0, "0 = off"), "history_guidance_recent": at_least(0, "0 = none"),
+        "seed": SEED, "policy": one_of(*POLICIES),
         "fps": at_least(1), "scale": at_least(1), "device": DEVICE, "threads": THREADS,
         "precision": PRECISION,
     }
@@ -121,7 +123,8 @@ def sampler_config(cfg: DreamConfig, masking: str) -> SamplerConfig:
     gumbel = cfg.gumbel if cfg.gumbel is not None else (DEFAULT_FRAME_GUMBEL if cfg.stride == 1 else 0.0)
     return SamplerConfig(cfg.sampler, steps=steps, temperature=cfg.temperature, gumbel=gumbel,
                          schedule=cfg.schedule, masking=masking, seed=cfg.seed,
-                         action_guidance=cfg.action_guidance, history_guidance=cfg.history_guidance)
+                         action_guidance=cfg.action_guidance, history_guidance=cfg.history_guidance,
+                         history_guidance_recent=cfg.history_guidance_recent)
 
 
 def dream_dtype(cfg: DreamConfig, device: torch.device, cached: bool) -> str:

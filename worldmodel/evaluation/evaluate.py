@@ -105,6 +105,8 @@ class EvalConfig:
                                     # per step)
     history_guidance: float = 0.0   # guidance towards what the remembered frames imply, frame-by-frame rows only (0 =
                                     # off)
+    history_guidance_recent: int = 0  # frames history guidance's second pass still sees (0 = none; n > 0: guide
+                                      # towards what only frames older than the last n imply)
     schedule: str = "arccos"        # MGM unmask-count schedule: arccos | cosine | linear | square | root
     fvd: bool = True                # false = skip FVD (PSNR/SSIM only; much faster)
     loops: list[str] = field(default_factory=list)  # loop-closure trials in live held-out mazes: turnL (left L, right
@@ -125,7 +127,7 @@ class EvalConfig:
         "split": one_of("train", "test"), "seed": SEED, "temperature": at_least(0, "0 = greedy"),
         "gumbel": at_least(0, "0 = off"), "gumbel_frame": at_least(0, "0 = off"), "schedule": one_of(*COUNT_MODES),
         "device": DEVICE, "threads": THREADS, "precision": PRECISION, "loop_trials": at_least(1),
-        "reward_trials": at_least(0, "0 = off"),
+        "reward_trials": at_least(0, "0 = off"), "history_guidance_recent": at_least(0, "0 = none"),
         **{key: each(at_least(1), non_empty=True) for key in ("horizons", "comparison_horizons")},
     }
 
@@ -238,7 +240,8 @@ def guidance(cfg: EvalConfig, ckpt: Checkpoint, exp: Experiment) -> dict[str, fl
     and non-causal models run without)."""
     if not cached_rollout(ckpt, exp):
         return {}
-    return {"action_guidance": cfg.action_guidance, "history_guidance": cfg.history_guidance}
+    return {"action_guidance": cfg.action_guidance, "history_guidance": cfg.history_guidance,
+            "history_guidance_recent": cfg.history_guidance_recent}
 
 
 def run_experiment(cfg: EvalConfig, ckpt: Checkpoint, exp: Experiment, real: RealVideos, tokens: torch.Tensor,
@@ -370,7 +373,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
 
         loops = loop_closure(cfg.checkpoint, cfg.loops, cfg.loop_trials, cfg.seed, cfg.steps_frame, cfg.precision,
-                             str(device), threads=None)
+                             str(device), threads=None, temperature=cfg.temperature, gumbel=cfg.gumbel_frame,
+                             action_guidance=cfg.action_guidance, history_guidance=cfg.history_guidance,
+                             history_guidance_recent=cfg.history_guidance_recent)
         out.mkdir(parents=True, exist_ok=True)
         loop_sheet(out / "loops.png", loops)
         for r in loops["loops"].values():

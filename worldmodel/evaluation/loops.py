@@ -13,6 +13,10 @@ know that view once it has left the window. Each trial:
    than to that), and the tokenizer's reconstruction of the start view (``ceiling_psnr``: what copying
    the start view scores through the tokenizer, the bound a perfect memory reaches). ``real_return_psnr``
    checks the premise (100 dB = the real maze returned to the identical view).
+4. for turn loops, also scores the dream against *itself*: each frame of the way back against the dream's
+   own frame at the same heading on the way out (``self_psnr``, mean over those pairs; ``None`` for circles,
+   which face no heading twice before the end). A dream that keeps what it imagined scores high here even
+   where its imagination is wrong; a low score means the dream does not reuse even its own recent frames.
 
 The goal of the memory issue: return within 4 dB of the ceiling and ≥ 5 dB above ``far_psnr``.
 
@@ -31,9 +35,12 @@ from envs.loops import DEFAULT_LOOPS, parse_loop, real_loop
 
 def loop_closure(checkpoint: str = "default", loops: tuple[str, ...] | list[str] = DEFAULT_LOOPS, trials: int = 8,
                  seed: int = 0, steps_per_frame: int | None = None, precision: str = "auto", device: str = "cpu",
-                 threads: int | None = 0) -> dict[str, Any]:
+                 threads: int | None = 0, temperature: float = 1.0, gumbel: float | None = None,
+                 action_guidance: float = 0.0, history_guidance: float = 0.0,
+                 history_guidance_recent: int = 0) -> dict[str, Any]:
     """Score ``trials`` fresh held-out mazes per loop (trial i uses seed ``seed + i``, so every loop sees the
-    same mazes and context). Returns per-loop means with every trial's scores, and the settings."""
+    same mazes and context). ``temperature``, ``gumbel`` and the guidance weights are the dream's sampling
+    settings (defaults: the dream env's). Returns per-loop means with every trial's scores, and the settings."""
     from worldmodel.dream.env import MaskFlowDreamEnv
     from worldmodel.metrics.quality import psnr_per_frame
     from worldmodel.tokenizer.codec import decode_tokens, encode_frames
@@ -42,12 +49,17 @@ def loop_closure(checkpoint: str = "default", loops: tuple[str, ...] | list[str]
     if trials < 1:
         raise ConfigError(f"loop_trials={trials} must be >= 1")
     env = MaskFlowDreamEnv(checkpoint, context="given", steps_per_frame=steps_per_frame, precision=precision,
-                           max_episode_steps=None, device=device, threads=threads)
+                           max_episode_steps=None, device=device, threads=threads, temperature=temperature,
+                           gumbel=gumbel, action_guidance=action_guidance, history_guidance=history_guidance,
+                           history_guidance_recent=history_guidance_recent)
     try:
         core, m = env.core, env.core.context_length
         env_id, env_kwargs = core.meta.get("env_id") or "DMLabMaze-v0", core.meta.get("env_kwargs")
         out: dict[str, Any] = {"loops": {}, "trials": trials, "seed": seed, "context_length": m,
-                               "steps_per_frame": core.sampler.num_steps,
+                               "steps_per_frame": core.sampler.num_steps, "temperature": core.sampler.temperature,
+                               "gumbel": core.sampler.gumbel, "action_guidance": action_guidance,
+                               "history_guidance": history_guidance,
+                               "history_guidance_recent": history_guidance_recent,
                                "dtype": str(core.rollout.dtype).removeprefix("torch.")}
         for loop in parsed:
             rows = []
@@ -55,25 +67,31 @@ def loop_closure(checkpoint: str = "default", loops: tuple[str, ...] | list[str]
                 frames, actions = real_loop(env_id, env_kwargs, loop, m, seed + i)
                 start, far, end = frames[m - 1], frames[m + loop.far], frames[-1]
                 env.reset(seed=seed + i, options={"context_frames": frames[:m], "context_actions": actions[:m]})
-                dreamed = None
+                dream = [start]                                   # loop frame 0 is the (real) start view
                 for a in actions[m:]:
-                    dreamed = env.step(int(a))[0]
+                    dream.append(env.step(int(a))[0])
+                dreamed = dream[-1]
                 recon = decode_tokens(core.tokenizer, encode_frames(core.tokenizer, start[None]))[0]
 
                 def psnr(a: np.ndarray, b: np.ndarray) -> float:
                     return float(psnr_per_frame(a[None], b[None], identical=100.0)[0])
 
+                pairs = loop.revisits()
+                self_psnr = float(np.mean([psnr(dream[a], dream[b]) for a, b in pairs])) if pairs else None
                 rows.append({"maze_seed": 2 * (seed + i) + 1, "return_psnr": psnr(dreamed, start),
+                             "self_psnr": self_psnr,
                              "far_psnr": psnr(dreamed, far), "ceiling_psnr": psnr(recon, start),
                              "real_return_psnr": psnr(end, start), "dream_last": dreamed, "real_start": start,
                              "real_far": far})
             keys = ("return_psnr", "far_psnr", "ceiling_psnr", "real_return_psnr")
             summary = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+            summary["self_psnr"] = float(np.mean([r["self_psnr"] for r in rows])) if loop.revisits() else None
             summary["return_minus_far"] = summary["return_psnr"] - summary["far_psnr"]
             summary["ceiling_minus_return"] = summary["ceiling_psnr"] - summary["return_psnr"]
             summary["goal_met"] = bool(summary["ceiling_minus_return"] <= 4.0 and summary["return_minus_far"] >= 5.0)
             out["loops"][loop.name] = {"frames": loop.frames, **summary,
-                                       "per_trial": [{k: r[k] for k in ("maze_seed", *keys)} for r in rows],
+                                       "per_trial": [{k: r[k] for k in ("maze_seed", *keys, "self_psnr")}
+                                                     for r in rows],
                                        "pictures": [(r["real_start"], r["real_far"], r["dream_last"]) for r in rows]}
         return out
     finally:

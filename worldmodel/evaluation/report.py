@@ -131,12 +131,17 @@ def loop_lines(loops: dict[str, Any]) -> list[str]:
           "30 = a full circle); the real maze returns to the identical view. PSNR of the dream's last frame against "
           "the real start view (return), against the real view turned furthest away (far), and of the tokenizer's "
           "reconstruction of the start view (ceiling: copying the start view through the tokenizer). Goal: return "
-          "within 4 dB of the ceiling and >= 5 dB above far.", ""]
+          "within 4 dB of the ceiling and >= 5 dB above far. Self: the way back against the dream's own frames at "
+          "the same heading on the way out (turn loops only).", ""]
+
+    def self_psnr(r: dict[str, Any]) -> str:
+        return "–" if r.get("self_psnr") is None else f"{r['self_psnr']:.2f}"
+
     md += table(("loop", "frames", "return (dB)", "far (dB)", "return - far", "ceiling (dB)", "real return",
-                 "goal met"),
+                 "self (dB)", "goal met"),
                 [[f"`{name}`", r["frames"], f"{r['return_psnr']:.2f}", f"{r['far_psnr']:.2f}",
                   f"{r['return_minus_far']:+.2f}", f"{r['ceiling_psnr']:.2f}", f"{r['real_return_psnr']:.1f}",
-                  "yes" if r["goal_met"] else "no"] for name, r in loops["loops"].items()])
+                  self_psnr(r), "yes" if r["goal_met"] else "no"] for name, r in loops["loops"].items()])
     return md + ["", "![loop closure: real start, real furthest, dream return](loops.png)"]
 
 

@@ -143,16 +143,15 @@ def reward_recall(checkpoint: str = "default", trials: int = 32, seed: int = 0, 
             raise ConfigError(f"no goal reach in {trials} held-out plays of {max_steps} steps: the env's goal cannot "
                               "be reached, so reward recall cannot be measured")
 
-        def rate(rows: list[dict], key: str, thr: float) -> dict[str, Any]:
-            return exceed_rate([r[key] for r in rows], thr)
-
         terminal = [r for r in pos if r["terminal"]]
         out = {"trials": trials, "seed": seed, "lead": lead, "tolerance": tolerance, "context_length": m,
                "policy": "goal_seeking", "reward_threshold": r_thr, "done_threshold": d_thr,
                "steps_per_frame": core.sampler.num_steps, "dtype": str(core.rollout.dtype).removeprefix("torch."),
-               "reward_recall": rate(pos, "reward_peak", r_thr), "reward_false_alarms": rate(neg, "reward_peak", r_thr),
-               "done_recall": rate(terminal, "done_peak", d_thr) if terminal else None,
-               "done_false_alarms": rate(neg + [r for r in pos if not r["terminal"]], "done_peak", d_thr),
+               "reward_recall": exceed_rate([r["reward_peak"] for r in pos], r_thr),
+               "reward_false_alarms": exceed_rate([r["reward_peak"] for r in neg], r_thr),
+               "done_recall": exceed_rate([r["done_peak"] for r in terminal], d_thr) if terminal else None,
+               "done_false_alarms": exceed_rate([r["done_peak"] for r in neg + [p for p in pos if not p["terminal"]]],
+                                                d_thr),
                "mean_peak": {"reach": float(np.mean([r["reward_peak"] for r in pos])),
                              "no_reach": float(np.mean([r["reward_peak"] for r in neg])) if neg else None}}
         out["goal_met"] = bool(out["reward_recall"]["rate"] >= 0.7 and (out["reward_false_alarms"]["rate"] or 0) <= 0.1)

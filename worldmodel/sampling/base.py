@@ -53,6 +53,10 @@ class SamplerConfig:
         history_guidance: the same against the new frame predicted with no history at all (the model
             saw that case as the first frame of every causal training clip); it pushes the frame towards
             what the remembered frames imply; 0 = off (one extra, cheap, pass per step when on).
+        history_guidance_recent: frames that history guidance's second pass still sees, the most recent
+            ones; 0 = none (plain history guidance). With n > 0 the guidance pushes towards what only the
+            frames *older* than the last n imply: far-history guidance, for memory beyond a short window
+            (e.g. 15 of a 32-frame window's 31).
     """
 
     name: str = "mgm"
@@ -64,6 +68,7 @@ class SamplerConfig:
     seed: int = 0
     action_guidance: float = 0.0
     history_guidance: float = 0.0
+    history_guidance_recent: int = 0
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLER_NAMES:
@@ -78,6 +83,10 @@ class SamplerConfig:
             value = getattr(self, name)
             if not value >= 0:                                   # also refuses NaN
                 raise SamplerSettingsError(f"{name} must be >= 0 (0 = off), got {value}")
+        recent = self.history_guidance_recent
+        if isinstance(recent, bool) or not isinstance(recent, int) or recent < 0:
+            raise SamplerSettingsError(f"history_guidance_recent must be an integer >= 0 (frames the history-free "
+                                       f"pass still sees; 0 = none), got {recent!r}")
         if self.schedule not in COUNT_MODES:
             raise SamplerSettingsError(f"unknown unmask-count schedule {self.schedule!r}; choose one of "
                                        f"{', '.join(COUNT_MODES)}")

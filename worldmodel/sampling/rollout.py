@@ -18,7 +18,10 @@ Classifier-free guidance (``SamplerConfig.action_guidance`` / ``history_guidance
 mixes the new frame's log-probabilities with those of one or two extra passes: the same frame with its
 action replaced by "none", and the same frame with no history (an empty cache / a one-frame window):
 log p + γ_a·(log p − log p_no-action) + γ_h·(log p − log p_no-history). Each extra pass is one more NFE
-per step; the cached rollout runs the no-history pass against a cache without slots.
+per step; the cached rollout runs the no-history pass against a cache without slots. With
+``history_guidance_recent`` = n > 0 the second pass keeps the last n frames (the cache with its older slots
+marked invalid), so the guidance amplifies what only the far past says: where the model's memory beyond n
+frames is weak but right (a view seen before it turned away), it is pushed to act on it.
 Vanilla history guidance is the idea of Song et al. 2025 ("History-Guided Video Diffusion"); here the
 history-free prediction is the one every causal training clip teaches on its first frame.
 
@@ -105,6 +108,10 @@ class _RolloutBase:
         self.nfe = 0                                               # denoiser calls so far, all frames
         cfg = self.sampler.config
         self.action_guidance, self.history_guidance = float(cfg.action_guidance), float(cfg.history_guidance)
+        self.history_recent = int(cfg.history_guidance_recent)
+        if self.history_guidance > 0 and self.history_recent >= self.history_len:
+            raise SamplerSettingsError(f"history_guidance_recent={self.history_recent} must be below the "
+                                       f"{self.history_len} frames the model remembers (its window minus one)")
         if self.action_guidance > 0 and int(getattr(model.cfg, "num_actions", 0)) == 0:
             raise SamplerSettingsError("action_guidance needs an action-conditioned model; this one has no actions")
         self.passes = cfg.passes
@@ -198,8 +205,10 @@ class CachedRollout(_RolloutBase):
         self._sync()
         with torch.inference_mode():
             self.cache = self.net.new_cache(batch_size, self.device)
-        # the no-history pass of history guidance: a cache without slots (the frame attends to itself only)
-        self._no_history = self.net.new_cache(batch_size, self.device, slots=0) if self.history_guidance > 0 else None
+        # the no-history pass of history guidance: a cache without slots (the frame attends to itself only);
+        # with history_guidance_recent > 0 a view of the rollout cache instead (see _short_history)
+        self._no_history = (self.net.new_cache(batch_size, self.device, slots=0)
+                            if self.history_guidance > 0 and self.history_recent == 0 else None)
 
     def _sync(self) -> None:
         """(Re)make the model copy that computes in ``self.dtype`` when the caller's weights changed since
@@ -216,10 +225,18 @@ class CachedRollout(_RolloutBase):
         self._new_frame = torch.compile(self.net.forward_new_frame) if self.compile else self.net.forward_new_frame
         self._commit = torch.compile(self.net.commit_frame) if self.compile else self.net.commit_frame
 
+    def _short_history(self):
+        """The history guidance pass's cache: no slots, or the rollout cache with only its newest
+        ``history_recent`` slots valid (the same tensors, no copy; slots are right-aligned in time)."""
+        if self._no_history is not None:
+            return self._no_history
+        recent = torch.arange(self.cache.slots, device=self.device) >= self.cache.slots - self.history_recent
+        return replace(self.cache, valid=self.cache.valid & recent)
+
     def _guided_frame_logits(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Guided logits (b h w v) of the new frame (b h w) at times t (b,) given actions (b,): one model
         call per pass (batching the passes measured slower on the CPU, benchmarks/rollout.py)."""
-        return self._guide([self._new_frame(tokens, t, a, self.cache if history else self._no_history).logits[:, 0]
+        return self._guide([self._new_frame(tokens, t, a, self.cache if history else self._short_history()).logits[:, 0]
                             for a, history in self._branches(actions)])
 
     @torch.inference_mode()
@@ -295,8 +312,8 @@ class WindowRollout(_RolloutBase):
         """Recompute the window for a new frame: tokens (b h w), t (b,), actions (b,) -> logits (b h w v).
 
         Rollouts with different history lengths (after a partial reset) are run in groups; ``history=False``
-        runs the new frame alone."""
-        counts = self.valid.sum(1) if history else torch.zeros_like(self.valid[:, 0], dtype=torch.long)
+        runs the new frame alone, or with its last ``history_recent`` frames."""
+        counts = self.valid.sum(1) if history else self.valid.sum(1).clamp(max=self.history_recent)
         logits = None
         for c in counts.unique().tolist():
             idx = (counts == c).nonzero()[:, 0]

@@ -48,6 +48,7 @@ from worldmodel.training.data import ShardedSampler, TokenClips
 from worldmodel.training.heldout import evaluate
 from worldmodel.training.setup import (
     autocast_dtype,
+    changed_settings,
     check_same_data,
     data_roots,
     dist_env,
@@ -202,6 +203,10 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
         sets = f" from {len(clips.roots)} datasets" if len(clips.roots) > 1 else ""
         print(f"{describe(model)}; {len(clips)} train clips{sets}; device {device}, "
               f"{'bf16 autocast' if amp else 'fp32'}, {world} process(es){resumed}")
+        changes = changed_settings(meta, dataclasses.asdict(cfg)) if meta else []
+        if changes:
+            print(f"note: resuming {out} at step {step} with changed settings: {'; '.join(changes)}. The run "
+                  "follows the new values from here (the learning-rate schedule included).")
     if cfg.compile:
         objective.features = torch.compile(model.features)
     runner = torch.nn.parallel.DistributedDataParallel(objective, ) if world > 1 else objective

@@ -146,3 +146,16 @@ def check_same_data(out: Path, meta: Mapping[str, Any], clips: TokenClips) -> No
     raise ConfigError(f"{out} was trained on {names(saved)} but this run was given {names(clips.fingerprint)}; "
                       "resume with the same data= (same datasets, same order), or train on new data in a new "
                       f"out= with init={out}")
+
+
+# Keys that only say how a run is watched, paced or placed: a resume may change them without notice.
+RUN_ONLY_KEYS = frozenset({"out", "resume", "progress", "tensorboard", "threads", "nice", "device", "eval_every",
+                           "eval_clips", "log_every", "ckpt_every", "keep_states", "max_minutes", "compile"})
+
+
+def changed_settings(meta: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """The training settings a resumed run changes against its saved state, as "key saved -> now" (extending a
+    run with more ``steps`` is allowed, but it moves the learning-rate schedule, so it should not pass unseen)."""
+    saved = meta.get("config") or {}
+    return [f"{k} {saved[k]!r} -> {v!r}" for k, v in config.items()
+            if k in saved and k not in RUN_ONLY_KEYS and saved[k] != v]

@@ -279,12 +279,16 @@ def test_guidance_applies_to_frame_by_frame_rows_only(tiny_world_checkpoint, tin
 
 def test_eval_loops_and_rewards_add_their_sections(tiny_world_checkpoint, tiny_frames_dataset, tmp_path):
     kw = dict(experiments=["fbf_mgm"], long_experiments=["fbf_mgm"], horizons=[1], fvd=False, num_videos=1,
-              loops=["turn2", "circle30"], loop_trials=1, reward_trials=2)
+              loops=["turn2", "circle30"], loop_trials=1, reward_trials=2, temperature=0.5, history_guidance=1.0,
+              history_guidance_recent=1)
     res = evaluate(make_cfg(tiny_world_checkpoint, tiny_frames_dataset, tmp_path / "l", **kw))
     assert list(res["loops"]["loops"]) == ["turn2", "circle30"] and res["loops"]["trials"] == 1
     assert all(r["real_return_psnr"] == 100.0 for r in res["loops"]["loops"].values())
+    # the loops dream with the eval's sampling settings (far-history guidance here)
+    assert (res["loops"]["temperature"], res["loops"]["history_guidance"], res["loops"]["history_guidance_recent"]) \
+        == (0.5, 1.0, 1)
     report = (tmp_path / "l" / "report.md").read_text()
-    assert "## Loop closure" in report and "| `circle30` | 30 |" in report
+    assert "## Loop closure" in report and "| `circle30` | 30 |" in report and " | – | " in report
     assert (tmp_path / "l" / "loops.png").stat().st_size > 0
     assert json.loads((tmp_path / "l" / "results.json").read_text())["loops"]["loops"]["turn2"]["frames"] == 4
     # reward_trials adds the reward-recall section beside it

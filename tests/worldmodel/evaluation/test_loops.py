@@ -17,6 +17,9 @@ def test_loop_names_parse_into_turn_scripts():
     circle = parse_loop("circle30")
     assert circle.script == ("turn_left",) * 30 and circle.far == 14          # 180 degrees after 15 turns
     assert parse_loop("turn30").far == 14 and parse_loop("turn15").far == 14  # 30 turns left = back at the start
+    # frames facing a heading seen before on the way out (never the start view: that is the loop's score)
+    assert turn.revisits() == [(4, 2), (5, 1)] and circle.revisits() == []
+    assert parse_loop("turn30").revisits() == [(30 + j, 30 - j) for j in range(1, 30)]
     for bad in ("turn", "turn0", "spin4", "circle-3", "turn4x"):
         with pytest.raises(ConfigError, match=r"use turnL .* or circleN"):
             parse_loop(bad)
@@ -30,6 +33,7 @@ def test_the_real_maze_returns_to_the_identical_view(name):
     assert len(frames) == 4 + loop.frames and list(actions[:1]) == [-1]
     assert np.array_equal(frames[-1], frames[3])                       # back at the start view
     assert not np.array_equal(frames[4 + loop.far], frames[3])         # and it had really turned away
+    assert all(np.array_equal(frames[3 + a], frames[3 + b]) for a, b in loop.revisits())  # same heading, same view
 
 
 @pytest.mark.slow
@@ -43,6 +47,9 @@ def test_loop_closure_scores_a_tiny_dream(tiny_world_checkpoint):
         assert 0 < r["return_psnr"] < 100 and 0 < r["far_psnr"] <= 100 and 0 < r["ceiling_psnr"] < 100
         assert r["return_minus_far"] == pytest.approx(r["return_psnr"] - r["far_psnr"])
         assert r["goal_met"] == (r["ceiling_psnr"] - r["return_psnr"] <= 4 and r["return_minus_far"] >= 5)
+    # the dream against itself: turn2's way back (frame 3) against its way out (frame 1); circles face no heading twice
+    assert 0 < res["loops"]["turn2"]["self_psnr"] <= 100 and res["loops"]["circle30"]["self_psnr"] is None
+    assert all(t["self_psnr"] is not None for t in res["loops"]["turn2"]["per_trial"])
     # the same mazes for every loop: trial i is maze seed 2 (seed + i) + 1
     assert [t["maze_seed"] for t in res["loops"]["turn2"]["per_trial"]] == [1, 3]
     with pytest.raises(ConfigError, match="loop_trials=0"):

@@ -60,5 +60,21 @@ def test_the_probe_credits_a_window_that_holds_the_returned_view(tiny_world_chec
     assert r["returns"]["full_minus_window2"]["mean"] == 1.0
     assert r["ordinary"]["full"] < 0.1          # no return: copying the oldest frame is wrong
     model = load_world_model(tiny_world_checkpoint)[0]              # a real model runs through the same path
-    real = bench.probe_arrays(model, tokens, actions, first, short=2, span=3)
+    real = bench.probe_arrays(model, tokens, actions, first, short=2, span=3, context_noise=0.3, guidance=1.0)
     assert 0.0 <= real["returns"]["full"] <= 1.0 and real["returns"]["full_minus_window2"]["n"] == 1
+    assert 0.0 <= real["returns"]["guided1"] <= 1.0
+
+
+def test_context_noise_hides_the_remembered_view_and_guidance_keeps_what_the_window_says():
+    """With half the history's tokens made random, the copying oracle recalls only the uncorrupted half of the
+    returned view (the target and the changed-token mask stay real); far-history guidance adds nothing to a
+    model that already copies the right frame, and takes nothing away."""
+    bench = _bench()
+    tokens, actions, first = _episodes()
+    noisy = bench.probe_arrays(CopyOldest(), tokens, actions, first, short=2, span=3, context_noise=0.5)
+    assert noisy["context_noise"] == 0.5 and 0.25 < noisy["returns"]["full"] < 0.75
+    assert noisy["returns"]["window2"] < 0.1
+    guided = bench.probe_arrays(CopyOldest(), tokens, actions, first, short=2, span=3, guidance=2.0)
+    assert guided["returns"]["guided2"] == guided["returns"]["full"] == 1.0
+    assert guided["returns"]["guided2_minus_full"]["mean"] == 0.0
+    assert bench.corrupt_tokens(tokens, 0.0, V) is tokens

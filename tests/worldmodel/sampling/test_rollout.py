@@ -35,14 +35,16 @@ def pair(model: Latte, sampler: SamplerConfig, b: int, context: torch.Tensor, ac
 
 
 @pytest.mark.parametrize("name,guidance", [("mgm", (0, 0)), ("mgm_tfree", (0, 0)), ("fm", (0, 0)), ("df", (0, 0)),
-                                            ("mgm", (1.5, 0)), ("mgm", (0, 0.7)), ("fm", (0.5, 2.0))])
+                                            ("mgm", (1.5, 0)), ("mgm", (0, 0.7)), ("fm", (0.5, 2.0)),
+                                            ("mgm", (0, 0.7, 1)), ("mgm", (0.5, 1.0, 2))])
 def test_cached_equals_uncached(name, guidance):
     """Same logits (1e-4) for arbitrary probe frames, same frames and heads from the same seed, through
     cache eviction (3 × the window) and a partial reset; with and without guidance."""
     model, b, k = tiny_model(window=4), 3, 4
     g = torch.Generator().manual_seed(0)
     ctx, ctx_a = torch.randint(0, V, (b, 2, 4, 4), generator=g), torch.randint(-1, 3, (b, 2), generator=g)
-    sc = SamplerConfig(name=name, steps=3, action_guidance=guidance[0], history_guidance=guidance[1])
+    sc = SamplerConfig(name=name, steps=3, action_guidance=guidance[0], history_guidance=guidance[1],
+                       history_guidance_recent=guidance[2] if len(guidance) > 2 else 0)
     cached, window = pair(model, sc, b, ctx, ctx_a)
     gc, gw = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     for i in range(3 * k):
@@ -292,6 +294,36 @@ def test_guidance_mixes_the_conditional_action_free_and_history_free_predictions
     only_action = CachedRollout(model, SamplerConfig(steps=steps, action_guidance=1.0), b)
     only_action.reset(ctx, ctx_a)
     assert only_action.step(a, torch.Generator().manual_seed(9)).nfe == 2 * steps + 1
+
+
+def test_far_history_guidance_pushes_against_the_prediction_from_the_recent_frames_only():
+    """history_guidance_recent = n: the second pass is the prediction from the last n frames alone (here built
+    from a rollout reset with only those frames; rotary attention depends on distances, so their absolute
+    positions do not matter), so the guided log-probabilities are log p + γ (log p − log p_last-n). It
+    differs from plain history guidance, and n must stay below the frames the model remembers."""
+    model, b, steps, n = tiny_model(window=6), 2, 2, 2
+    g = torch.Generator().manual_seed(11)
+    ctx, ctx_a = torch.randint(0, V, (b, 5, 4, 4), generator=g), torch.randint(0, 3, (b, 5), generator=g)
+    plain, recent = (CachedRollout(model, SamplerConfig(steps=steps), b) for _ in range(2))
+    far = CachedRollout(model, SamplerConfig(steps=steps, history_guidance=2.0, history_guidance_recent=n), b)
+    vanilla = CachedRollout(model, SamplerConfig(steps=steps, history_guidance=2.0), b)
+    for ro in (plain, far, vanilla):
+        ro.reset(ctx, ctx_a)
+    recent.reset(ctx[:, -n:], ctx_a[:, -n:])
+    probe, t, a = torch.randint(0, V + 1, (b, 4, 4), generator=g), torch.rand(b, generator=g), torch.tensor([1, 0])
+
+    def logp(ro):
+        return torch.log_softmax(ro.frame_logits(probe, t, a)[..., :V].float(), dim=-1)
+
+    cond, short = logp(plain), logp(recent)
+    assert (cond - short).abs().max() > 1e-3                          # the older frames carry signal
+    assert torch.allclose(far.frame_logits(probe, t, a)[..., :V], cond + 2.0 * (cond - short), atol=1e-4)
+    assert (far.frame_logits(probe, t, a) - vanilla.frame_logits(probe, t, a))[..., :V].abs().max() > 1e-3
+    assert far.step(a, torch.Generator().manual_seed(0)).nfe == 2 * steps + 1
+    with pytest.raises(SamplerSettingsError, match="history_guidance_recent=5 must be below the 5 frames"):
+        CachedRollout(model, SamplerConfig(steps=2, history_guidance=1.0, history_guidance_recent=5), 1)
+    with pytest.raises(SamplerSettingsError, match="history_guidance_recent must be an integer >= 0"):
+        SamplerConfig(history_guidance_recent=-1)
 
 
 def test_guidance_settings_are_checked():

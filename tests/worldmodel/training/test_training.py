@@ -90,12 +90,16 @@ def test_loss_falls_and_actions_steer_the_next_frame(painted_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_reproduces_the_next_steps_exactly(painted_data, tmp_path):
+def test_resume_reproduces_the_next_steps_exactly(painted_data, tmp_path, capsys):
+    """Also: extending a run (more steps) says so on resume, naming what changed."""
     full = tmp_path / "full"
     train(tiny_cfg(steps=6, ckpt_every=3, clean_context_prob=0.5), painted_data, full)
     part = tmp_path / "part"
     train(tiny_cfg(steps=3, ckpt_every=3, clean_context_prob=0.5), painted_data, part)
-    train(tiny_cfg(steps=6, ckpt_every=3, clean_context_prob=0.5), painted_data, part)       # resumes at 3
+    assert "changed settings" not in capsys.readouterr().out
+    train(tiny_cfg(steps=6, ckpt_every=3, clean_context_prob=0.5, eval_clips=8), painted_data, part)  # resumes at 3
+    said = capsys.readouterr().out
+    assert "resumed at step 3" in said and "with changed settings: steps 3 -> 6." in said     # eval_clips: run-only
     a, b = rows(full), rows(part)
     assert [x["step"] for x in b] == [1, 2, 3, 4, 5, 6]
     assert [x["loss"] for x in a] == [x["loss"] for x in b]

@@ -79,17 +79,22 @@ def changed_accuracy(model, tokens: np.ndarray, actions: np.ndarray, frames: np.
 
 
 @torch.no_grad()
-def guided_accuracy(model, tokens: np.ndarray, actions: np.ndarray, frames: np.ndarray, history: int, short: int,
-                    weight: float, batch: int = 16, context: np.ndarray | None = None) -> np.ndarray:
-    """As :func:`changed_accuracy` for far-history guidance: argmax of log p_history + ``weight``·(log p_history −
-    log p_short), ``short`` < ``history`` frames."""
+def window_accuracies(model, tokens: np.ndarray, actions: np.ndarray, frames: np.ndarray, history: int, short: int,
+                      guidance: float = 0.0, batch: int = 16, context: np.ndarray | None = None
+                      ) -> dict[str, np.ndarray]:
+    """Per frame, as :func:`changed_accuracy`, from one pass per window: ``short`` (the last ``short`` frames),
+    ``full`` (``history`` > ``short`` frames) and, with ``guidance`` > 0, ``guided``: argmax of log p_full +
+    ``guidance``·(log p_full − log p_short) (far-history guidance)."""
     context = tokens if context is None else context
-    out = []
+    out: dict[str, list[np.ndarray]] = {"short": [], "full": [], "guided": []}
     for g in (frames[i: i + batch] for i in range(0, len(frames), batch)):
-        full = _logprobs(model, tokens, context, actions, g, history)
         near = _logprobs(model, tokens, context, actions, g, short)
-        out.append(_changed_hits((full + weight * (full - near)).argmax(-1), tokens, g))
-    return np.concatenate(out) if out else np.zeros(0)
+        full = _logprobs(model, tokens, context, actions, g, history)
+        out["short"].append(_changed_hits(near.argmax(-1), tokens, g))
+        out["full"].append(_changed_hits(full.argmax(-1), tokens, g))
+        if guidance > 0:
+            out["guided"].append(_changed_hits((full + guidance * (full - near)).argmax(-1), tokens, g))
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
 
 def corrupt_tokens(tokens: np.ndarray, level: float, vocab: int, seed: int = 0) -> np.ndarray:
@@ -121,17 +126,18 @@ def probe_arrays(model, tokens: np.ndarray, actions: np.ndarray, episode_start: 
                            "ordinary_frames": len(ords), "context_noise": context_noise}
     context = corrupt_tokens(tokens, context_noise, int(model.cfg.mask_id), seed)       # mask id = V
     for name, frames in (("returns", rets), ("ordinary", ords)):
-        small = changed_accuracy(model, tokens, actions, frames, short - 1, context=context)
-        row: dict[str, Any] = {f"window{short}": float(small.mean()) if len(small) else None}
-        if k > short:
-            full = changed_accuracy(model, tokens, actions, frames, history, context=context)
-            row["full"] = float(full.mean()) if len(full) else None
-            row[f"full_minus_window{short}"] = paired_margin(full, small, seed=seed) if len(full) else None
-            if guidance > 0:
-                guided = guided_accuracy(model, tokens, actions, frames, history, short - 1, guidance,
-                                         context=context)
-                row[f"guided{guidance:g}"] = float(guided.mean()) if len(guided) else None
-                row[f"guided{guidance:g}_minus_full"] = paired_margin(guided, full, seed=seed) if len(full) else None
+        if k <= short:
+            small = changed_accuracy(model, tokens, actions, frames, short - 1, context=context)
+            out[name] = {f"window{short}": float(small.mean()) if len(small) else None}
+            continue
+        acc = window_accuracies(model, tokens, actions, frames, history, short - 1, guidance, context=context)
+        small, full, guided = acc["short"], acc["full"], acc["guided"]
+        margin = paired_margin(full, small, seed=seed) if len(full) else None
+        row: dict[str, Any] = {f"window{short}": float(small.mean()) if len(small) else None,
+                               "full": float(full.mean()) if len(full) else None, f"full_minus_window{short}": margin}
+        if guidance > 0:
+            row[f"guided{guidance:g}"] = float(guided.mean()) if len(guided) else None
+            row[f"guided{guidance:g}_minus_full"] = paired_margin(guided, full, seed=seed) if len(full) else None
         out[name] = row
     return out
 

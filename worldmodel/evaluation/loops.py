@@ -62,7 +62,7 @@ def loop_closure(checkpoint: str = "default", loops: tuple[str, ...] | list[str]
                                "history_guidance_recent": history_guidance_recent,
                                "dtype": str(core.rollout.dtype).removeprefix("torch.")}
         for loop in parsed:
-            rows = []
+            rows, pairs = [], loop.revisits()
             for i in range(trials):
                 frames, actions = real_loop(env_id, env_kwargs, loop, m, seed + i)
                 start, far, end = frames[m - 1], frames[m + loop.far], frames[-1]
@@ -76,7 +76,6 @@ def loop_closure(checkpoint: str = "default", loops: tuple[str, ...] | list[str]
                 def psnr(a: np.ndarray, b: np.ndarray) -> float:
                     return float(psnr_per_frame(a[None], b[None], identical=100.0)[0])
 
-                pairs = loop.revisits()
                 self_psnr = float(np.mean([psnr(dream[a], dream[b]) for a, b in pairs])) if pairs else None
                 rows.append({"maze_seed": 2 * (seed + i) + 1, "return_psnr": psnr(dreamed, start),
                              "self_psnr": self_psnr,
@@ -85,7 +84,7 @@ def loop_closure(checkpoint: str = "default", loops: tuple[str, ...] | list[str]
                              "real_far": far})
             keys = ("return_psnr", "far_psnr", "ceiling_psnr", "real_return_psnr")
             summary = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-            summary["self_psnr"] = float(np.mean([r["self_psnr"] for r in rows])) if loop.revisits() else None
+            summary["self_psnr"] = float(np.mean([r["self_psnr"] for r in rows])) if pairs else None
             summary["return_minus_far"] = summary["return_psnr"] - summary["far_psnr"]
             summary["ceiling_minus_return"] = summary["ceiling_psnr"] - summary["return_psnr"]
             summary["goal_met"] = bool(summary["ceiling_minus_return"] <= 4.0 and summary["return_minus_far"] >= 5.0)

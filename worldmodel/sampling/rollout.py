@@ -209,6 +209,8 @@ class CachedRollout(_RolloutBase):
         # with history_guidance_recent > 0 a view of the rollout cache instead (see _short_history)
         self._no_history = (self.net.new_cache(batch_size, self.device, slots=0)
                             if self.history_guidance > 0 and self.history_recent == 0 else None)
+        slots = self.cache.slots                                  # fixed for the rollout's life: mask made once
+        self._recent_slots = torch.arange(slots, device=self.device) >= slots - self.history_recent
 
     def _sync(self) -> None:
         """(Re)make the model copy that computes in ``self.dtype`` when the caller's weights changed since
@@ -230,8 +232,7 @@ class CachedRollout(_RolloutBase):
         ``history_recent`` slots valid (the same tensors, no copy; slots are right-aligned in time)."""
         if self._no_history is not None:
             return self._no_history
-        recent = torch.arange(self.cache.slots, device=self.device) >= self.cache.slots - self.history_recent
-        return replace(self.cache, valid=self.cache.valid & recent)
+        return replace(self.cache, valid=self.cache.valid & self._recent_slots)
 
     def _guided_frame_logits(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Guided logits (b h w v) of the new frame (b h w) at times t (b,) given actions (b,): one model

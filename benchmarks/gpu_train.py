@@ -7,7 +7,8 @@ On the GPU machine (no package index, a few files of at most 16 MiB come back): 
 CUDA is there (``--device``), that the token dataset is a sealed ``maskflow tokenize`` output of at most
 ``--max-data-mb`` (60), then trains ``maskflow train``'s recipe (``worldmodel.training.loop.train``: the
 same objective, EMA, bf16 where supported) at ``--dim``/``--depth``/``--heads`` (default ~24 M
-parameters, 5x release 1) for ``--minutes`` (8) in a scratch run folder, exports the release (fp16
+parameters, 5x release 1), with the memory recipe's window (``--clip-len`` 32) and heading rotary
+(``--heading-pairs`` 8), for ``--minutes`` (8) in a scratch run folder, exports the release (fp16
 weights, ``SHA256SUMS.json``), and writes to ``--out`` only: the release as one tar split into parts of
 at most ``--part-mb`` (16) MiB, ``pack.json`` (each part's and the whole tar's sha256), ``summary.json``
 (settings, steps, held-out metrics, seconds) and ``curves.png``. It imports torch, numpy, einops,
@@ -98,7 +99,8 @@ def train_and_pack(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="maskflow-gpu-train-") as tmp:
         run, release = Path(tmp) / "run", Path(tmp) / "release"
         cfg = TrainConfig(data=str(data), out=str(run), size="small", dim=args.dim, depth=args.depth,
-                          heads=args.heads, clip_len=args.clip_len, steps=args.max_steps, batch_size=args.batch_size,
+                          heads=args.heads, clip_len=args.clip_len, heading_pairs=args.heading_pairs,
+                          steps=args.max_steps, batch_size=args.batch_size,
                           lr=args.lr, eval_every=args.eval_every, ckpt_every=args.eval_every,
                           max_minutes=args.minutes, device=args.device, tensorboard=False, progress=False,
                           seed=args.seed, threads=args.threads)
@@ -126,7 +128,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | Path:
     p.add_argument("--dim", type=int, default=320, help="width (320 x 6 pairs: ~24 M parameters, 48 MiB fp16)")
     p.add_argument("--depth", type=int, default=6, help="(spatial, temporal) block pairs")
     p.add_argument("--heads", type=int, default=5)
-    p.add_argument("--clip-len", type=int, default=16)
+    p.add_argument("--clip-len", type=int, default=32, help="window k (32: the memory recipe)")
+    p.add_argument("--heading-pairs", type=int, default=8, help="heading rotary pairs per temporal head (0 = off)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-steps", type=int, default=1_000_000, help="the budget, not this, should end the run")

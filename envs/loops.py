@@ -50,6 +50,13 @@ class Loop:
         return pairs
 
 
+def action_yaw(meanings: tuple[str, ...] | list[str], env_kwargs: dict | None = None) -> list[float]:
+    """Degrees each action turns the camera, left positive: the env's ``turn_step`` (default 12) for actions
+    named ``*turn_left``, minus it for ``*turn_right``, 0 for the rest (DMLabMazeEnv's turns are exact)."""
+    step = float((env_kwargs or {}).get("turn_step", TURN_DEGREES))
+    return [step if m.endswith("turn_left") else -step if m.endswith("turn_right") else 0.0 for m in meanings]
+
+
 def furthest(script: tuple[str, ...], turn_degrees: float = TURN_DEGREES) -> int:
     """Index into ``script`` after which the heading is furthest from the start (first such index)."""
     heading, best, where = 0.0, -1.0, 0

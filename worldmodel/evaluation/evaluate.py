@@ -112,6 +112,8 @@ class EvalConfig:
     loops: list[str] = field(default_factory=list)  # loop-closure trials in live held-out mazes: turnL (left L, right
                                                     # L) | circleN (left N; 30 = 360 deg), e.g. [turn15,circle30]
     loop_trials: int = 8            # mazes per loop (the same mazes for every loop)
+    loop_real_turns: int = 0        # diagnostic: the first n turns of every loop are real (given as context), the
+                                    # rest dreamed (0 = the whole loop dreamed)
     reward_trials: int = 0          # > 0: reward/termination recall on this many real goal reaches in live held-out
                                     # mazes (goal-seeking oracle), and false alarms away from them (0 = off)
     fvd_frames: int = 16            # FVD clip length (16 = standard; >= 9)
@@ -127,6 +129,7 @@ class EvalConfig:
         "split": one_of("train", "test"), "seed": SEED, "temperature": at_least(0, "0 = greedy"),
         "gumbel": at_least(0, "0 = off"), "gumbel_frame": at_least(0, "0 = off"), "schedule": one_of(*COUNT_MODES),
         "device": DEVICE, "threads": THREADS, "precision": PRECISION, "loop_trials": at_least(1),
+        "loop_real_turns": at_least(0, "0 = the whole loop dreamed"),
         "reward_trials": at_least(0, "0 = off"), "history_guidance_recent": at_least(0, "0 = none"),
         **{key: each(at_least(1), non_empty=True) for key in ("horizons", "comparison_horizons")},
     }
@@ -375,7 +378,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         loops = loop_closure(cfg.checkpoint, cfg.loops, cfg.loop_trials, cfg.seed, cfg.steps_frame, cfg.precision,
                              str(device), threads=None, temperature=cfg.temperature, gumbel=cfg.gumbel_frame,
                              action_guidance=cfg.action_guidance, history_guidance=cfg.history_guidance,
-                             history_guidance_recent=cfg.history_guidance_recent)
+                             history_guidance_recent=cfg.history_guidance_recent, real_turns=cfg.loop_real_turns)
         out.mkdir(parents=True, exist_ok=True)
         loop_sheet(out / "loops.png", loops)
         for r in loops["loops"].values():

@@ -18,6 +18,11 @@ know that view once it has left the window. Each trial:
    which face no heading twice before the end). A dream that keeps what it imagined scores high here even
    where its imagination is wrong; a low score means the dream does not reuse even its own recent frames.
 
+``real_turns=n`` > 0 is a diagnostic: the first n turns of the loop are played in the real maze and given as
+context (the context window slides forward by n frames), and only the rest is dreamed. With the way out
+real, a model whose lookup works returns to the start view; if it does not, the failure lies in dreaming
+the way back, not in a corrupted memory of the way out.
+
 The goal of the memory issue: return within 4 dB of the ceiling and ≥ 5 dB above ``far_psnr``.
 
 Axis letters: f frames, y x pixels, c colour.
@@ -37,10 +42,11 @@ def loop_closure(checkpoint: str = "default", loops: tuple[str, ...] | list[str]
                  seed: int = 0, steps_per_frame: int | None = None, precision: str = "auto", device: str = "cpu",
                  threads: int | None = 0, temperature: float = 1.0, gumbel: float | None = None,
                  action_guidance: float = 0.0, history_guidance: float = 0.0,
-                 history_guidance_recent: int = 0) -> dict[str, Any]:
+                 history_guidance_recent: int = 0, real_turns: int = 0) -> dict[str, Any]:
     """Score ``trials`` fresh held-out mazes per loop (trial i uses seed ``seed + i``, so every loop sees the
     same mazes and context). ``temperature``, ``gumbel`` and the guidance weights are the dream's sampling
-    settings (defaults: the dream env's). Returns per-loop means with every trial's scores, and the settings."""
+    settings (defaults: the dream env's); ``real_turns`` (see the module notes) gives the first turns real.
+    Returns per-loop means with every trial's scores, and the settings."""
     from worldmodel.dream.env import MaskFlowDreamEnv
     from worldmodel.metrics.quality import psnr_per_frame
     from worldmodel.tokenizer.codec import decode_tokens, encode_frames
@@ -48,6 +54,10 @@ def loop_closure(checkpoint: str = "default", loops: tuple[str, ...] | list[str]
     parsed = [parse_loop(x) for x in loops]                  # every name checked before any work
     if trials < 1:
         raise ConfigError(f"loop_trials={trials} must be >= 1")
+    short = [x.name for x in parsed if not 0 <= real_turns < x.frames]
+    if short:
+        raise ConfigError(f"loop_real_turns={real_turns} must lie in [0, frames of the loop) so that something is "
+                          f"dreamed; too many for {', '.join(short)}")
     env = MaskFlowDreamEnv(checkpoint, context="given", steps_per_frame=steps_per_frame, precision=precision,
                            max_episode_steps=None, device=device, threads=threads, temperature=temperature,
                            gumbel=gumbel, action_guidance=action_guidance, history_guidance=history_guidance,
@@ -59,16 +69,17 @@ def loop_closure(checkpoint: str = "default", loops: tuple[str, ...] | list[str]
                                "steps_per_frame": core.sampler.num_steps, "temperature": core.sampler.temperature,
                                "gumbel": core.sampler.gumbel, "action_guidance": action_guidance,
                                "history_guidance": history_guidance,
-                               "history_guidance_recent": history_guidance_recent,
+                               "history_guidance_recent": history_guidance_recent, "real_turns": real_turns,
                                "dtype": str(core.rollout.dtype).removeprefix("torch.")}
         for loop in parsed:
             rows, pairs = [], loop.revisits()
             for i in range(trials):
                 frames, actions = real_loop(env_id, env_kwargs, loop, m, seed + i)
-                start, far, end = frames[m - 1], frames[m + loop.far], frames[-1]
-                env.reset(seed=seed + i, options={"context_frames": frames[:m], "context_actions": actions[:m]})
-                dream = [start]                                   # loop frame 0 is the (real) start view
-                for a in actions[m:]:
+                start, far, end, n = frames[m - 1], frames[m + loop.far], frames[-1], real_turns
+                env.reset(seed=seed + i, options={"context_frames": frames[n:m + n],
+                                                  "context_actions": actions[n:m + n]})
+                dream = list(frames[m - 1:m + n])                 # loop frames 0..n are real (0 = the start view)
+                for a in actions[m + n:]:
                     dream.append(env.step(int(a))[0])
                 dreamed = dream[-1]
                 recon = decode_tokens(core.tokenizer, encode_frames(core.tokenizer, start[None]))[0]

@@ -8,7 +8,8 @@ absolute index in its rollout (``positions`` counts the frames each rollout has 
 frame's query is rotated by its own index: rotary attention depends only on the distance between the
 two, so the cache slides forever without re-rotating or copying its keys on every pass (the cost that
 dominated batched dreams). ``valid`` marks filled slots per rollout, which lets vector envs reset one
-rollout without touching the others.
+rollout without touching the others. A model with heading rotary also rotates keys by their frame's
+heading; ``headings`` keeps each rollout's heading at its newest frame, which the next frame turns from.
 """
 
 from __future__ import annotations
@@ -20,13 +21,19 @@ import torch
 
 @dataclass
 class LatteCache:
-    """Per-layer rotated keys and values (b p H n e), the slot validity mask (b n) and each rollout's
-    next frame index (b,) long, the rotary position of the frame it will commit next."""
+    """Per-layer rotated keys and values (b p H n e), the slot validity mask (b n), each rollout's
+    next frame index (b,) long, the rotary position of the frame it will commit next, and the heading of
+    its newest frame (b,) float64 degrees (zeros for a model without heading rotary)."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     valid: torch.Tensor
     positions: torch.Tensor
+    headings: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.headings is None:
+            self.headings = torch.zeros(self.valid.shape[0], dtype=torch.float64, device=self.valid.device)
 
     @classmethod
     def empty(cls, layers: int, batch: int, positions: int, heads: int, head_dim: int, slots: int,
@@ -55,9 +62,12 @@ class LatteCache:
         """(keys, values) of temporal layer ``i``, each (b p H n e)."""
         return self.keys[i], self.values[i]
 
-    def append(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Push one finished frame's (rotated k, v), each (b p H 1 e) per layer; the oldest slot falls out."""
+    def append(self, kv: list[tuple[torch.Tensor, torch.Tensor]], headings: torch.Tensor | None = None) -> None:
+        """Push one finished frame's (rotated k, v), each (b p H 1 e) per layer, and its ``headings`` (b,)
+        (None: unchanged); the oldest slot falls out."""
         self.positions = self.positions + 1
+        if headings is not None:
+            self.headings = headings.to(self.headings)
         if self.slots == 0:
             return
         for i, (k, v) in enumerate(kv):
@@ -70,10 +80,12 @@ class LatteCache:
         if mask is None:
             self.valid = torch.zeros_like(self.valid)
             self.positions = torch.zeros_like(self.positions)
+            self.headings = torch.zeros_like(self.headings)
             return
         mask = mask.to(self.valid.device)
         self.valid = self.valid & ~mask[:, None]
         self.positions = torch.where(mask, 0, self.positions)
+        self.headings = torch.where(mask, 0.0, self.headings)
 
     def splice(self, rows: torch.Tensor, other: LatteCache) -> None:
         """Replace the rollouts flagged in ``rows`` (b,) bool by those of ``other`` (one per flagged row)."""
@@ -82,12 +94,14 @@ class LatteCache:
             self.values[i][rows] = other.values[i].to(self.values[i].dtype)
         self.valid[rows] = other.valid
         self.positions[rows] = other.positions
+        self.headings[rows] = other.headings.to(self.headings)
 
     def clone(self) -> LatteCache:
         """An independent copy (e.g. to branch a rollout)."""
         return LatteCache([k.clone() for k in self.keys], [v.clone() for v in self.values], self.valid.clone(),
-                          self.positions.clone())
+                          self.positions.clone(), self.headings.clone())
 
     def nbytes(self) -> int:
         """Memory held by the cache, in bytes (constant over a rollout)."""
-        return sum(t.numel() * t.element_size() for t in [*self.keys, *self.values, self.valid, self.positions])
+        return sum(t.numel() * t.element_size() for t in [*self.keys, *self.values, self.valid, self.positions,
+                                                          self.headings])

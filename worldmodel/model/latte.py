@@ -10,6 +10,14 @@ Each block is adaLN-Zero, modulated by its frame's conditioning c_f = emb(t_f) +
 Temporal attention is ``bidirectional`` (the paper) or ``causal`` (frame f sees frames ≤ f); the
 rotary temporal positions are relative, so a causal model rolls out past its window with a sliding
 KV cache (:mod:`worldmodel.model.cache`).
+
+Heading rotary (``heading_pairs`` = n > 0): the last n rotary pairs of every temporal head turn with the
+camera's heading instead of the frame index. The heading is integrated from the actions (``action_yaw``
+degrees per action; turns in the maze are exact), so a frame's query meets the keys of earlier frames that
+faced the same way with no rotation between them: the odd harmonics 1, 3, …, 2n − 1 of the heading
+difference sum to a kernel that peaks at 0° (and 360°) and is near zero one 12° turn away (n = 8). It makes
+"the view I face now was seen 30 frames ago" a lookup by angle rather than by counting turns, the pose-
+indexed retrieval of WorldMem (Xiao et al. 2025), with nothing the agent does not know: only its actions.
 """
 
 from __future__ import annotations
@@ -43,9 +51,12 @@ class ModelConfig:
     temporal: str = "causal"                        # "causal" | "bidirectional"
     time_freqs: int = 256                           # sinusoidal features of raw t ∈ [0, 1]
     rope_base: float = 10000.0
+    heading_pairs: int = 0                          # rotary pairs per temporal head given to the heading (0 = off)
+    action_yaw: tuple[float, ...] = ()              # degrees each action turns the camera (left +); () = none
 
     def __post_init__(self) -> None:
         self.token_grid = tuple(int(x) for x in self.token_grid)
+        self.action_yaw = tuple(float(x) for x in self.action_yaw)
         if self.temporal not in ("causal", "bidirectional"):
             raise ConfigError(f"temporal={self.temporal!r} is not valid; use 'causal' or 'bidirectional'")
         h, w = self.token_grid
@@ -55,6 +66,13 @@ class ModelConfig:
             raise ConfigError(f"dim {self.dim} must split into {self.heads} heads of even width")
         if self.vocab_size < 2 or self.max_frames < 1 or self.depth < 1 or self.num_actions < 0:
             raise ConfigError(f"invalid model sizes: {self}")
+        pairs = self.dim // self.heads // 2
+        if not 0 <= self.heading_pairs < pairs:
+            raise ConfigError(f"heading_pairs={self.heading_pairs} must lie in [0, {pairs - 1}] (a temporal head of "
+                              f"width {self.dim // self.heads} has {pairs} rotary pairs; one at least keeps time)")
+        if self.heading_pairs and len(self.action_yaw) != self.num_actions:
+            raise ConfigError(f"heading_pairs={self.heading_pairs} needs action_yaw: the degrees each of the "
+                              f"{self.num_actions} actions turns the camera, got {len(self.action_yaw)} values")
 
     @property
     def mask_id(self) -> int:
@@ -67,9 +85,12 @@ class ModelConfig:
         return (self.token_grid[0] // self.patch) * (self.token_grid[1] // self.patch)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (``ModelConfig(**d)`` rebuilds it)."""
+        """JSON-ready dict (``ModelConfig(**d)`` rebuilds it). The heading keys appear only when heading rotary is
+        on, so models without it keep the config (and the config digest in their weights) they were saved with."""
         d = asdict(self)
-        d["token_grid"] = list(self.token_grid)
+        d["token_grid"], d["action_yaw"] = list(self.token_grid), list(self.action_yaw)
+        if not self.heading_pairs:
+            del d["heading_pairs"], d["action_yaw"]
         return d
 
 
@@ -112,14 +133,25 @@ def sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
 
 
 class Rotary:
-    """Rotary position tables for temporal attention: (cos, sin) of shape (n, e)."""
+    """Rotary tables for temporal attention: (cos, sin) of shape (..., e) for positions (...,), and with
+    ``heading_pairs`` = n > 0 headings (..., degrees) that turn the last n pairs by the odd harmonics
+    1, 3, …, 2n − 1 of the heading (the lowest time frequencies they replace barely turn within a window)."""
 
-    def __init__(self, head_dim: int, base: float):
+    def __init__(self, head_dim: int, base: float, heading_pairs: int = 0):
         self.inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        self.time_pairs = len(self.inv_freq) - heading_pairs
+        self.harmonics = 2 * torch.arange(heading_pairs, dtype=torch.float64) + 1
 
-    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin for integer ``positions`` (n,) → each (n, e)."""
-        ang = positions.double()[:, None] * self.inv_freq.to(positions.device)[None]
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype,
+               headings: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for integer ``positions`` (...,) (and ``headings`` (...,) in degrees, broadcast against
+        them) → each (..., e)."""
+        ang = positions.double()[..., None] * self.inv_freq[: self.time_pairs].to(positions.device)   # (..., T)
+        if len(self.harmonics):
+            head = torch.zeros_like(positions, dtype=torch.float64) if headings is None else headings.double()
+            turn = torch.deg2rad(head)[..., None] * self.harmonics.to(head.device)                     # (..., n)
+            shape = torch.broadcast_shapes(ang.shape[:-1], turn.shape[:-1])
+            ang = torch.cat([ang.expand(*shape, -1), turn.expand(*shape, -1)], dim=-1)
         ang = torch.cat([ang, ang], dim=-1)
         return ang.cos().to(dtype), ang.sin().to(dtype)
 
@@ -140,7 +172,9 @@ class Latte(nn.Module):
         self.temporal = nn.ModuleList(TemporalBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.final = FinalLayer(d, p * p, cfg.vocab_size + 1)
         self.frame_heads = FrameHeads(d)
-        self.rotary = Rotary(d // cfg.heads, cfg.rope_base)
+        self.rotary = Rotary(d // cfg.heads, cfg.rope_base, cfg.heading_pairs)
+        # degrees per action, last entry = "none" (no turn); float64 and not a buffer, so no cast rounds it
+        self.yaw_table = torch.tensor([*cfg.action_yaw, 0.0] if cfg.heading_pairs else [0.0], dtype=torch.float64)
         # −inf bias on the [M] logit of every sub-position: [M] is never a valid prediction.
         cls_bias = torch.zeros(p * p, cfg.vocab_size + 1)
         cls_bias[:, cfg.mask_id] = float("-inf")
@@ -213,6 +247,13 @@ class Latte(nn.Module):
         a = torch.where(actions < 0, torch.full_like(actions, self.cfg.num_actions), actions).long()
         return self.t_embed(t.float()) + self.act_embed(a)
 
+    def turns(self, actions: torch.Tensor) -> torch.Tensor | None:
+        """Degrees each action (...,) turns the camera (action −1 = none: 0), float64; None without heading rotary."""
+        if not self.cfg.heading_pairs:
+            return None
+        a = torch.where(actions < 0, torch.full_like(actions, self.cfg.num_actions), actions).long()
+        return self.yaw_table.to(actions.device)[a]
+
     def outputs(self, x: torch.Tensor, c: torch.Tensor) -> LatteOutput:
         """Features x (b f p d), conditioning c (b f d) → :class:`LatteOutput`."""
         cfg = self.cfg
@@ -254,12 +295,20 @@ class Latte(nn.Module):
         return (diff >= 0) & (diff < self.cfg.max_frames)
 
     # ------------------------------------------------------------------ full forward
-    def features(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Backbone without checks or heads: → features x (b f p d), conditioning c (b f d)."""
+    def features(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor,
+                 heading_actions: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Backbone without checks or heads: → features x (b f p d), conditioning c (b f d).
+
+        ``heading_actions`` (b f): the actions the heading integrates (default ``actions``); training passes
+        the real ones, so action dropout hides an action from the conditioning but not from the heading."""
         f = tokens.shape[1]
         x = self.embed(tokens)
         c = self.condition(t, actions).to(x.dtype)
-        cos, sin = self.rotary.tables(torch.arange(f, device=x.device), x.dtype)
+        turns = self.turns(actions if heading_actions is None else heading_actions)
+        cos, sin = self.rotary.tables(torch.arange(f, device=x.device), x.dtype,
+                                      None if turns is None else turns.cumsum(1))     # (f e) or (b f e)
+        if cos.dim() == 3:                                      # per-clip headings: (b 1 1 f e) against (b p H f e)
+            cos, sin = cos[:, None, None], sin[:, None, None]
         mask = self.temporal_mask(f, x.device)
         causal = self.cfg.temporal == "causal" and mask is None
         for sblk, tblk in zip(self.spatial, self.temporal):
@@ -293,15 +342,18 @@ class Latte(nn.Module):
                                 n, torch.device(device), dtype or self.patchify.weight.dtype)
 
     def _frame_pass(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor, cache: LatteCache,
-                    logits: bool = True) -> tuple[LatteOutput, list[tuple[torch.Tensor, torch.Tensor]]]:
+                    logits: bool = True) -> tuple[LatteOutput, list[tuple[torch.Tensor, torch.Tensor]],
+                                                  torch.Tensor | None]:
         if cache.batch_size != tokens.shape[0]:
             raise MaskFlowError(f"cache holds {cache.batch_size} rollouts but {tokens.shape[0]} frames were given")
         tokens, t, actions = tokens[:, None], t.reshape(-1, 1), actions.reshape(-1, 1)
         self.validate(tokens, t, actions)
         x = self.embed(tokens)
         c = self.condition(t, actions).to(x.dtype)
-        # the new frame's rotary tables at its own index in each rollout, (b 1 1 1 e) against (b p H 1 e)
-        cos, sin = (r[:, None, None, None] for r in self.rotary.tables(cache.positions, x.dtype))
+        # the new frame's rotary tables at its own index (and heading) in each rollout, (b 1 1 1 e) against (b p H 1 e)
+        turns = self.turns(actions[:, 0])
+        heading = None if turns is None else cache.headings + turns
+        cos, sin = (r[:, None, None, None] for r in self.rotary.tables(cache.positions, x.dtype, heading))
         new_kv = []
         for layer, (sblk, tblk) in enumerate(zip(self.spatial, self.temporal)):
             x = sblk(x, c)
@@ -309,8 +361,8 @@ class Latte(nn.Module):
             new_kv.append(kv)
         if not logits:           # a commit needs the keys/values and the frame heads, not the V-way logits
             reward, done = self.frame_heads(x)
-            return LatteOutput(None, reward, done), new_kv
-        return self.outputs(x, c), new_kv
+            return LatteOutput(None, reward, done), new_kv, heading
+        return self.outputs(x, c), new_kv, heading
 
     def forward_new_frame(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor,
                           cache: LatteCache) -> LatteOutput:
@@ -327,8 +379,8 @@ class Latte(nn.Module):
         whose reward/done logits are the clean-frame predictions for this frame; ``logits=False`` skips
         the token logits (then ``None``), which a rollout's commit never reads."""
         ones = torch.ones(tokens.shape[0], device=tokens.device)
-        out, kv = self._frame_pass(tokens, ones, actions, cache, logits=logits)
-        cache.append(kv)
+        out, kv, heading = self._frame_pass(tokens, ones, actions, cache, logits=logits)
+        cache.append(kv, heading)
         return out
 
 

@@ -135,7 +135,7 @@ class MaskFlowObjective(nn.Module):
         actions = torch.where(draws.drop, torch.full_like(batch.actions, -1), batch.actions)
         ctx = torch.autocast(batch.tokens.device.type, dtype=autocast) if autocast else contextlib.nullcontext()
         with ctx:
-            x, c = self.features(noisy, draws.t, actions)
+            x, c = self.features(noisy, draws.t, actions, batch.actions)      # the heading sees every action
             rows, index = self.model.masked_logits(x, c, masked)
             reward_logits, done_logits = self.model.frame_heads(x)
         target = batch.tokens.flatten()[index]

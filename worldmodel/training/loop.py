@@ -46,6 +46,7 @@ from worldmodel.objective.masking import MaskingConfig
 from worldmodel.objective.schedules import SCHEDULERS
 from worldmodel.training.data import ShardedSampler, TokenClips
 from worldmodel.training.heldout import evaluate
+from worldmodel.training.self_context import clean_span, draw_span, dream_span
 from worldmodel.training.setup import (
     autocast_dtype,
     changed_settings,
@@ -73,6 +74,9 @@ class TrainConfig:
     heads: int = 0                  # > 0 overrides the preset's attention heads
     patch: int = 0                  # > 0 overrides the 2x2 patchify (1 suits an 8x8 token grid: 64 positions)
     temporal: str = "causal"        # causal (KV-cache rollouts) | bidirectional (the paper)
+    heading_pairs: int = 0          # > 0: rotary pairs per temporal head that turn with the camera's heading,
+                                    # integrated from the actions (memory of views by angle; 0 = off, or with init=
+                                    # the checkpoint's)
     clip_len: int = 16              # training window k (frames per clip)
     steps: int = 20000
     batch_size: int = 8             # global batch (split over DDP processes)
@@ -87,6 +91,10 @@ class TrainConfig:
     loss_weighting: str = "fused_snr"   # fused_snr | min_snr | none
     clean_context_prob: float = 0.0     # chance that a clip keeps a random number of leading frames clean
     token_noise: float = 0.0            # max fraction of visible tokens per frame replaced by random ids
+    self_context: float = 0.0       # share of steps whose clips carry a span the model dreamed itself (EMA weights)
+                                    # from the real frames before it; the loss is on the real frames around it
+    self_context_frames: int = 16   # longest such span
+    self_context_steps: int = 4     # MGM steps per dreamed frame of such a span
     action_dropout: float = 0.1     # fraction of frames trained without their action (action-free sampling)
     reward_weight: float = 0.1      # weight of the reward + termination heads' BCE (clean frames only)
     reward_pos_weight: float = 1.0  # weight of positive frames (goal reaches, ends) in that BCE; > 1 for rare ones
@@ -114,12 +122,14 @@ class TrainConfig:
     CHECKS: ClassVar[dict[str, Check]] = {
         "size": one_of(*PRESETS), "dim": at_least(0, "0 = the preset's"), "depth": at_least(0, "0 = the preset's"),
         "heads": at_least(0, "0 = the preset's"), "patch": at_least(0, "0 = 2x2"),
+        "heading_pairs": at_least(0, "0 = off"),
         "temporal": one_of("causal", "bidirectional"), "clip_len": at_least(2, "context plus a predicted frame"),
         "steps": at_least(1), "batch_size": at_least(1), "lr": above(0), "weight_decay": at_least(0),
         "warmup_steps": at_least(0), "cooldown_steps": at_least(0, "0 = no decay"), "grad_clip": above(0),
         "ema_decay": within(0, 1, hi_open=True), "masking": one_of("frame", "constant"),
         "scheduler": one_of(*SCHEDULERS), "loss_weighting": one_of("fused_snr", "min_snr", "none"),
         "clean_context_prob": within(0, 1), "token_noise": within(0, 1, hi_open=True),
+        "self_context": within(0, 1), "self_context_frames": at_least(1), "self_context_steps": at_least(1),
         "action_dropout": within(0, 1), "reward_weight": at_least(0),
         "reward_pos_weight": above(0, "1 = unweighted"), "reward_early": at_least(0, "0 = the reward frame only"),
         "eval_every": at_least(0, "0 = off"),
@@ -134,6 +144,9 @@ class TrainConfig:
         check_config(self)
         if self.cooldown_steps > self.steps:
             raise ConfigError(f"cooldown_steps must lie in [0, steps={self.steps}], got {self.cooldown_steps}")
+        if self.self_context > 0 and self.clip_len < 3:
+            raise ConfigError(f"self_context={self.self_context} needs clip_len >= 3 (a real frame, a dreamed one, "
+                              f"a real one), got clip_len={self.clip_len}")
 
     def objective(self) -> ObjectiveConfig:
         return ObjectiveConfig(self.scheduler, MaskingConfig(mode=self.masking, weighting=self.loss_weighting,
@@ -182,8 +195,9 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
         test = None
     tok_dir = tokenizer_dir(cfg.tokenizer, clips.manifest)
     over = {k: getattr(cfg, k) for k in ("dim", "depth", "heads", "patch") if getattr(cfg, k) > 0}
-    model = (model_from_init(cfg.init, clips, data, cfg.clip_len, cfg.temporal, over) if cfg.init else
-             new_model(clips, cfg.size, cfg.vocab_size, cfg.clip_len, cfg.temporal, over)).to(device)
+    model = (model_from_init(cfg.init, clips, data, cfg.clip_len, cfg.temporal, over, cfg.heading_pairs) if cfg.init
+             else new_model(clips, cfg.size, cfg.vocab_size, cfg.clip_len, cfg.temporal, over,
+                            cfg.heading_pairs)).to(device)
     started_from = init_record(cfg.init)
     ema = Latte(model.cfg).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
@@ -245,10 +259,18 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
             t0 = time.time()
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
-            draws = draw_step(cfg.batch_size, cfg.clip_len, grid, ocfg, _step_generator(cfg.seed, step),
-                              model.cfg.vocab_size)
+            gen = _step_generator(cfg.seed, step)
+            draws = draw_step(cfg.batch_size, cfg.clip_len, grid, ocfg, gen, model.cfg.vocab_size)
+            span = (draw_span(cfg.clip_len, cfg.self_context, cfg.self_context_frames, gen)
+                    if cfg.self_context > 0 else None)
+            if span is not None:
+                draws = clean_span(draws, span)
             counts = objective.global_counts(draws)
             batch = clips.batch(sampler.indices(step)).to(device)
+            if span is not None:           # each rank dreams its own rows, from its own (seed, step, rank) stream
+                dream_gen = torch.Generator(device).manual_seed(int(np.random.SeedSequence(
+                    [cfg.seed, step, rank, 1]).generate_state(1)[0]))
+                batch = dream_span(ema, batch, span, cfg.self_context_steps, dream_gen)
             want = rank == 0 and (step + 1) % cfg.log_every == 0
             loss, logs = runner(batch, draws.rows(rank * local, (rank + 1) * local).to(device),
                                 tuple(c.to(device) for c in counts), world, amp, want)

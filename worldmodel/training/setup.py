@@ -18,6 +18,7 @@ import torch
 
 from envs.common.errors import ConfigError, DatasetError
 from envs.common.files import sha256_file
+from envs.loops import action_yaw
 from worldmodel.model.checkpoint import WEIGHTS_NAME, load_world_model, read_world_model_meta, resolve_checkpoint
 from worldmodel.model.latte import Latte, model_config
 from worldmodel.tokenizer.files import same_encoder
@@ -68,10 +69,19 @@ def tokenizer_dir(override: str, manifest: Mapping[str, Any]) -> Path | None:
     return p
 
 
+def heading_settings(clips: TokenClips, heading_pairs: int) -> dict[str, Any]:
+    """The model keys of heading rotary (``heading_pairs`` > 0): the pairs and the degrees each of the dataset's
+    actions turns the camera; {} when off."""
+    if heading_pairs <= 0:
+        return {}
+    return {"heading_pairs": heading_pairs, "action_yaw": action_yaw(clips.action_meanings, clips.env_kwargs)}
+
+
 def new_model(clips: TokenClips, size: str, vocab_size: int, clip_len: int, temporal: str,
-              overrides: Mapping[str, int]) -> Latte:
+              overrides: Mapping[str, int], heading_pairs: int = 0) -> Latte:
     """A fresh model of preset ``size`` (with ``overrides`` of dim / depth / heads / patch) for the dataset's
-    token grid and actions; ``vocab_size`` 0 takes the vocabulary of the dataset's tokenizer."""
+    token grid and actions; ``vocab_size`` 0 takes the vocabulary of the dataset's tokenizer; ``heading_pairs``
+    > 0 turns on heading rotary."""
     rec = clips.manifest.get("tokenizer") or {}
     vocab = vocab_size or rec.get("vocab_size") or 0
     if not vocab:
@@ -79,16 +89,18 @@ def new_model(clips: TokenClips, size: str, vocab_size: int, clip_len: int, temp
     if clips.max_token() >= vocab:
         raise DatasetError(f"the dataset holds token id {clips.max_token()} but the vocabulary has {vocab} ids")
     mcfg = model_config(size, vocab_size=int(vocab), token_grid=clips.token_grid, max_frames=clip_len,
-                        num_actions=clips.num_actions, temporal=temporal, **overrides)
+                        num_actions=clips.num_actions, temporal=temporal, **overrides,
+                        **heading_settings(clips, heading_pairs))
     return Latte(mcfg)
 
 
 def model_from_init(init: str, clips: TokenClips, data: str, clip_len: int, temporal: str,
-                    overrides: Mapping[str, int]) -> Latte:
+                    overrides: Mapping[str, int], heading_pairs: int = 0) -> Latte:
     """The model of checkpoint ``init`` (its architecture and weights), checked against the dataset.
 
     The weights only make sense on tokens of the same tokenizer and actions of the same action space,
-    so every mismatch is an error that names it; the architecture is the checkpoint's.
+    so every mismatch is an error that names it; the architecture is the checkpoint's, except what no
+    weight depends on: a longer window and ``heading_pairs`` > 0 (heading rotary; 0 keeps the checkpoint's).
     """
     if overrides:
         raise ConfigError(f"init={init} fixes the architecture; drop {', '.join(f'{k}=' for k in overrides)} "
@@ -115,9 +127,10 @@ def model_from_init(init: str, clips: TokenClips, data: str, clip_len: int, temp
                         "different things")
     if problems:
         raise ConfigError(f"init={init} ({src}) does not fit data={data}: " + "; ".join(problems))
-    if clip_len != mcfg.max_frames:
-        # no weight depends on the window (rotary temporal positions), so the same weights serve a longer one
-        wide = Latte(replace(mcfg, max_frames=clip_len))
+    heading = heading_settings(clips, heading_pairs)
+    if clip_len != mcfg.max_frames or heading:
+        # no weight depends on the window or the heading (rotary), so the same weights serve both
+        wide = Latte(replace(mcfg, max_frames=clip_len, **heading))
         wide.load_state_dict(model.state_dict())
         model = wide
     return model.float().train()

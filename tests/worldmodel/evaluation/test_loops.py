@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from envs.common.errors import ConfigError
-from envs.loops import parse_loop, real_loop
+from envs.loops import action_yaw, parse_loop, real_loop
 from worldmodel.evaluation.loops import loop_closure
 
 
@@ -54,3 +54,25 @@ def test_loop_closure_scores_a_tiny_dream(tiny_world_checkpoint):
     assert [t["maze_seed"] for t in res["loops"]["turn2"]["per_trial"]] == [1, 3]
     with pytest.raises(ConfigError, match="loop_trials=0"):
         loop_closure(ckpt, ["turn2"], trials=0)
+
+
+@pytest.mark.slow
+def test_real_turns_give_the_way_out_as_real_context(tiny_world_checkpoint):
+    """With the first 3 of turn2's 4 turns real, only the last frame is dreamed: the revisit pair (3, 1) is then
+    real against real (100 dB), and the settings record it; a loop with nothing left to dream is refused."""
+    ckpt = str(tiny_world_checkpoint)
+    res = loop_closure(ckpt, ["turn2"], trials=1, seed=0, steps_per_frame=2, threads=1, real_turns=3)
+    r = res["loops"]["turn2"]
+    assert res["real_turns"] == 3 and r["self_psnr"] == 100.0 and r["real_return_psnr"] == 100.0
+    assert 0 < r["return_psnr"] < 100
+    dreamed = loop_closure(ckpt, ["turn2"], trials=1, seed=0, steps_per_frame=2, threads=1)["loops"]["turn2"]
+    assert dreamed["self_psnr"] < 100                      # fully dreamed, the same pair is the dream's own
+    with pytest.raises(ConfigError, match="loop_real_turns=4 must lie in .0, frames of the loop.*turn2"):
+        loop_closure(ckpt, ["turn2", "circle30"], trials=1, real_turns=4)
+
+
+def test_action_yaw_reads_the_turns_from_the_action_names():
+    from envs.maze.dmlab import ACTION_MEANINGS
+
+    assert action_yaw(ACTION_MEANINGS) == [0, 0, 0, 0, 0, 12, -12, 12, -12]
+    assert action_yaw(["noop", "turn_left", "turn_right"], {"turn_step": 20}) == [0, 20, -20]

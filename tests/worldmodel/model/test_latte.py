@@ -9,6 +9,7 @@ from envs.common.errors import ConfigError, MaskFlowError
 from worldmodel.model.latte import PRESETS, Latte, model_config
 
 V, GRID, K, A = 20, (4, 4), 4, 3
+YAW = (0.0, 12.0, -12.0)                 # action 1 turns left, 2 right
 
 
 def randomized(temporal: str = "causal", seed: int = 0, **kw) -> Latte:
@@ -102,12 +103,14 @@ def test_masked_logits_equal_the_full_head_at_selected_tokens():
     assert sorted(index.tolist()) == masked.flatten().nonzero().flatten().tolist()
 
 
+@pytest.mark.parametrize("heading", [0, 4])
 @pytest.mark.parametrize("depth", [1, 2])
 @pytest.mark.parametrize("frames", [K, 3 * K + 1])
-def test_kv_cache_matches_uncached_forward(frames, depth):
+def test_kv_cache_matches_uncached_forward(frames, depth, heading):
     """Frame by frame with the cache = one forward over the sequence. Past K frames both use a sliding
-    window of K frames per temporal layer (so with depth > 1 the receptive field spans several windows)."""
-    m = randomized(depth=depth)
+    window of K frames per temporal layer (so with depth > 1 the receptive field spans several windows).
+    With heading rotary the cache carries each rollout's heading across evictions."""
+    m = randomized(depth=depth, **({"heading_pairs": heading, "action_yaw": YAW} if heading else {}))
     tok, _, a = inputs(2, frames, mask_prob=0.0)
     clean = m(tok, torch.ones(2, frames), a)
     cache = m.new_cache(2)
@@ -191,3 +194,41 @@ def test_window_and_cache_limits_of_bidirectional_models():
         model_config("tiny", temporal="sideways")
     with pytest.raises(ConfigError, match="size"):
         model_config("huge")
+
+
+def test_heading_rotary_matches_views_by_angle_not_by_turn_count():
+    """Scores of the heading pairs depend only on the heading difference, are the same 360° apart, and one
+    12° turn away fall below a tenth of the same-heading score (8 pairs: odd harmonics 1..15)."""
+    from worldmodel.model.latte import Rotary
+
+    rot, e = Rotary(32, 10000.0, heading_pairs=8), 32
+    q = torch.zeros(e)
+    q[8:16], q[24:32] = 1.0, 0.0                  # only the heading pairs' first halves: a pure heading probe
+    headings = torch.tensor([0.0, 12.0, 24.0, 180.0, 360.0, 372.0])
+    cos, sin = rot.tables(torch.zeros(6, dtype=torch.long), torch.float64, headings)
+    x = q.double().expand(6, e)
+    r = x * cos + torch.cat([-x[:, 16:], x[:, :16]], -1) * sin      # rotate-half, as layers.rotate
+    s = (r @ r.T).tolist()                                          # (6, 6) scores between headings
+    assert s[0][0] == pytest.approx(8.0) and s[0][4] == pytest.approx(8.0)          # 360° = same view
+    assert s[0][1] == pytest.approx(s[1][2]) and s[0][1] == pytest.approx(s[4][5])  # only differences count
+    assert abs(s[0][1]) < 0.1 * s[0][0] and abs(s[0][2]) < 0.1 * s[0][0]
+    # the time pairs are untouched by the heading: the same tables as without heading rotary there
+    plain = Rotary(32, 10000.0).tables(torch.arange(6), torch.float64)[0]
+    assert torch.equal(rot.tables(torch.arange(6), torch.float64, headings)[0][:, :8], plain[:, :8])
+
+
+def test_heading_rotary_hears_the_turns_and_its_config_is_checked():
+    """With every action embedded alike, only heading rotary tells apart the same frames after a left and
+    after a right turn; models without it keep the config keys (and weight digests) they always had."""
+    tok, t, _ = inputs(1, K, mask_prob=0.3)
+    left, right = torch.tensor([[-1, 1, 1, 1]]), torch.tensor([[-1, 1, 2, 1]])
+    for heading, differs in ((0, False), (4, True)):
+        m = randomized(**({"heading_pairs": heading, "action_yaw": YAW} if heading else {}))
+        m.act_embed.weight.data[:] = m.act_embed.weight.data[1]         # every action embeds alike: only the
+        a, b = m(tok, t, left).logits, m(tok, t, right).logits          # heading can tell the clips apart
+        assert (not torch.allclose(a, b, atol=1e-5)) == differs
+        assert ("heading_pairs" in m.cfg.to_dict()) == ("action_yaw" in m.cfg.to_dict()) == bool(heading)
+    with pytest.raises(ConfigError, match="heading_pairs=16 must lie in .0, 15."):
+        model_config("tiny", vocab_size=V, token_grid=GRID, num_actions=A, heading_pairs=16, action_yaw=YAW)
+    with pytest.raises(ConfigError, match="needs action_yaw"):
+        model_config("tiny", vocab_size=V, token_grid=GRID, num_actions=A, heading_pairs=2)

@@ -16,11 +16,14 @@ from worldmodel.sampling.rollout import CachedRollout, WindowRollout
 V = 16
 
 
-def tiny_model(window: int = 4, grid: tuple[int, int] = (4, 4), temporal: str = "causal", seed: int = 0) -> Latte:
-    """A tiny Latte with random (not zero-initialised) weights, so every path carries signal."""
+def tiny_model(window: int = 4, grid: tuple[int, int] = (4, 4), temporal: str = "causal", seed: int = 0,
+               heading: int = 0) -> Latte:
+    """A tiny Latte with random (not zero-initialised) weights, so every path carries signal; ``heading`` > 0
+    turns on heading rotary (action 1 turns left, 2 right)."""
     torch.manual_seed(seed)
+    turns = {"heading_pairs": heading, "action_yaw": (0.0, 12.0, -12.0)} if heading else {}
     model = Latte(model_config("tiny", vocab_size=V, token_grid=grid, max_frames=window, num_actions=3,
-                               temporal=temporal)).eval()
+                               temporal=temporal, **turns)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -34,13 +37,14 @@ def pair(model: Latte, sampler: SamplerConfig, b: int, context: torch.Tensor, ac
     return cached, window
 
 
-@pytest.mark.parametrize("name,guidance", [("mgm", (0, 0)), ("mgm_tfree", (0, 0)), ("fm", (0, 0)), ("df", (0, 0)),
-                                            ("mgm", (1.5, 0)), ("mgm", (0, 0.7)), ("fm", (0.5, 2.0)),
-                                            ("mgm", (0, 0.7, 1)), ("mgm", (0.5, 1.0, 2))])
-def test_cached_equals_uncached(name, guidance):
+@pytest.mark.parametrize("name,guidance,heading", [
+    ("mgm", (0, 0), 0), ("mgm_tfree", (0, 0), 0), ("fm", (0, 0), 0), ("df", (0, 0), 0), ("mgm", (1.5, 0), 0),
+    ("mgm", (0, 0.7), 0), ("fm", (0.5, 2.0), 0), ("mgm", (0, 0.7, 1), 0), ("mgm", (0.5, 1.0, 2), 0),
+    ("mgm", (0, 0), 3), ("fm", (0.5, 1.0, 2), 3)])
+def test_cached_equals_uncached(name, guidance, heading):
     """Same logits (1e-4) for arbitrary probe frames, same frames and heads from the same seed, through
-    cache eviction (3 × the window) and a partial reset; with and without guidance."""
-    model, b, k = tiny_model(window=4), 3, 4
+    cache eviction (3 × the window) and a partial reset; with and without guidance and heading rotary."""
+    model, b, k = tiny_model(window=4, heading=heading), 3, 4
     g = torch.Generator().manual_seed(0)
     ctx, ctx_a = torch.randint(0, V, (b, 2, 4, 4), generator=g), torch.randint(-1, 3, (b, 2), generator=g)
     sc = SamplerConfig(name=name, steps=3, action_guidance=guidance[0], history_guidance=guidance[1],

@@ -24,7 +24,8 @@ def test_cpu_path_trains_packs_and_joins(tiny_world_checkpoint, tmp_path):
               "    sys.modules[m] = None\n"
               f"sys.argv = ['gpu_train.py', '--data', {str(tokens)!r}, '--out', {str(out)!r}, '--device', 'cpu',\n"
               "            '--minutes', '0.05', '--dim', '32', '--depth', '1', '--heads', '2', '--clip-len', '4',\n"
-              "            '--batch-size', '2', '--eval-every', '3', '--threads', '1', '--part-mb', '0.05']\n"
+              "            '--batch-size', '2', '--eval-every', '3', '--threads', '1', '--part-mb', '0.05',\n"
+              "            '--heading-pairs', '2']\n"
               f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n")
     run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, timeout=600)
@@ -40,7 +41,7 @@ def test_cpu_path_trains_packs_and_joins(tiny_world_checkpoint, tmp_path):
     from worldmodel.model.checkpoint import load_world_model
 
     model, tokenizer, meta = load_world_model(release)
-    assert model.cfg.dim == 32 and tokenizer is not None
+    assert model.cfg.dim == 32 and model.cfg.heading_pairs == 2 and tokenizer is not None
     # a damaged part is named, not unpacked
     parts[0].write_bytes(b"x" + parts[0].read_bytes()[1:])
     with pytest.raises(SystemExit, match="part00: sha256 differs"):

@@ -268,9 +268,9 @@ def test_token_noise_replaces_visible_tokens_only_and_leaves_other_draws_alone()
     objective = MaskFlowObjective(model, noisy_cfg)
     seen, features = {}, objective.features
 
-    def spy(tokens, t, actions):            # what the backbone is given
+    def spy(tokens, t, actions, *heading):  # what the backbone is given
         seen["x"] = tokens
-        return features(tokens, t, actions)
+        return features(tokens, t, actions, *heading)
 
     objective.features = spy
     ep = painted_episodes(64, 4, 5)
@@ -321,6 +321,14 @@ def test_init_fine_tunes_from_a_checkpoint_and_checks_that_it_fits(painted_data,
     ww = load_weights(wide / "model.safetensors")
     assert ww.keys() == wa.keys() and all(torch.allclose(wa[k], ww[k], atol=1e-6) for k in wa)
     assert json.loads((wide / "model.json").read_text())["model"]["max_frames"] == 6
+    # heading rotary on a model trained without it: no new weights, recorded with the actions' turns
+    head = tmp_path / "head"
+    train(tiny_cfg(steps=1, init=str(base), heading_pairs=2, lr=1e-12), data, head)
+    wh = load_weights(head / "model.safetensors")
+    assert wh.keys() == wa.keys() and all(torch.allclose(wa[k], wh[k], atol=1e-6) for k in wa)
+    recorded = json.loads((head / "model.json").read_text())["model"]
+    assert recorded["heading_pairs"] == 2 and recorded["action_yaw"] == [0.0] * len(ACTIONS)   # no turn_* names
+    assert load_world_model(head)[0].cfg.heading_pairs == 2
     other, _ = _with_tokenizer(painted_data, tmp_path, seed=1)
     with pytest.raises(ConfigError, match="not the one that made this dataset"):
         train(tiny_cfg(steps=1, init=str(base)), other, tmp_path / "e3")
@@ -410,3 +418,50 @@ def test_reward_early_labels_the_frames_before_each_reward_within_its_episode(tm
     assert np.flatnonzero(early).tolist() == [1, 2, 3, 5, 6, 7, 8, 11, 12, 13]
     with pytest.raises(ConfigError, match="reward_early"):
         tiny_cfg(reward_early=-1).validate()
+
+
+def test_self_context_spans_are_bounded_and_leave_the_other_draws_alone():
+    from worldmodel.objective.loss import ObjectiveConfig, draw_step
+    from worldmodel.training.self_context import clean_span, draw_span
+
+    g = torch.Generator().manual_seed(0)
+    spans = [draw_span(8, 1.0, 3, g) for _ in range(300)]
+    assert all(1 <= s and 1 <= j <= 3 and s + j <= 7 for s, j in spans)
+    assert {s for s, _ in spans} == set(range(1, 7)) and {j for _, j in spans} == {1, 2, 3}
+    g0, g1 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    assert all(draw_span(8, 0.0, 3, g0) is None for _ in range(50))
+    [draw_span(8, 1.0, 3, g1) for _ in range(50)]
+    assert torch.equal(torch.rand(4, generator=g0), torch.rand(4, generator=g1))   # same stream either way
+    draws = draw_step(2, 6, GRID, ObjectiveConfig(), torch.Generator().manual_seed(2))
+    clean = clean_span(draws, (2, 3))
+    assert (clean.t[:, 2:5] == 1).all() and torch.equal(clean.t[:, :2], draws.t[:, :2])
+    assert torch.equal(clean.t[:, 5:], draws.t[:, 5:]) and not (draws.t[:, 2:5] == 1).all()
+
+
+@pytest.mark.slow
+def test_self_context_dreams_the_span_and_trains_on_the_real_frames_around_it(painted_data, tmp_path):
+    """dream_span replaces exactly the span, by the model's own imagination of it; a training run with
+    self_context=1 takes no loss there (the span's frames are clean) and still learns."""
+    from worldmodel.objective.loss import ClipBatch
+    from worldmodel.training.data import TokenClips
+    from worldmodel.training.self_context import dream_span
+
+    base = tmp_path / "base"
+    train(tiny_cfg(steps=40, lr=3e-3, clip_len=6), painted_data, base)
+    model, _, _ = load_world_model(base)
+    clips = TokenClips([painted_data], "train", 6)
+    batch = clips.batch(np.arange(4))
+    out = dream_span(model, batch, (2, 3), 2, torch.Generator().manual_seed(0))
+    assert torch.equal(out.tokens[:, :2], batch.tokens[:, :2]) and torch.equal(out.tokens[:, 5:], batch.tokens[:, 5:])
+    assert torch.equal(out.actions, batch.actions) and not torch.equal(out.tokens[:, 2:5], batch.tokens[:, 2:5])
+    again = dream_span(model, batch, (2, 3), 2, torch.Generator().manual_seed(0))
+    assert torch.equal(out.tokens, again.tokens)                     # seeded: the same dream
+    assert isinstance(out, ClipBatch) and int(out.tokens.max()) < V
+    run = tmp_path / "self"
+    train(tiny_cfg(steps=30, lr=3e-3, clip_len=6, self_context=1.0, self_context_frames=3, init=str(base)),
+          painted_data, run)
+    assert np.isfinite([r["loss"] for r in rows(run)]).all()
+    with pytest.raises(ConfigError, match="self_context=0.5 needs clip_len >= 3"):
+        tiny_cfg(self_context=0.5, clip_len=2).validate()
+    with pytest.raises(ConfigError, match="self_context"):
+        tiny_cfg(self_context=1.5).validate()

@@ -1,0 +1,60 @@
+"""Self-rolled context: train on clips whose middle the model dreamed itself (``self_context`` > 0).
+
+A dream conditions on its own frames; training shows the model only real ones. Where the two disagree the
+dream trusts its recent imagination over a far view it should recognise: turning a full circle it dreams
+new views for 29 frames and then, back at the start heading, continues them instead of the start view 30
+frames back (docs/results.md#heading-rotary-the-dream-finds-its-way-back). On a share ``self_context`` of
+the steps, every clip of the step gets a span of j frames dreamed by the EMA weights (no gradient) from the
+real frames before it and with the real actions:
+
+    clip  =  real [0, s)  |  dreamed [s, s + j)  |  real [s + j, k)
+    t     =  as drawn     |  1 (clean: no loss)  |  as drawn
+
+The loss covers the masked tokens of the real frames, so the model learns to predict the real maze after
+its own drifted frames, from whatever real past it still holds: what DIAMOND and GameNGen call fighting
+exposure bias, with the model's own errors instead of random noise. Cost per such step: s commit passes
+and j × (steps + 1) one-frame passes (about one more training step's compute for s = j = 15, 4 steps).
+
+Axis letters: b batch, f frames, h w token grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from worldmodel.objective.loss import ClipBatch, StepDraws
+from worldmodel.sampling.base import SamplerConfig
+from worldmodel.sampling.imagine import imagine
+
+
+def draw_span(frames: int, share: float, longest: int, generator: torch.Generator) -> tuple[int, int] | None:
+    """(s, j): dream frames [s, s + j) of this step's clips, with 1 <= s and s + j <= frames − 1 (a real
+    frame before and after), j <= ``longest``; None on the 1 − ``share`` of the steps without. Always draws
+    the same three numbers, so the rest of a run's randomness does not depend on the outcome."""
+    u = float(torch.rand((), generator=generator))
+    s = int(torch.randint(1, frames - 1, (), generator=generator))
+    j = int(torch.randint(1, min(longest, frames - 1 - s) + 1, (), generator=generator))
+    return (s, j) if u < share else None
+
+
+def clean_span(draws: StepDraws, span: tuple[int, int]) -> StepDraws:
+    """The step's draws with the dreamed frames at t = 1: clean context, no loss there."""
+    s, j = span
+    t = draws.t.clone()
+    t[:, s:s + j] = 1.0
+    return replace(draws, t=t)
+
+
+@torch.no_grad()
+def dream_span(model: torch.nn.Module, batch: ClipBatch, span: tuple[int, int], steps: int,
+               generator: torch.Generator) -> ClipBatch:
+    """``batch`` with tokens [s, s + j) replaced by ``model``'s dream (MGM, ``steps`` per frame, temperature 1)
+    from the real tokens [0, s) and the clip's actions; actions, rewards and ends stay the real ones."""
+    s, j = span
+    dreamed = imagine(model, SamplerConfig("mgm", steps=steps), batch.tokens[:, :s], batch.actions[:, :s],
+                      batch.actions[:, s:s + j], j, generator).tokens                  # (b j h w)
+    tokens = batch.tokens.clone()
+    tokens[:, s:s + j] = dreamed.to(tokens)
+    return replace(batch, tokens=tokens)

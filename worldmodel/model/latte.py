@@ -244,15 +244,17 @@ class Latte(nn.Module):
 
     def condition(self, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Per-frame conditioning c (b f d) = emb(t) + emb(action); action −1 → the "none" row."""
-        a = torch.where(actions < 0, torch.full_like(actions, self.cfg.num_actions), actions).long()
-        return self.t_embed(t.float()) + self.act_embed(a)
+        return self.t_embed(t.float()) + self.act_embed(self.action_rows(actions))
+
+    def action_rows(self, actions: torch.Tensor) -> torch.Tensor:
+        """Row of each action (...,) in the per-action tables: −1 (none) → the last row, ``num_actions``."""
+        return torch.where(actions < 0, torch.full_like(actions, self.cfg.num_actions), actions).long()
 
     def turns(self, actions: torch.Tensor) -> torch.Tensor | None:
         """Degrees each action (...,) turns the camera (action −1 = none: 0), float64; None without heading rotary."""
         if not self.cfg.heading_pairs:
             return None
-        a = torch.where(actions < 0, torch.full_like(actions, self.cfg.num_actions), actions).long()
-        return self.yaw_table.to(actions.device)[a]
+        return self.yaw_table.to(actions.device)[self.action_rows(actions)]
 
     def outputs(self, x: torch.Tensor, c: torch.Tensor) -> LatteOutput:
         """Features x (b f p d), conditioning c (b f d) → :class:`LatteOutput`."""

@@ -372,8 +372,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                      "reconstruction row is a decode -> encode -> decode round trip, not the tokenizer's ceiling")
     loops = None
     if cfg.loops:
-        from worldmodel.evaluation.loops import loop_closure, loop_sheet
-
+        from worldmodel.evaluation.loops import loop_closure, loop_sheet, pair_loops
 
         loops = loop_closure(cfg.checkpoint, cfg.loops, cfg.loop_trials, cfg.seed, cfg.steps_frame, cfg.precision,
                              str(device), threads=None, temperature=cfg.temperature, gumbel=cfg.gumbel_frame,
@@ -383,6 +382,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         loop_sheet(out / "loops.png", loops)
         for r in loops["loops"].values():
             r.pop("pictures")
+        if earlier is not None and earlier.get("loops"):
+            loops["paired"] = pair_loops(loops, earlier["loops"], cfg.seed)
     rewards = None
     if cfg.reward_trials > 0:
         from worldmodel.evaluation.rewards import reward_recall, reward_sheet

@@ -25,6 +25,10 @@ the way back, not in a corrupted memory of the way out.
 
 The goal of the memory issue: return within 4 dB of the ceiling and ≥ 5 dB above ``far_psnr``.
 
+:func:`pair_loops` compares two models on the same mazes (``maskflow eval pair_with=``, or several evals
+pooled by ``benchmarks/loop_compare.py``): per loop, the mean difference of return PSNR and of return − far
+per maze, with percentile-bootstrap 95 % intervals (:func:`worldmodel.evaluation.stats.paired_margin`).
+
 Axis letters: f frames, y x pixels, c colour.
 """
 
@@ -36,6 +40,7 @@ import numpy as np
 
 from envs.common.errors import ConfigError
 from envs.loops import DEFAULT_LOOPS, parse_loop, real_loop
+from worldmodel.evaluation.stats import paired_margin
 
 
 def loop_closure(checkpoint: str = "default", loops: tuple[str, ...] | list[str] = DEFAULT_LOOPS, trials: int = 8,
@@ -106,6 +111,27 @@ def loop_closure(checkpoint: str = "default", loops: tuple[str, ...] | list[str]
         return out
     finally:
         env.close()
+
+
+def pair_loops(a: dict[str, Any] | list[dict[str, Any]], b: dict[str, Any] | list[dict[str, Any]],
+               seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Paired margins of loop results ``a`` over ``b`` (:func:`loop_closure` outputs; a list is one set of
+    mazes pooled in order, e.g. ``loop_trials=24`` then ``seed=24 loop_trials=40``), for every loop both hold:
+    ``return_psnr`` (return PSNR, a − b per maze) and ``return_minus_far``, each a
+    :func:`~worldmodel.evaluation.stats.paired_margin` dict (mean, ci_low, ci_high, wins, n). Raises
+    :class:`ConfigError` unless both scored the same mazes in the same order."""
+    sets = [[x] if isinstance(x, dict) else list(x) for x in (a, b)]
+    out: dict[str, dict[str, Any]] = {}
+    for name in [n for n in sets[0][0]["loops"] if all(n in r["loops"] for s in sets for r in s)]:
+        trials = [[t for r in s for t in r["loops"][name]["per_trial"]] for s in sets]
+        mazes = [[t["maze_seed"] for t in ts] for ts in trials]
+        if mazes[0] != mazes[1]:
+            raise ConfigError(f"loop {name}: the two results scored different mazes ({len(mazes[0])} vs "
+                              f"{len(mazes[1])} trials); run both with the same seed and loop_trials")
+        ret = [[t["return_psnr"] for t in ts] for ts in trials]
+        gap = [[t["return_psnr"] - t["far_psnr"] for t in ts] for ts in trials]
+        out[name] = {"return_psnr": paired_margin(*ret, seed=seed), "return_minus_far": paired_margin(*gap, seed=seed)}
+    return out
 
 
 def loop_sheet(path, result: dict[str, Any], scale: int = 2) -> None:

@@ -142,6 +142,13 @@ def loop_lines(loops: dict[str, Any]) -> list[str]:
                 [[f"`{name}`", r["frames"], f"{r['return_psnr']:.2f}", f"{r['far_psnr']:.2f}",
                   f"{r['return_minus_far']:+.2f}", f"{r['ceiling_psnr']:.2f}", f"{r['real_return_psnr']:.1f}",
                   self_psnr(r), "yes" if r["goal_met"] else "no"] for name, r in loops["loops"].items()])
+    if loops.get("paired"):
+        md += ["", "Against the `pair_with` eval on the same mazes (this − that, mean and bootstrap 95 % interval; "
+               "wins: share of mazes where this is higher):", ""]
+        md += table(("loop", "return", "wins", "return - far", "wins"),
+                    [[f"`{name}`", format_margin(m["return_psnr"]), f"{m['return_psnr']['wins']:.0%}",
+                      format_margin(m["return_minus_far"]), f"{m['return_minus_far']['wins']:.0%}"]
+                     for name, m in loops["paired"].items()])
     return md + ["", "![loop closure: real start, real furthest, dream return](loops.png)"]
 
 

@@ -9,6 +9,11 @@ Sampling is DistributedSampler-style: the clip windows (every k-frame window of 
 permuted with a generator seeded by (seed, epoch); the global batch of step s is positions
 [s·B, (s+1)·B) of the concatenated epoch permutations, and rank r takes rows [r·B/R, (r+1)·B/R).
 A batch therefore depends only on (seed, step), which makes resuming and multi-process runs exact.
+
+With ``return_share`` > 0 (:class:`ClipSampler`) a share of each global batch comes instead from the clips
+that *end on a return frame*, a view the clip already holds 16 or more frames earlier (``return_gap``):
+a random window of an episode seldom holds both ends of a long loop (a 30-frame circle fits a 32-frame
+window at 2 of its ~270 positions), so without them the far lookup that loops need is hardly trained.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 
 from envs.common.errors import DatasetError
 from envs.dataset import EpisodeDataset
+from envs.loops import return_frames
 from worldmodel.objective.loss import ClipBatch
 from worldmodel.tokenizer.files import same_encoder
 
@@ -83,6 +89,8 @@ class TokenClips:
         self.rewards = np.concatenate([_early(_field(e, "rewards", 0, np.float32), reward_early) for e in eps])
         self.terminated = np.concatenate([_field(e, "terminated", False, bool) for e in eps])
         starts = np.cumsum([0] + [len(e["tokens"]) for e in eps])
+        # (n,) index of each frame's episode's first frame
+        self.episode_start = np.repeat(starts[:-1], [len(e["tokens"]) for e in eps]).astype(np.int64)
         self.starts = np.concatenate([np.arange(s, s + len(e["tokens"]) - clip_len + 1)
                                       for s, e in zip(starts, eps)]).astype(np.int64)
         assert len(self.actions) == n
@@ -115,9 +123,23 @@ class TokenClips:
     def max_token(self) -> int:
         return int(self.tokens.max())
 
+    def return_starts(self, gap: int) -> np.ndarray:
+        """First frames (r,) of the clips that end on a return frame: one equal to a frame ``gap`` to
+        clip_len − 1 frames earlier in its episode and to none closer, and different from the frame before
+        (:func:`envs.loops.return_frames`), so the clip holds the view it returns to."""
+        if not 1 <= gap < self.clip_len:
+            raise DatasetError(f"return frames {gap}+ frames after their view need clip_len > {gap}, "
+                               f"got clip_len={self.clip_len}")
+        g, _ = return_frames(self.tokens, self.episode_start, self.clip_len - 1, gap)
+        return (g - (self.clip_len - 1)).astype(np.int64)
+
     def batch(self, windows: np.ndarray) -> ClipBatch:
         """Clips for window indices ``windows`` (b,)."""
-        idx = self.starts[windows][:, None] + np.arange(self.clip_len)[None]
+        return self.batch_at(self.starts[windows])
+
+    def batch_at(self, first: np.ndarray) -> ClipBatch:
+        """Clips whose first frames are ``first`` (b,), indices into the concatenated frames."""
+        idx = first[:, None] + np.arange(self.clip_len)[None]
         return ClipBatch(torch.from_numpy(self.tokens[idx].astype(np.int64)), torch.from_numpy(self.actions[idx]),
                          torch.from_numpy(self.rewards[idx]), torch.from_numpy(self.terminated[idx]))
 
@@ -180,3 +202,35 @@ class ShardedSampler:
         """This rank's share of the global batch of ``step``."""
         local = self.global_batch // self.world_size
         return self.global_indices(step)[self.rank * local: (self.rank + 1) * local]
+
+
+class ClipSampler:
+    """Each step's clips as first-frame positions: a :class:`ShardedSampler` over every window and, with
+    ``return_share`` > 0, the last round(share·B) rows (at least 1) of each global batch drawn by a second
+    one over the clips that end on a return frame (:meth:`TokenClips.return_starts`). Both depend only on
+    (seed, step), so resumed and multi-process runs stay exact."""
+
+    def __init__(self, clips: TokenClips, global_batch: int, seed: int, rank: int = 0, world_size: int = 1,
+                 return_share: float = 0.0, return_gap: int = 16):
+        if global_batch % world_size:
+            raise DatasetError(f"batch_size {global_batch} must be divisible by the {world_size} processes")
+        self.clips, self.rank, self.local = clips, rank, global_batch // world_size
+        n_ret = min(global_batch - 1, max(1, round(return_share * global_batch))) if return_share > 0 else 0
+        if n_ret and global_batch < 2:
+            raise DatasetError(f"return_share={return_share} needs batch_size >= 2 (an ordinary clip and a "
+                               "return clip per batch)")
+        self.ret = clips.return_starts(return_gap) if n_ret else np.zeros(0, np.int64)
+        if n_ret and len(self.ret) == 0:
+            names = ", ".join(str(r) for r in clips.roots)
+            raise DatasetError(f"return_share={return_share}, but no training clip of {names} ends on a return "
+                               f"frame (a view seen {return_gap} to {clips.clip_len - 1} frames earlier); collect "
+                               "with policy=revisit, or set return_share=0")
+        self.main = ShardedSampler(len(clips), global_batch - n_ret, seed)
+        self.returns = ShardedSampler(len(self.ret), n_ret, seed + 7919) if n_ret else None
+
+    def starts(self, step: int) -> np.ndarray:
+        """This rank's first-frame positions (B / world,) for ``step``."""
+        first = self.clips.starts[self.main.global_indices(step)]
+        if self.returns is not None:
+            first = np.concatenate([first, self.ret[self.returns.global_indices(step)]])
+        return first[self.rank * self.local: (self.rank + 1) * self.local]

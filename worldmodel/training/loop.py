@@ -44,7 +44,7 @@ from worldmodel.model.latte import PRESETS, Latte, describe
 from worldmodel.objective.loss import MaskFlowObjective, ObjectiveConfig, draw_step
 from worldmodel.objective.masking import MaskingConfig
 from worldmodel.objective.schedules import SCHEDULERS
-from worldmodel.training.data import ShardedSampler, TokenClips
+from worldmodel.training.data import ClipSampler, TokenClips
 from worldmodel.training.heldout import evaluate
 from worldmodel.training.self_context import clean_span, draw_span, dream_span
 from worldmodel.training.setup import (
@@ -91,6 +91,9 @@ class TrainConfig:
     loss_weighting: str = "fused_snr"   # fused_snr | min_snr | none
     clean_context_prob: float = 0.0     # chance that a clip keeps a random number of leading frames clean
     token_noise: float = 0.0            # max fraction of visible tokens per frame replaced by random ids
+    return_share: float = 0.0       # share of each batch from clips ending on a return frame: a view the clip
+                                    # holds return_gap or more frames earlier (trains the far lookup loops need)
+    return_gap: int = 16            # how far back such a view must lie (and no closer)
     self_context: float = 0.0       # share of steps whose clips carry a span the model dreamed itself (EMA weights)
                                     # from the real frames before it; the loss is on the real frames around it
     self_context_frames: int = 16   # longest such span
@@ -129,6 +132,7 @@ class TrainConfig:
         "ema_decay": within(0, 1, hi_open=True), "masking": one_of("frame", "constant"),
         "scheduler": one_of(*SCHEDULERS), "loss_weighting": one_of("fused_snr", "min_snr", "none"),
         "clean_context_prob": within(0, 1), "token_noise": within(0, 1, hi_open=True),
+        "return_share": within(0, 1, hi_open=True), "return_gap": at_least(1),
         "self_context": within(0, 1), "self_context_frames": at_least(1), "self_context_steps": at_least(1),
         "action_dropout": within(0, 1), "reward_weight": at_least(0),
         "reward_pos_weight": above(0, "1 = unweighted"), "reward_early": at_least(0, "0 = the reward frame only"),
@@ -144,6 +148,9 @@ class TrainConfig:
         check_config(self)
         if self.cooldown_steps > self.steps:
             raise ConfigError(f"cooldown_steps must lie in [0, steps={self.steps}], got {self.cooldown_steps}")
+        if self.return_share > 0 and self.clip_len <= self.return_gap:
+            raise ConfigError(f"return_share={self.return_share} needs clip_len > return_gap={self.return_gap} (the "
+                              f"clip must hold the view it returns to), got clip_len={self.clip_len}")
         if self.self_context > 0 and self.clip_len < 3:
             raise ConfigError(f"self_context={self.self_context} needs clip_len >= 3 (a real frame, a dreamed one, "
                               f"a real one), got clip_len={self.clip_len}")
@@ -224,7 +231,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
     if cfg.compile:
         objective.features = torch.compile(model.features)
     runner = torch.nn.parallel.DistributedDataParallel(objective, ) if world > 1 else objective
-    sampler = ShardedSampler(len(clips), cfg.batch_size, cfg.seed, rank, world)
+    sampler = ClipSampler(clips, cfg.batch_size, cfg.seed, rank, world, cfg.return_share, cfg.return_gap)
     local = cfg.batch_size // world
     logger = RunLogger(out, step if meta else None, cfg.tensorboard) if rank == 0 else None
     grid = clips.token_grid
@@ -266,7 +273,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
             if span is not None:
                 draws = clean_span(draws, span)
             counts = objective.global_counts(draws)
-            batch = clips.batch(sampler.indices(step)).to(device)
+            batch = clips.batch_at(sampler.starts(step)).to(device)
             if span is not None:           # each rank dreams its own rows, from its own (seed, step, rank) stream
                 dream_gen = torch.Generator(device).manual_seed(int(np.random.SeedSequence(
                     [cfg.seed, step, rank, 1]).generate_state(1)[0]))

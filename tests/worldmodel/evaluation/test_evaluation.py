@@ -294,6 +294,14 @@ def test_eval_loops_and_rewards_add_their_sections(tiny_world_checkpoint, tiny_f
     # reward_trials adds the reward-recall section beside it
     assert res["rewards"]["trials"] == 2 and res["rewards"]["reward_recall"]["of"] >= 1
     assert "## Rewards and terminations" in report and (tmp_path / "l" / "rewards.png").stat().st_size > 0
+    # pair_with another eval of the same mazes: the same settings dream the same loops, so every margin is 0
+    again = evaluate(make_cfg(tiny_world_checkpoint, tiny_frames_dataset, tmp_path / "again",
+                              pair_with=str(tmp_path / "l"), **{**kw, "reward_trials": 0}))
+    paired = again["loops"]["paired"]
+    assert list(paired) == ["turn2", "circle30"]
+    assert all(m[k]["mean"] == 0 and m[k]["n"] == 1 for m in paired.values()
+               for k in ("return_psnr", "return_minus_far"))
+    assert "Against the `pair_with` eval on the same mazes" in (tmp_path / "again" / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import pytest
 
 from envs.common.errors import ConfigError
 from envs.loops import action_yaw, parse_loop, real_loop
-from worldmodel.evaluation.loops import loop_closure
+from worldmodel.evaluation.loops import loop_closure, pair_loops
 
 
 def test_loop_names_parse_into_turn_scripts():
@@ -76,3 +76,42 @@ def test_action_yaw_reads_the_turns_from_the_action_names():
 
     assert action_yaw(ACTION_MEANINGS) == [0, 0, 0, 0, 0, 12, -12, 12, -12]
     assert action_yaw(["noop", "turn_left", "turn_right"], {"turn_step": 20}) == [0, 20, -20]
+
+
+def _loop_result(returns: list[float], fars: list[float], first_seed: int = 1) -> dict:
+    """A loop_closure-shaped result of one loop, ``turn15``, on mazes 2 i + 1 from ``first_seed``."""
+    trials = [{"maze_seed": first_seed + 2 * i, "return_psnr": r, "far_psnr": f, "ceiling_psnr": 30.0,
+               "real_return_psnr": 100.0, "self_psnr": None} for i, (r, f) in enumerate(zip(returns, fars))]
+    return {"loops": {"turn15": {"per_trial": trials}}}
+
+
+def test_pair_loops_pools_the_same_mazes_and_refuses_others(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    a = [_loop_result([20, 22], [10, 12]), _loop_result([18, 30, 14], [12, 11, 13], first_seed=5)]
+    b = [_loop_result([14, 15], [11, 12]), _loop_result([13, 20, 15], [12, 12, 12], first_seed=5)]
+    m = pair_loops(a, b)["turn15"]
+    assert m["return_psnr"]["n"] == 5 and m["return_psnr"]["mean"] == pytest.approx(np.mean([6, 7, 5, 10, -1]))
+    assert m["return_psnr"]["wins"] == pytest.approx(0.8)
+    assert m["return_psnr"]["ci_low"] <= m["return_psnr"]["mean"] <= m["return_psnr"]["ci_high"]
+    assert m["return_minus_far"]["mean"] == pytest.approx(np.mean([7, 7, 5, 11, -2]))
+    with pytest.raises(ConfigError, match="loop turn15: the two results scored different mazes"):
+        pair_loops(a[0], b[1])
+    # the pooling script reads eval folders (results.json) and loop-results JSON alike
+    (tmp_path / "eval_a").mkdir()
+    (tmp_path / "eval_a" / "results.json").write_text(json.dumps({"settings": {}, "loops": a[0]}))
+    (tmp_path / "a_b.json").write_text(json.dumps(a[1]))
+    for i, r in enumerate(b):
+        (tmp_path / f"b{i}.json").write_text(json.dumps(r))
+    spec = importlib.util.spec_from_file_location(
+        "loop_compare", Path(__file__).resolve().parents[3] / "benchmarks" / "loop_compare.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.compare([str(tmp_path / "eval_a"), str(tmp_path / "a_b.json")],
+                        [str(tmp_path / "b0.json"), str(tmp_path / "b1.json")])["loops"]["turn15"]
+    assert res["return_psnr"] == m["return_psnr"] and res["a"]["return_psnr"] == pytest.approx(20.8)
+    (tmp_path / "none.json").write_text(json.dumps({"settings": {}, "loops": None}))
+    with pytest.raises(ConfigError, match="none.json: holds no loop-closure results"):
+        bench.read_loops(str(tmp_path / "none.json"))

@@ -465,3 +465,58 @@ def test_self_context_dreams_the_span_and_trains_on_the_real_frames_around_it(pa
         tiny_cfg(self_context=0.5, clip_len=2).validate()
     with pytest.raises(ConfigError, match="self_context"):
         tiny_cfg(self_context=1.5).validate()
+
+
+def _random_episodes() -> list[dict]:
+    """Two 24-frame episodes of distinct random frames."""
+    eps = painted_episodes(2, 24, 7)
+    rng = np.random.default_rng(7)
+    for e in eps:
+        e["tokens"] = rng.integers(0, 12, size=(24, *GRID))
+    return eps
+
+
+def _loop_episodes() -> list[dict]:
+    """:func:`_random_episodes` with planted returns: in episode 0 frame 10 repeats frame 3 (7 back) and frame
+    20 repeats frame 15 (5 back) but also frame 18 (2 back, too close); in episode 1 frame 8 repeats frame 2
+    (6 back) and frame 3 is the episode-0 frame 23 (another episode: no return)."""
+    eps = _random_episodes()
+    t0, t1 = eps[0]["tokens"], eps[1]["tokens"]
+    t0[10], t0[18], t0[20], t1[8], t1[3] = t0[3], t0[15], t0[15], t1[2], t0[23]
+    return eps
+
+
+def test_return_clips_end_on_the_view_they_hold_and_take_their_share_of_each_batch(tmp_path):
+    from worldmodel.training.data import ClipSampler, ShardedSampler, TokenClips
+
+    root = tmp_path / "tokens"
+    write_dataset(root, _loop_episodes(), "train", "tokens", "synthetic", ACTIONS)
+    clips = TokenClips(root, "train", 8)
+    first = clips.return_starts(4)
+    assert sorted(first.tolist()) == [3, 24 + 8 - 7]            # clips ending on frame 10 and on episode 1's frame 8
+    assert clips.return_starts(7).tolist() == [3]                 # 6 back is too close for a gap of 7
+    for f in first:
+        b = clips.batch_at(np.array([f]))
+        last = b.tokens[0, -1]
+        assert any(torch.equal(last, b.tokens[0, j]) for j in range(8 - 4))   # the view is in the clip, 4+ back
+    plain = ClipSampler(clips, 8, seed=3)
+    assert np.array_equal(plain.starts(5), clips.starts[ShardedSampler(len(clips), 8, seed=3).indices(5)])
+    mixed = ClipSampler(clips, 8, seed=3, return_share=0.25, return_gap=4)
+    rows_ = np.stack([mixed.starts(s) for s in range(40)])
+    assert np.isin(rows_[:, 6:], first).all() and rows_.shape == (40, 8)
+    assert np.array_equal(rows_[:, :6], clips.starts[np.stack([ShardedSampler(len(clips), 6, 3).global_indices(s)
+                                                               for s in range(40)])])
+    ranks = [ClipSampler(clips, 8, seed=3, rank=r, world_size=2, return_share=0.25, return_gap=4) for r in (0, 1)]
+    assert np.array_equal(np.concatenate([r.starts(9) for r in ranks]), mixed.starts(9))
+    write_dataset(tmp_path / "plain", _random_episodes(), "train", "tokens", "synthetic", ACTIONS)
+    with pytest.raises(DatasetError, match="no training clip of .*plain ends on a return frame .*policy=revisit"):
+        ClipSampler(TokenClips(tmp_path / "plain", "train", 8), 8, seed=3, return_share=0.25, return_gap=4)
+    with pytest.raises(DatasetError, match="need clip_len > 8"):
+        clips.return_starts(8)
+    with pytest.raises(ConfigError, match="return_share=0.5 needs clip_len > return_gap=16"):
+        tiny_cfg(return_share=0.5, clip_len=16).validate()
+    with pytest.raises(ConfigError, match="return_share"):
+        tiny_cfg(return_share=1.0).validate()
+    out = tmp_path / "run"
+    train(tiny_cfg(steps=3, clip_len=8, return_share=0.25, return_gap=4), root, out)
+    assert len(rows(out)) == 3 and np.isfinite([r["loss"] for r in rows(out)]).all()

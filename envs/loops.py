@@ -57,6 +57,12 @@ def action_yaw(meanings: tuple[str, ...] | list[str], env_kwargs: dict | None = 
     return [step if m.endswith("turn_left") else -step if m.endswith("turn_right") else 0.0 for m in meanings]
 
 
+def action_stays(meanings: tuple[str, ...] | list[str]) -> list[bool]:
+    """Which actions keep the camera in place: ``noop`` and the pure turns (``turn_left``, ``turn_right``);
+    every other action may move it (heading recall forgets the views of a place the camera left)."""
+    return [m in ("noop", "turn_left", "turn_right") for m in meanings]
+
+
 def furthest(script: tuple[str, ...], turn_degrees: float = TURN_DEGREES) -> int:
     """Index into ``script`` after which the heading is furthest from the start (first such index)."""
     heading, best, where = 0.0, -1.0, 0

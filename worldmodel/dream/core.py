@@ -20,6 +20,7 @@ from gymnasium import spaces
 
 from envs.common.config_check import PRECISIONS
 from envs.common.errors import CheckpointError, ConfigError, MaskFlowError
+from envs.loops import action_stays
 from worldmodel.dream.context import Context, DatasetContext, LiveContext
 from worldmodel.sampling import SamplerConfig
 from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, DEFAULT_FRAME_STEPS, CachedRollout
@@ -55,7 +56,8 @@ class DreamCore:
                  end_on_reward: bool = False, reward_starts: float = 0.0, reward_lead: int = 16,
                  policy: str = "random_walk", env_kwargs: dict | None = None, device: str = "cpu",
                  compile: bool = False, action_guidance: float = 0.0, history_guidance: float = 0.0,
-                 history_guidance_recent: int = 0, threads: int | None = 0, precision: str = "auto"):
+                 history_guidance_recent: int = 0, threads: int | None = 0, precision: str = "auto",
+                 heading_recall: bool = False):
         from worldmodel.common.device import resolve_device
         from worldmodel.common.threads import governor
         from worldmodel.model.checkpoint import calibrated_threshold, load_world_model
@@ -104,8 +106,13 @@ class DreamCore:
                                      masking=masking, action_guidance=action_guidance,
                                      history_guidance=history_guidance,
                                      history_guidance_recent=history_guidance_recent)
+        if not isinstance(heading_recall, (bool, np.bool_)):
+            raise ConfigError(f"heading_recall must be True or False, got {heading_recall!r}")
+        if heading_recall and not self.model.cfg.heading_pairs:
+            raise ConfigError(f"heading_recall=True needs a model with heading rotary; {self.meta['path']} has none "
+                              "(train with heading_pairs > 0)")
         self.rollout = CachedRollout(self.model, self.sampler, batch_size, device=self.device, compile=compile,
-                                     precision=precision)
+                                     precision=precision, stays=action_stays(self.meanings) if heading_recall else None)
         self.batch_size = batch_size
         self.source_name = ("dataset" if data else "live") if context == "auto" else context
         self.source: DatasetContext | LiveContext | None = None

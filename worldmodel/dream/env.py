@@ -82,6 +82,9 @@ class MaskFlowDreamEnv(gym.Env):
     ``action_guidance`` / ``history_guidance`` (classifier-free guidance weights, 0 = off; each one on
     adds a model pass per unmasking step, see ``SamplerConfig``), ``history_guidance_recent`` (frames the
     history guidance pass still sees; 0 = none; n > 0 guides towards the frames older than the last n).
+    ``heading_recall`` (models with heading rotary): keep the frames that leave the window by heading, and
+    while the camera only turns in place, let a new frame facing a heading the window lacks attend to the
+    kept view instead of the oldest frame (loops longer than the window; ``worldmodel.model.cache``).
     ``max_episode_steps`` (default 300, None = never truncate), ``device``, ``render_mode`` (None |
     "rgb_array"), ``timing_info`` (add the step's wall clock to ``info``), ``compile`` (torch.compile the
     rollout; it did not pay on the CPU), ``precision`` (see "Speed"), ``threads`` (torch CPU threads:
@@ -156,7 +159,7 @@ class MaskFlowDreamEnv(gym.Env):
                  policy: str = "random_walk", env_kwargs: dict | None = None, device: str = "cpu",
                  render_mode: str | None = None, timing_info: bool = False, compile: bool = False,
                  action_guidance: float = 0.0, history_guidance: float = 0.0, history_guidance_recent: int = 0,
-                 threads: int | None = 0, precision: str = "auto"):
+                 threads: int | None = 0, precision: str = "auto", heading_recall: bool = False):
         if render_mode not in (None, "rgb_array"):
             raise ConfigError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         if max_episode_steps is not None and max_episode_steps < 1:
@@ -169,7 +172,8 @@ class MaskFlowDreamEnv(gym.Env):
                               reward_starts=reward_starts, reward_lead=reward_lead, policy=policy,
                               env_kwargs=env_kwargs, device=device,
                               compile=compile, action_guidance=action_guidance, history_guidance=history_guidance,
-                              history_guidance_recent=history_guidance_recent, threads=threads, precision=precision)
+                              history_guidance_recent=history_guidance_recent, threads=threads, precision=precision,
+                              heading_recall=heading_recall)
         self.observation_space = self.core.observation_space()
         self.action_space = self.core.action_space()
         self.action_meanings = self.core.meanings

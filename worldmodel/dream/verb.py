@@ -34,7 +34,7 @@ import torch
 from envs.common.config_check import DEVICE, PRECISION, SEED, THREADS, Check, at_least, check_config, one_of
 from envs.common.errors import ConfigError
 from envs.common.files import atomic_write, write_json
-from envs.loops import parse_loop, real_loop
+from envs.loops import action_stays, parse_loop, real_loop
 from envs.policies import POLICIES
 from worldmodel.common.device import inference_dtype
 from worldmodel.common.threads import governor
@@ -71,6 +71,8 @@ class DreamConfig:
     action_guidance: float = 0.0      # classifier-free guidance, frame by frame only (see SamplerConfig)
     history_guidance: float = 0.0   # guidance towards what the remembered frames imply (frame by frame only; 0 = off)
     history_guidance_recent: int = 0  # frames its second pass still sees (0 = none; n > 0: guide towards the far past)
+    heading_recall: bool = False    # frame by frame, heading-rotary models: views that left the window come back by
+                                    # heading while the camera only turns (loops longer than the window)
     seed: int = 0                   # seeds the sampler and the live episode (maze seed 2*seed+1, a test maze)
     policy: str = "random_walk"     # policy of the live episode: random_walk | uniform | goal_seeking
     loop: str = ""                  # "" = the episode's own actions | turnL (left L, right L) | circleN (left N;
@@ -164,6 +166,10 @@ def dream(cfg: DreamConfig) -> dict[str, Any]:
     if cfg.context > k - 1:         # the model sees k frames: at most k - 1 given, one imagined
         raise ConfigError(f"context must be in [0, {k - 1}] for this checkpoint (window k={k}; 0 = k - 1), "
                           f"got {cfg.context}")
+    if cfg.heading_recall and not (model.cfg.heading_pairs and runs_cached(model, cfg.stride)):
+        raise ConfigError("heading_recall=true needs a causal model with heading rotary (heading_pairs > 0) dreaming "
+                          f"frame by frame (stride=1); {meta['path']} has heading_pairs={model.cfg.heading_pairs}, "
+                          f"stride={cfg.stride}")
     m = cfg.context if cfg.context > 0 else k - 1
     n_total = m + cfg.frames
     masking = str(meta.get("train_config", {}).get("scheduler", "sigmoid"))
@@ -202,7 +208,8 @@ def dream(cfg: DreamConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     im = imagine(model, scfg, real_tokens[None, :m], actions[None, :m], actions[None, m:n_total], cfg.frames, gen,
                  stride=cfg.stride, compile=cfg.compile, precision=cfg.precision,
-                 tick=bar.update if bar is not None else None)
+                 tick=bar.update if bar is not None else None,
+                 stays=action_stays(meta["action_space"]["meanings"]) if cfg.heading_recall else None)
     dream_s = time.perf_counter() - t0
     if bar is not None:
         bar.close()

@@ -107,6 +107,8 @@ class EvalConfig:
                                     # off)
     history_guidance_recent: int = 0  # frames history guidance's second pass still sees (0 = none; n > 0: guide
                                       # towards what only frames older than the last n imply)
+    heading_recall: bool = False    # loops dream with heading recall (heading-rotary models: views that left the
+                                    # window come back by heading while the camera only turns; loops beyond it)
     schedule: str = "arccos"        # MGM unmask-count schedule: arccos | cosine | linear | square | root
     fvd: bool = True                # false = skip FVD (PSNR/SSIM only; much faster)
     loops: list[str] = field(default_factory=list)  # loop-closure trials in live held-out mazes: turnL (left L, right
@@ -329,6 +331,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     main = load_checkpoint(cfg.checkpoint, device, "main")
     k = main.window
+    if cfg.heading_recall and not (cfg.loops and main.model.cfg.heading_pairs):
+        raise ConfigError("heading_recall=true applies to loops= of a model with heading rotary (heading_pairs > 0); "
+                          f"here loops={list(cfg.loops)} and the checkpoint's heading_pairs="
+                          f"{main.model.cfg.heading_pairs}")
     compare = None
     notes = []
     if cfg.compare_checkpoint:
@@ -377,7 +383,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         loops = loop_closure(cfg.checkpoint, cfg.loops, cfg.loop_trials, cfg.seed, cfg.steps_frame, cfg.precision,
                              str(device), threads=None, temperature=cfg.temperature, gumbel=cfg.gumbel_frame,
                              action_guidance=cfg.action_guidance, history_guidance=cfg.history_guidance,
-                             history_guidance_recent=cfg.history_guidance_recent, real_turns=cfg.loop_real_turns)
+                             history_guidance_recent=cfg.history_guidance_recent, real_turns=cfg.loop_real_turns,
+                             heading_recall=cfg.heading_recall)
         out.mkdir(parents=True, exist_ok=True)
         loop_sheet(out / "loops.png", loops)
         for r in loops["loops"].values():

@@ -47,10 +47,12 @@ def loop_closure(checkpoint: str = "default", loops: tuple[str, ...] | list[str]
                  seed: int = 0, steps_per_frame: int | None = None, precision: str = "auto", device: str = "cpu",
                  threads: int | None = 0, temperature: float = 1.0, gumbel: float | None = None,
                  action_guidance: float = 0.0, history_guidance: float = 0.0,
-                 history_guidance_recent: int = 0, real_turns: int = 0) -> dict[str, Any]:
+                 history_guidance_recent: int = 0, real_turns: int = 0, heading_recall: bool = False
+                 ) -> dict[str, Any]:
     """Score ``trials`` fresh held-out mazes per loop (trial i uses seed ``seed + i``, so every loop sees the
     same mazes and context). ``temperature``, ``gumbel`` and the guidance weights are the dream's sampling
-    settings (defaults: the dream env's); ``real_turns`` (see the module notes) gives the first turns real.
+    settings (defaults: the dream env's); ``real_turns`` (see the module notes) gives the first turns real;
+    ``heading_recall`` dreams with the dream env's heading recall (loops longer than the window).
     Returns per-loop means with every trial's scores, and the settings."""
     from worldmodel.dream.env import MaskFlowDreamEnv
     from worldmodel.metrics.quality import psnr_per_frame
@@ -66,7 +68,7 @@ def loop_closure(checkpoint: str = "default", loops: tuple[str, ...] | list[str]
     env = MaskFlowDreamEnv(checkpoint, context="given", steps_per_frame=steps_per_frame, precision=precision,
                            max_episode_steps=None, device=device, threads=threads, temperature=temperature,
                            gumbel=gumbel, action_guidance=action_guidance, history_guidance=history_guidance,
-                           history_guidance_recent=history_guidance_recent)
+                           history_guidance_recent=history_guidance_recent, heading_recall=heading_recall)
     try:
         core, m = env.core, env.core.context_length
         env_id, env_kwargs = core.meta.get("env_id") or "DMLabMaze-v0", core.meta.get("env_kwargs")
@@ -75,6 +77,7 @@ def loop_closure(checkpoint: str = "default", loops: tuple[str, ...] | list[str]
                                "gumbel": core.sampler.gumbel, "action_guidance": action_guidance,
                                "history_guidance": history_guidance,
                                "history_guidance_recent": history_guidance_recent, "real_turns": real_turns,
+                               "heading_recall": heading_recall,
                                "dtype": str(core.rollout.dtype).removeprefix("torch.")}
         for loop in parsed:
             rows, pairs = [], loop.revisits()

@@ -23,6 +23,7 @@ indexed retrieval of WorldMem (Xiao et al. 2025), with nothing the agent does no
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -32,7 +33,7 @@ from einops import rearrange
 
 from envs.common.errors import ConfigError, MaskFlowError
 from worldmodel.model.cache import LatteCache
-from worldmodel.model.layers import FinalLayer, FrameHeads, SpatialBlock, TemporalBlock, TimestepEmbedder
+from worldmodel.model.layers import FinalLayer, FrameHeads, SpatialBlock, TemporalBlock, TimestepEmbedder, rotate
 
 
 @dataclass
@@ -330,18 +331,54 @@ class Latte(nn.Module):
 
     # ------------------------------------------------------------------ cached frame-by-frame rollout
     def new_cache(self, batch_size: int, device: torch.device | str = "cpu",
-                  dtype: torch.dtype | None = None, slots: int | None = None) -> LatteCache:
+                  dtype: torch.dtype | None = None, slots: int | None = None,
+                  stays: Sequence[bool] | None = None) -> LatteCache:
         """An empty KV cache holding the last (max_frames − 1) finished frames of ``batch_size`` rollouts, in
         ``dtype`` (default: the model's); ``slots=0`` gives a history-free cache (a new frame then attends to
-        itself only)."""
+        itself only). ``stays`` (one bool per action: does it keep the camera in place?) adds heading recall
+        (:class:`~worldmodel.model.cache.HeadingBank`), for models with heading rotary, in buckets of the
+        smallest turn."""
         if self.cfg.temporal != "causal":
             raise MaskFlowError("a KV cache needs a causal model (temporal='causal'); this model is bidirectional")
         cfg = self.cfg
         n = cfg.max_frames - 1 if slots is None else int(slots)
         if not 0 <= n <= cfg.max_frames - 1:
             raise MaskFlowError(f"slots must lie in [0, {cfg.max_frames - 1}], got {slots}")
+        table, width = None, 0.0
+        if stays is not None:
+            turns = [abs(y) for y in cfg.action_yaw if y]
+            if not cfg.heading_pairs or not turns:
+                raise MaskFlowError("heading recall needs a model with heading rotary (train with heading_pairs > 0) "
+                                    "and actions that turn")
+            if len(stays) != cfg.num_actions:
+                raise MaskFlowError(f"stays has {len(stays)} entries for the model's {cfg.num_actions} actions")
+            table, width = torch.tensor([*map(bool, stays), False]), min(turns)    # action −1 (unknown) moves
         return LatteCache.empty(cfg.depth, batch_size, cfg.positions, cfg.heads, cfg.dim // cfg.heads,
-                                n, torch.device(device), dtype or self.patchify.weight.dtype)
+                                n, torch.device(device), dtype or self.patchify.weight.dtype, table, width)
+
+    def _recalled(self, cache: LatteCache, heading: torch.Tensor, actions: torch.Tensor, dtype: torch.dtype):
+        """Per temporal layer, the (keys, values) and slot mask a new frame at ``heading`` (b,) reached by
+        ``actions`` (b,) attends to: the cache's, with the oldest slot swapped for the bank's frame at that
+        heading where :meth:`HeadingBank.lookup` finds one, its keys re-rotated from their index to the slot's."""
+        bank = cache.bank
+        hit, where = bank.lookup(heading, actions, cache.valid)
+        if not bool(hit.any()):
+            return [cache.layer(i) for i in range(len(cache.keys))], cache.valid
+        rows = torch.arange(len(where), device=where.device)
+        # rotary is a rotation per pair: turning by (slot index − stored index) moves the keys to the slot's index;
+        # the heading pairs stay (same heading)
+        shift = torch.where(hit, cache.positions - cache.slots - bank.positions[rows, where], 0)
+        cos, sin = (r[:, None, None] for r in self.rotary.tables(shift, dtype))             # (b 1 1 e)
+        sel = hit[:, None, None, None]
+        out = []
+        for i in range(len(cache.keys)):
+            k, v = cache.layer(i)
+            k0 = torch.where(sel, rotate(bank.keys[i][rows, :, :, where].to(k.dtype), cos, sin), k[:, :, :, 0])
+            v0 = torch.where(sel, bank.values[i][rows, :, :, where].to(v.dtype), v[:, :, :, 0])
+            out.append((torch.cat([k0[:, :, :, None], k[:, :, :, 1:]], 3),
+                        torch.cat([v0[:, :, :, None], v[:, :, :, 1:]], 3)))
+        valid = torch.cat([(cache.valid[:, 0] | hit)[:, None], cache.valid[:, 1:]], 1)
+        return out, valid
 
     def _frame_pass(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor, cache: LatteCache,
                     logits: bool = True) -> tuple[LatteOutput, list[tuple[torch.Tensor, torch.Tensor]],
@@ -357,9 +394,13 @@ class Latte(nn.Module):
         heading = None if turns is None else cache.headings + turns
         cos, sin = (r[:, None, None, None] for r in self.rotary.tables(cache.positions, x.dtype, heading))
         new_kv = []
+        if cache.bank is not None and cache.slots:
+            past, mask = self._recalled(cache, heading, actions[:, 0], x.dtype)
+        else:
+            past, mask = [cache.layer(i) for i in range(len(self.temporal))], cache.valid
         for layer, (sblk, tblk) in enumerate(zip(self.spatial, self.temporal)):
             x = sblk(x, c)
-            x, kv = tblk(x, c, cos, sin, past=cache.layer(layer), past_mask=cache.valid)
+            x, kv = tblk(x, c, cos, sin, past=past[layer], past_mask=mask)
             new_kv.append(kv)
         if not logits:           # a commit needs the keys/values and the frame heads, not the V-way logits
             reward, done = self.frame_heads(x)
@@ -382,7 +423,7 @@ class Latte(nn.Module):
         the token logits (then ``None``), which a rollout's commit never reads."""
         ones = torch.ones(tokens.shape[0], device=tokens.device)
         out, kv, heading = self._frame_pass(tokens, ones, actions, cache, logits=logits)
-        cache.append(kv, heading)
+        cache.append(kv, heading, actions)
         return out
 
 

@@ -15,7 +15,7 @@ Axis letters: b batch (videos), m context frames, f imagined frames, h w token g
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,7 +78,8 @@ class _Timed:
 
 def imagine(model: torch.nn.Module, sampler: SamplerConfig, context: torch.Tensor, context_actions: torch.Tensor,
             actions: torch.Tensor, frames: int, generator: torch.Generator, *, stride: int = 1, cache: bool = True,
-            compile: bool = False, precision: str = "fp32", tick: Callable[[int], object] | None = None) -> Imagined:
+            compile: bool = False, precision: str = "fp32", tick: Callable[[int], object] | None = None,
+            stays: Sequence[bool] | None = None) -> Imagined:
     """Imagine ``frames`` frames after ``context`` (b m h w) long, which ``context_actions`` (b m) led to,
     driven by ``actions`` (b ≥ frames): ``actions[:, j]`` leads to imagined frame j.
 
@@ -86,11 +87,12 @@ def imagine(model: torch.nn.Module, sampler: SamplerConfig, context: torch.Tenso
     the cached rollout could (eval's full-sequence rows); ``compile`` torch.compiles the cached rollout's
     passes; ``precision`` "auto" | "fp32" | "bf16" the dtype the model computes in
     (:func:`~worldmodel.common.device.inference_dtype`); ``tick(n)`` is called after each frame (cached) or
-    model call (chunkwise), e.g. a bar's update."""
+    model call (chunkwise), e.g. a bar's update; ``stays`` (per action: does it keep the camera in place?)
+    turns on heading recall in the cached rollout (:class:`~worldmodel.model.cache.HeadingBank`)."""
     m, t0 = context.shape[1], time.perf_counter()
     future = actions[:, :frames]
     if runs_cached(model, stride, cache):
-        ro = CachedRollout(model, sampler, batch_size=len(context), compile=compile, precision=precision)
+        ro = CachedRollout(model, sampler, batch_size=len(context), compile=compile, precision=precision, stays=stays)
         ro.reset(context, context_actions)
         ready_s, stamps, outs = time.perf_counter() - t0, [], []
         for j in range(frames):

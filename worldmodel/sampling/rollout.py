@@ -33,6 +33,7 @@ Axis letters: b batch (rollouts), m context frames, n history frames, h w token 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -197,14 +198,17 @@ class CachedRollout(_RolloutBase):
     """
 
     def __init__(self, model: torch.nn.Module, sampler: SamplerConfig | Sampler, batch_size: int,
-                 device: torch.device | str | None = None, compile: bool = False, precision: str = "fp32") -> None:
+                 device: torch.device | str | None = None, compile: bool = False, precision: str = "fp32",
+                 stays: Sequence[bool] | None = None) -> None:
         super().__init__(model, sampler, batch_size, device)
+        # heading recall (``stays``: per action, does it keep the camera in place; envs.loops.action_stays)
+        self.stays = None if stays is None else list(stays)
         # precision: "auto" computes in bf16 where the hardware has it natively (a copy of the model; the
         # caller's stays as it is), "fp32" / "bf16" force one (benchmarks/dream_speed.py: gain and cost)
         self.dtype, self.compile, self._stamp = inference_dtype(precision, self.device), compile, None
         self._sync()
         with torch.inference_mode():
-            self.cache = self.net.new_cache(batch_size, self.device)
+            self.cache = self.net.new_cache(batch_size, self.device, stays=self.stays)
         # the no-history pass of history guidance: a cache without slots (the frame attends to itself only);
         # with history_guidance_recent > 0 a view of the rollout cache instead (see _short_history)
         self._no_history = (self.net.new_cache(batch_size, self.device, slots=0)
@@ -232,7 +236,7 @@ class CachedRollout(_RolloutBase):
         ``history_recent`` slots valid (the same tensors, no copy; slots are right-aligned in time)."""
         if self._no_history is not None:
             return self._no_history
-        return replace(self.cache, valid=self.cache.valid & self._recent_slots)
+        return replace(self.cache, valid=self.cache.valid & self._recent_slots, bank=None)   # no far recall
 
     def _guided_frame_logits(self, tokens: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Guided logits (b h w v) of the new frame (b h w) at times t (b,) given actions (b,): one model
@@ -250,7 +254,7 @@ class CachedRollout(_RolloutBase):
         rows = self._rows(rows)
         context, actions = self._check_context(context, actions, int(rows.sum()))
         self._sync()
-        sub = self.net.new_cache(int(rows.sum()), self.device)
+        sub = self.net.new_cache(int(rows.sum()), self.device, stays=self.stays)
         for j in range(context.shape[1]):
             self._commit(context[:, j], actions[:, j], sub, logits=False)
         self.cache.splice(rows, sub)            # both right-aligned in time, each row at its own positions

@@ -107,6 +107,8 @@ class EvalConfig:
                                     # off)
     history_guidance_recent: int = 0  # frames history guidance's second pass still sees (0 = none; n > 0: guide
                                       # towards what only frames older than the last n imply)
+    band_frames: int = 0            # per-video bands and paired margins over frames 1-u, u+1-4u, 4u+1-10u, ... (0: u =
+                                    # the window k; 16 gives a k = 32 model release 1's bands)
     heading_recall: bool = False    # loops dream with heading recall (heading-rotary models: views that left the
                                     # window come back by heading while the camera only turns; loops beyond it)
     schedule: str = "arccos"        # MGM unmask-count schedule: arccos | cosine | linear | square | root
@@ -133,6 +135,7 @@ class EvalConfig:
         "device": DEVICE, "threads": THREADS, "precision": PRECISION, "loop_trials": at_least(1),
         "loop_real_turns": at_least(0, "0 = the whole loop dreamed"),
         "reward_trials": at_least(0, "0 = off"), "history_guidance_recent": at_least(0, "0 = none"),
+        "band_frames": at_least(0, "0 = the window k"),
         **{key: each(at_least(1), non_empty=True) for key in ("horizons", "comparison_horizons")},
     }
 
@@ -280,7 +283,8 @@ def run_experiment(cfg: EvalConfig, ckpt: Checkpoint, exp: Experiment, real: Rea
             # seconds of the first frames / NFE of the longest dream = what a dream of h frames costs
             at = (h if base["kv_cache"] else nfe) - 1
             seconds = stamps[min(at, len(stamps) - 1)] / len(dreamed)
-            rows.append({**make_row(base, h, k, psnr, ssim, bank, source, pred, nfe, seconds, new_view),
+            rows.append({**make_row(base, h, k, psnr, ssim, bank, source, pred, nfe, seconds, new_view,
+                                    unit=cfg.band_frames),
                          "token_accuracy": acc[:, :h].mean().item(), "nfe_counted_longest": nfe_max})
     return rows
 
@@ -369,7 +373,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             tokens[ck.role] = rearrange(encode_frames(ck.tokenizer, flat), "(n f) h w -> n f h w", n=len(real.frames))
             enc_s = enc_s or (time.perf_counter() - t0) / len(flat)
     new_view = new_views(real, max(horizons))                  # (n f): once for every row
-    rows = baseline_rows(real, main, tokens["main"], enc_s, horizons, bank, k, new_view)
+    rows = baseline_rows(real, main, tokens["main"], enc_s, horizons, bank, k, new_view, cfg.band_frames)
     for exp in tqdm(plan, desc="experiments", disable=not cfg.progress, dynamic_ncols=True):
         ck = main if exp.role == "main" else compare
         rows += run_experiment(cfg, ck, exp, real, tokens[exp.role], bank, device, new_view)

@@ -85,9 +85,11 @@ def new_views(real: RealVideos, frames: int) -> np.ndarray:
 
 
 def make_row(base: dict, horizon: int, k: int, psnr: np.ndarray, ssim: np.ndarray, bank: FVDBank, source: str,
-             pred: np.ndarray, nfe: int, seconds: float, new_view: np.ndarray, constant: bool = False) -> dict:
+             pred: np.ndarray, nfe: int, seconds: float, new_view: np.ndarray, constant: bool = False,
+             unit: int = 0) -> dict:
     """One table row: an experiment (or baseline) at one horizon; ``pred`` (n ≥ horizon frames); ``new_view``
-    (n ≥ horizon) marks the real frames that are not the last context frame repeated (:func:`new_views`)."""
+    (n ≥ horizon) marks the real frames that are not the last context frame repeated (:func:`new_views`);
+    the per-video bands are cut at multiples of ``unit`` frames (0: the window k)."""
     curve_p, curve_s = psnr[:, :horizon].mean(0), ssim[:, :horizon].mean(0)
     first = bank.score(source, pred, 0, constant) if horizon > bank.clip else None
     return {**base, "id": f"{base['key']}@{horizon // k}x", "horizon_factor": horizon // k, "frames": horizon,
@@ -96,12 +98,12 @@ def make_row(base: dict, horizon: int, k: int, psnr: np.ndarray, ssim: np.ndarra
             "psnr_mean": float(curve_p.mean()), "ssim_mean": float(curve_s.mean()),
             "psnr_last": float(curve_p[-1]), "ssim_last": float(curve_s[-1]),
             "psnr_curve": curve_p.round(3).tolist(), "ssim_curve": curve_s.round(4).tolist(),
-            "psnr_bands": band_means(psnr[:, :horizon], k),
-            "psnr_bands_new_view": band_means(psnr[:, :horizon], k, new_view[:, :horizon])}
+            "psnr_bands": band_means(psnr[:, :horizon], unit or k),
+            "psnr_bands_new_view": band_means(psnr[:, :horizon], unit or k, new_view[:, :horizon])}
 
 
 def baseline_rows(real: RealVideos, ckpt: Checkpoint, tokens: torch.Tensor, encode_s: float,
-                  horizons: list[int], bank: FVDBank, k: int, new_view: np.ndarray) -> list[dict]:
+                  horizons: list[int], bank: FVDBank, k: int, new_view: np.ndarray, unit: int = 0) -> list[dict]:
     """Copy-the-last-context-frame and tokenizer-reconstruction rows at every horizon; ``new_view`` as in
     :func:`make_row`, over the longest horizon."""
     start, h_max, n = real.dream_start, max(horizons), len(real.frames)
@@ -119,6 +121,6 @@ def baseline_rows(real: RealVideos, ckpt: Checkpoint, tokens: torch.Tensor, enco
         base = {"key": key, "experiment": key, "checkpoint": "baseline", "model": label, "training_masking": "",
                 "mode": "baseline", "sampler": "", "steps": 0, "context": 1 if key == "copy_last" else 0,
                 "stride": 0, "kv_cache": False, "nfe_context": 0}
-        rows += [make_row(base, h, k, psnr, ssim, bank, key, pred, 0, cost * h, new_view, constant=key == "copy_last")
-                 for h in horizons]
+        rows += [make_row(base, h, k, psnr, ssim, bank, key, pred, 0, cost * h, new_view, constant=key == "copy_last",
+                          unit=unit) for h in horizons]
     return rows

@@ -349,6 +349,13 @@ def test_pair_with_an_earlier_eval_of_the_same_videos(tiny_world_checkpoint, tin
                               **kw))
     mine = [m for m in again["paired"] if m["against"] == "pair_with:fbf_mgm"]
     assert [m["band"] for m in mine] == ["1-4", "5-12"]
+    # band_frames=2 cuts the bands at 2, 8 (4x) and the end instead of at the window k = 4
+    two = evaluate(make_cfg(tiny_world_checkpoint, tiny_frames_dataset, tmp_path / "two", band_frames=2, **kw))
+    rows = {r["id"]: r for r in two["rows"]}
+    assert list(rows["fbf_mgm@3x"]["psnr_bands"]) == list(rows["copy_last@3x"]["psnr_bands"]) == ["1-2", "3-8", "9-12"]
+    assert np.mean(rows["fbf_mgm@3x"]["psnr_bands"]["1-2"]) == pytest.approx(
+        np.mean(rows["fbf_mgm@3x"]["psnr_curve"][:2]), abs=2e-3)
+    assert {m["band"] for m in two["paired"]} == {"1-2", "3-8", "9-12"}
     assert all(m["mean"] == m["ci_low"] == m["ci_high"] == 0 and m["wins"] == 0 for m in mine)
     # other sampling settings, same videos: margins against the earlier row are computed and reported
     other = evaluate(make_cfg(tiny_world_checkpoint, tiny_frames_dataset, tmp_path / "other",

@@ -7,8 +7,9 @@ On the GPU machine (no package index, a few files of at most 16 MiB come back): 
 CUDA is there (``--device``), that the token dataset is a sealed ``maskflow tokenize`` output of at most
 ``--max-data-mb`` (60), then trains ``maskflow train``'s recipe (``worldmodel.training.loop.train``: the
 same objective, EMA, bf16 where supported) at ``--dim``/``--depth``/``--heads`` (default ~24 M
-parameters, 5x release 1), with the memory recipe's window (``--clip-len`` 32) and heading rotary
-(``--heading-pairs`` 8), for ``--minutes`` (8) in a scratch run folder, exports the release (fp16
+parameters, 5x release 1), with the memory recipe's window (``--clip-len`` 32), heading rotary
+(``--heading-pairs`` 8) and return-aligned clips (``--return-share`` 0.25: the data must hold loops, as
+``maskflow collect policy=revisit`` makes), for ``--minutes`` (8) in a scratch run folder, exports the release (fp16
 weights, ``SHA256SUMS.json``), and writes to ``--out`` only: the release as one tar split into parts of
 at most ``--part-mb`` (16) MiB, ``pack.json`` (each part's and the whole tar's sha256), ``summary.json``
 (settings, steps, held-out metrics, seconds) and ``curves.png``. It imports torch, numpy, einops,
@@ -100,6 +101,7 @@ def train_and_pack(args: argparse.Namespace) -> dict[str, Any]:
         run, release = Path(tmp) / "run", Path(tmp) / "release"
         cfg = TrainConfig(data=str(data), out=str(run), size="small", dim=args.dim, depth=args.depth,
                           heads=args.heads, clip_len=args.clip_len, heading_pairs=args.heading_pairs,
+                          return_share=args.return_share,
                           steps=args.max_steps, batch_size=args.batch_size,
                           lr=args.lr, eval_every=args.eval_every, ckpt_every=args.eval_every,
                           max_minutes=args.minutes, device=args.device, tensorboard=False, progress=False,
@@ -130,6 +132,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | Path:
     p.add_argument("--heads", type=int, default=5)
     p.add_argument("--clip-len", type=int, default=32, help="window k (32: the memory recipe)")
     p.add_argument("--heading-pairs", type=int, default=8, help="heading rotary pairs per temporal head (0 = off)")
+    p.add_argument("--return-share", type=float, default=0.25,
+                   help="share of each batch from clips ending on a view they hold 16+ frames back (0 = off)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-steps", type=int, default=1_000_000, help="the budget, not this, should end the run")

@@ -25,7 +25,7 @@ def test_cpu_path_trains_packs_and_joins(tiny_world_checkpoint, tmp_path):
               f"sys.argv = ['gpu_train.py', '--data', {str(tokens)!r}, '--out', {str(out)!r}, '--device', 'cpu',\n"
               "            '--minutes', '0.05', '--dim', '32', '--depth', '1', '--heads', '2', '--clip-len', '4',\n"
               "            '--batch-size', '2', '--eval-every', '3', '--threads', '1', '--part-mb', '0.05',\n"
-              "            '--heading-pairs', '2']\n"
+              "            '--heading-pairs', '2', '--return-share', '0']\n"
               f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n")
     run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, timeout=600)

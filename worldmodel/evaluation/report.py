@@ -132,7 +132,9 @@ def loop_lines(loops: dict[str, Any]) -> list[str]:
           "the real start view (return), against the real view turned furthest away (far), and of the tokenizer's "
           "reconstruction of the start view (ceiling: copying the start view through the tokenizer). Goal: return "
           "within 4 dB of the ceiling and >= 5 dB above far. Self: the way back against the dream's own frames at "
-          "the same heading on the way out (turn loops only).", ""]
+          "the same heading on the way out (turn loops only)."
+          + (" Dreamed with heading recall (views that left the window come back by heading while the camera "
+             "only turns)." if loops.get("heading_recall") else ""), ""]
 
     def self_psnr(r: dict[str, Any]) -> str:
         return "–" if r.get("self_psnr") is None else f"{r['self_psnr']:.2f}"

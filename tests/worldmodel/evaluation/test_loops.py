@@ -115,3 +115,26 @@ def test_pair_loops_pools_the_same_mazes_and_refuses_others(tmp_path):
     (tmp_path / "none.json").write_text(json.dumps({"settings": {}, "loops": None}))
     with pytest.raises(ConfigError, match="none.json: holds no loop-closure results"):
         bench.read_loops(str(tmp_path / "none.json"))
+
+
+@pytest.mark.slow
+def test_loops_dream_with_heading_recall_when_asked(tiny_world_checkpoint, tmp_path):
+    """The tiny checkpoint fine-tuned with heading rotary (no new weights): heading recall reaches the dream
+    env's rollout and the loop results record it; a loop that never leaves the 3-frame window (turn1) dreams
+    exactly the same frames with it. (That recall changes the dream once a view has left the window is
+    tested on the rollout, tests/worldmodel/model/test_heading_recall.py: this barely trained model hardly
+    looks at its history.)"""
+    from worldmodel.dream.env import MaskFlowDreamEnv
+    from worldmodel.training.loop import TrainConfig, train
+
+    head = tmp_path / "head"
+    train(TrainConfig(data=str(tiny_world_checkpoint.parent / "tokens"), out=str(head), init=str(tiny_world_checkpoint),
+                      heading_pairs=2, clip_len=4, steps=1, lr=1e-9, eval_every=0, threads=1, progress=False,
+                      tensorboard=False, device="cpu"))
+    env = MaskFlowDreamEnv(str(head), context="given", heading_recall=True, threads=1)
+    assert env.core.rollout.cache.bank is not None and env.core.rollout.cache.bank.buckets == 30   # 12-degree turns
+    env.close()
+    kw = dict(trials=1, seed=0, steps_per_frame=2, threads=1, precision="fp32")
+    runs = {rec: loop_closure(str(head), ["turn1", "turn4"], heading_recall=rec, **kw) for rec in (False, True)}
+    assert runs[True]["heading_recall"] and not runs[False]["heading_recall"]
+    assert runs[True]["loops"]["turn1"]["per_trial"] == runs[False]["loops"]["turn1"]["per_trial"]

@@ -215,10 +215,10 @@ class ClipSampler:
         if global_batch % world_size:
             raise DatasetError(f"batch_size {global_batch} must be divisible by the {world_size} processes")
         self.clips, self.rank, self.local = clips, rank, global_batch // world_size
-        n_ret = min(global_batch - 1, max(1, round(return_share * global_batch))) if return_share > 0 else 0
-        if n_ret and global_batch < 2:
+        if return_share > 0 and global_batch < 2:
             raise DatasetError(f"return_share={return_share} needs batch_size >= 2 (an ordinary clip and a "
                                "return clip per batch)")
+        n_ret = min(global_batch - 1, max(1, round(return_share * global_batch))) if return_share > 0 else 0
         self.ret = clips.return_starts(return_gap) if n_ret else np.zeros(0, np.int64)
         if n_ret and len(self.ret) == 0:
             names = ", ".join(str(r) for r in clips.roots)

@@ -511,6 +511,8 @@ def test_return_clips_end_on_the_view_they_hold_and_take_their_share_of_each_bat
     write_dataset(tmp_path / "plain", _random_episodes(), "train", "tokens", "synthetic", ACTIONS)
     with pytest.raises(DatasetError, match="no training clip of .*plain ends on a return frame .*policy=revisit"):
         ClipSampler(TokenClips(tmp_path / "plain", "train", 8), 8, seed=3, return_share=0.25, return_gap=4)
+    with pytest.raises(DatasetError, match="return_share=0.25 needs batch_size >= 2"):
+        ClipSampler(clips, 1, seed=3, return_share=0.25, return_gap=4)
     with pytest.raises(DatasetError, match="need clip_len > 8"):
         clips.return_starts(8)
     with pytest.raises(ConfigError, match="return_share=0.5 needs clip_len > return_gap=16"):

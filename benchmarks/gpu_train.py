@@ -3,18 +3,18 @@
     PYTHONPATH=. python benchmarks/gpu_train.py --data runs/tokens --out $OUT            # on the GPU machine
     PYTHONPATH=. python benchmarks/gpu_train.py --join FETCHED_DIR --into runs/world_gpu   # back here
 
-On the GPU machine (no package index, a few files of at most 16 MiB come back): it checks first that
-CUDA is there (``--device``), that the token dataset is a sealed ``maskflow tokenize`` output of at most
-``--max-data-mb`` (60), then trains ``maskflow train``'s recipe (``worldmodel.training.loop.train``: the
-same objective, EMA, bf16 where supported) at ``--dim``/``--depth``/``--heads`` (default ~24 M
-parameters, 5x release 1), with the memory recipe's window (``--clip-len`` 32), heading rotary
-(``--heading-pairs`` 8) and return-aligned clips (``--return-share`` 0.25: the data must hold loops, as
-``maskflow collect policy=revisit`` makes), for ``--minutes`` (8) in a scratch run folder, exports the release (fp16
-weights, ``SHA256SUMS.json``), and writes to ``--out`` only: the release as one tar split into parts of
-at most ``--part-mb`` (16) MiB, ``pack.json`` (each part's and the whole tar's sha256), ``summary.json``
-(settings, steps, held-out metrics, seconds) and ``curves.png``. It imports torch, numpy, einops,
-safetensors, h5py and matplotlib only (no gymnasium, hydra or tensorboard). ``--join`` checks every
-sha256, unpacks the release and verifies it.
+On the GPU machine (no package index, a few files of at most 16 MiB come back): it checks first that CUDA is
+there (``--device``), that the token dataset is a sealed ``maskflow tokenize`` output of at most
+``--max-data-mb`` (60), then trains ``maskflow train``'s recipe (``worldmodel.training.loop.train``: the same objective,
+EMA, bf16 where supported) at ``--dim``/``--depth``/``--heads`` (default ~24 M parameters, 5x release 1), with
+the memory recipe's window (``--clip-len`` 32), heading rotary (``--heading-pairs`` 8), return-aligned clips
+(``--return-share`` 0.25: the data must hold loops, as ``maskflow collect policy=revisit`` makes) and dreamed
+returns (``--return-dream`` 15), for ``--minutes`` (8) in a scratch run folder, exports the release (fp16
+weights, ``SHA256SUMS.json``), and writes to ``--out`` only: the release as one tar split into parts of at
+most ``--part-mb`` (16) MiB, ``pack.json`` (each part's and the whole tar's sha256), ``summary.json``
+(settings, steps, held-out metrics, seconds) and ``curves.png``. It imports torch, numpy, einops, safetensors,
+h5py and matplotlib only (no gymnasium, hydra or tensorboard). ``--join`` checks every sha256, unpacks the
+release and verifies it.
 """
 
 from __future__ import annotations
@@ -102,6 +102,7 @@ def train_and_pack(args: argparse.Namespace) -> dict[str, Any]:
         cfg = TrainConfig(data=str(data), out=str(run), size="small", dim=args.dim, depth=args.depth,
                           heads=args.heads, clip_len=args.clip_len, heading_pairs=args.heading_pairs,
                           return_share=args.return_share,
+                          return_dream=args.return_dream if args.return_share > 0 else 0,
                           steps=args.max_steps, batch_size=args.batch_size,
                           lr=args.lr, eval_every=args.eval_every, ckpt_every=args.eval_every,
                           max_minutes=args.minutes, device=args.device, tensorboard=False, progress=False,
@@ -134,6 +135,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | Path:
     p.add_argument("--heading-pairs", type=int, default=8, help="heading rotary pairs per temporal head (0 = off)")
     p.add_argument("--return-share", type=float, default=0.25,
                    help="share of each batch from clips ending on a view they hold 16+ frames back (0 = off)")
+    p.add_argument("--return-dream", type=int, default=15,
+                   help="on those clips, dream up to this many frames before the return (0 = off; ignored "
+                        "when --return-share is 0)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-steps", type=int, default=1_000_000, help="the budget, not this, should end the run")

@@ -13,7 +13,9 @@ return frame the model predicts frame g fully masked (as ``acc_next`` in trainin
 - ``full``: the model's whole window (k − 1 frames before it), when k > 16,
 
 and the probe reports token accuracy on the tokens that differ from frame g − 1 (where copying the last
-frame scores 0), per return frame, with the paired margin full − window16 and its bootstrap 95 % interval.
+frame scores 0), per return frame, with the paired margin full − window16 and its bootstrap 95 % interval;
+``circle_ends`` repeats both for the return frames that end a circle in place (no return frame among the
+two before them, as there is on the way back of a turn loop).
 The same on as many ordinary frames (no return) is the control: memory should help return frames only.
 
 Two variants probe why memory that works here may not work in a dream:
@@ -119,6 +121,7 @@ def probe_arrays(model, tokens: np.ndarray, actions: np.ndarray, episode_start: 
     history = k - 1
     span = max(history, span)                   # the same frames for every model of window <= span + 1
     rets, ords = return_frames(tokens, episode_start, span, short)
+    all_rets = rets
     rng = np.random.default_rng(seed)
     rets = np.sort(rng.permutation(rets)[:limit])
     ords = np.sort(rng.permutation(ords)[:len(rets)])
@@ -135,6 +138,14 @@ def probe_arrays(model, tokens: np.ndarray, actions: np.ndarray, episode_start: 
         margin = paired_margin(full, small, seed=seed) if len(full) else None
         row: dict[str, Any] = {f"window{short}": float(small.mean()) if len(small) else None,
                                "full": float(full.mean()) if len(full) else None, f"full_minus_window{short}": margin}
+        if name == "returns":
+            # return frames that end a circle in place: neither of the two frames before is a return frame (on
+            # the way back of a turn loop every other frame is one)
+            every = set(all_rets.tolist())
+            alone = np.array([g - 1 not in every and g - 2 not in every for g in frames], bool)
+            row["circle_ends"] = {"frames": int(alone.sum()),
+                                  f"window{short}": float(small[alone].mean()) if alone.any() else None,
+                                  "full": float(full[alone].mean()) if alone.any() else None}
         if guidance > 0:
             row[f"guided{guidance:g}"] = float(guided.mean()) if len(guided) else None
             row[f"guided{guidance:g}_minus_full"] = paired_margin(guided, full, seed=seed) if len(full) else None

@@ -20,10 +20,9 @@ from gymnasium import spaces
 
 from envs.common.config_check import PRECISIONS
 from envs.common.errors import CheckpointError, ConfigError, MaskFlowError
-from envs.loops import action_stays
 from worldmodel.dream.context import Context, DatasetContext, LiveContext
 from worldmodel.sampling import SamplerConfig
-from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, DEFAULT_FRAME_STEPS, CachedRollout
+from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, DEFAULT_FRAME_STEPS, CachedRollout, recall_stays
 from worldmodel.tokenizer.codec import encode_frames
 
 CONTEXT_SOURCES = ("auto", "dataset", "live", "given")
@@ -106,13 +105,9 @@ class DreamCore:
                                      masking=masking, action_guidance=action_guidance,
                                      history_guidance=history_guidance,
                                      history_guidance_recent=history_guidance_recent)
-        if not isinstance(heading_recall, (bool, np.bool_)):
-            raise ConfigError(f"heading_recall must be True or False, got {heading_recall!r}")
-        if heading_recall and not self.model.cfg.heading_pairs:
-            raise ConfigError(f"heading_recall=True needs a model with heading rotary; {self.meta['path']} has none "
-                              "(train with heading_pairs > 0)")
+        stays = recall_stays(self.model, self.meanings, heading_recall, str(self.meta["path"]))
         self.rollout = CachedRollout(self.model, self.sampler, batch_size, device=self.device, compile=compile,
-                                     precision=precision, stays=action_stays(self.meanings) if heading_recall else None)
+                                     precision=precision, stays=stays)
         self.batch_size = batch_size
         self.source_name = ("dataset" if data else "live") if context == "auto" else context
         self.source: DatasetContext | LiveContext | None = None

@@ -34,7 +34,7 @@ import torch
 from envs.common.config_check import DEVICE, PRECISION, SEED, THREADS, Check, at_least, check_config, one_of
 from envs.common.errors import ConfigError
 from envs.common.files import atomic_write, write_json
-from envs.loops import action_stays, parse_loop, real_loop
+from envs.loops import parse_loop, real_loop
 from envs.policies import POLICIES
 from worldmodel.common.device import inference_dtype
 from worldmodel.common.threads import governor
@@ -43,7 +43,7 @@ from worldmodel.metrics.quality import psnr_per_frame
 from worldmodel.sampling import SAMPLER_NAMES, SamplerConfig
 from worldmodel.sampling.base import guidance_label, make_generator
 from worldmodel.sampling.imagine import imagine, runs_cached
-from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, DEFAULT_FRAME_STEPS
+from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, DEFAULT_FRAME_STEPS, recall_stays
 from worldmodel.sampling.unmask_schedule import COUNT_MODES
 from worldmodel.tokenizer.codec import decode_tokens, encode_frames
 
@@ -166,10 +166,10 @@ def dream(cfg: DreamConfig) -> dict[str, Any]:
     if cfg.context > k - 1:         # the model sees k frames: at most k - 1 given, one imagined
         raise ConfigError(f"context must be in [0, {k - 1}] for this checkpoint (window k={k}; 0 = k - 1), "
                           f"got {cfg.context}")
-    if cfg.heading_recall and not (model.cfg.heading_pairs and runs_cached(model, cfg.stride)):
-        raise ConfigError("heading_recall=true needs a causal model with heading rotary (heading_pairs > 0) dreaming "
-                          f"frame by frame (stride=1); {meta['path']} has heading_pairs={model.cfg.heading_pairs}, "
-                          f"stride={cfg.stride}")
+    stays = recall_stays(model, meta["action_space"]["meanings"], cfg.heading_recall, str(meta["path"]))
+    if stays is not None and not runs_cached(model, cfg.stride):
+        raise ConfigError(f"heading_recall=true dreams frame by frame with the KV cache: it needs stride=1 and a "
+                          f"causal model; got stride={cfg.stride}, temporal={model.cfg.temporal}")
     m = cfg.context if cfg.context > 0 else k - 1
     n_total = m + cfg.frames
     masking = str(meta.get("train_config", {}).get("scheduler", "sigmoid"))
@@ -209,7 +209,7 @@ def dream(cfg: DreamConfig) -> dict[str, Any]:
     im = imagine(model, scfg, real_tokens[None, :m], actions[None, :m], actions[None, m:n_total], cfg.frames, gen,
                  stride=cfg.stride, compile=cfg.compile, precision=cfg.precision,
                  tick=bar.update if bar is not None else None,
-                 stays=action_stays(meta["action_space"]["meanings"]) if cfg.heading_recall else None)
+                 stays=stays)
     dream_s = time.perf_counter() - t0
     if bar is not None:
         bar.close()

@@ -48,7 +48,7 @@ from worldmodel.metrics.quality import PROTOCOL
 from worldmodel.sampling import SAMPLER_NAMES, SamplerConfig
 from worldmodel.sampling.base import make_generator
 from worldmodel.sampling.imagine import imagine, planned_nfe, runs_cached
-from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, DEFAULT_FRAME_STEPS
+from worldmodel.sampling.rollout import DEFAULT_FRAME_GUMBEL, DEFAULT_FRAME_STEPS, recall_stays
 from worldmodel.sampling.unmask_schedule import COUNT_MODES
 from worldmodel.tokenizer.codec import decode_tokens, encode_frames
 
@@ -335,10 +335,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     main = load_checkpoint(cfg.checkpoint, device, "main")
     k = main.window
-    if cfg.heading_recall and not (cfg.loops and main.model.cfg.heading_pairs):
-        raise ConfigError("heading_recall=true applies to loops= of a model with heading rotary (heading_pairs > 0); "
-                          f"here loops={list(cfg.loops)} and the checkpoint's heading_pairs="
-                          f"{main.model.cfg.heading_pairs}")
+    if cfg.heading_recall and not cfg.loops:
+        raise ConfigError("heading_recall=true applies to the loop-closure test: set loops=, e.g. loops=[turn30]")
+    recall_stays(main.model, main.meta["action_space"]["meanings"], cfg.heading_recall, str(main.meta["path"]))
     compare = None
     notes = []
     if cfg.compare_checkpoint:

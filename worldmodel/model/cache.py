@@ -45,6 +45,9 @@ class HeadingBank:
     place: torch.Tensor
     stays: torch.Tensor
     width: float
+    # one frame's recall, reused by its unmasking passes and commit (Latte._recalled); any change of the
+    # cache or bank clears it
+    memo: tuple | None = None
 
     @classmethod
     def empty(cls, layers: int, shape: tuple[int, ...], slots: int, stays: torch.Tensor, width: float,
@@ -91,6 +94,7 @@ class HeadingBank:
     def push(self, cache: LatteCache, headings: torch.Tensor, actions: torch.Tensor) -> None:
         """Before ``cache`` appends frames at ``headings`` (b,) reached by ``actions`` (b,): keep the frame that
         falls out of a full window in its heading's bucket, then record the new frame's heading and place."""
+        self.memo = None
         place = self.next_place(actions)
         if cache.slots:
             out = cache.valid[:, 0]
@@ -114,12 +118,14 @@ class HeadingBank:
 
     def reset(self, mask: torch.Tensor | None = None) -> None:
         """Forget the rollouts where ``mask`` (b,) is True (all when None)."""
+        self.memo = None
         mask = torch.ones_like(self.place, dtype=torch.bool) if mask is None else mask.to(self.place.device)
         self.valid = self.valid & ~mask[:, None]
         self.place = torch.where(mask, 0, self.place)
 
     def splice(self, rows: torch.Tensor, other: HeadingBank) -> None:
         """Replace the rollouts flagged in ``rows`` (b,) bool by those of ``other``."""
+        self.memo = None
         for i in range(len(self.keys)):
             self.keys[i][rows] = other.keys[i].to(self.keys[i].dtype)
             self.values[i][rows] = other.values[i].to(self.values[i].dtype)

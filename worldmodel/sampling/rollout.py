@@ -36,9 +36,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
-from envs.common.errors import SamplerSettingsError
+from envs.common.errors import ConfigError, SamplerSettingsError
+from envs.loops import action_stays
 from worldmodel.common import threads
 from worldmodel.common.device import inference_dtype
 from worldmodel.sampling import Sampler, SamplerConfig, make_sampler
@@ -62,6 +64,22 @@ DEFAULT_FRAME_GUMBEL = 8.0
 def frame_nfe(config: SamplerConfig) -> int:
     """Denoiser calls per imagined frame: T steps × ``config.passes`` (1 + one per guidance term) + 1 commit."""
     return frame_sampler(config).nfe_per_chunk(1) * config.passes + 1
+
+
+def recall_stays(model: torch.nn.Module, meanings: Sequence[str], heading_recall: object, source: str
+                 ) -> list[bool] | None:
+    """The ``stays`` table that turns heading recall on in :class:`CachedRollout` (per action: does it keep
+    the camera in place, :func:`envs.loops.action_stays`), None when ``heading_recall`` is off; a
+    :class:`ConfigError` naming ``source`` (the checkpoint) when the value is not a bool or the model has no
+    heading rotary. The one check behind ``heading_recall`` in the dream env, ``maskflow dream`` and ``eval``."""
+    if not isinstance(heading_recall, (bool, np.bool_)):
+        raise ConfigError(f"heading_recall must be True or False, got {heading_recall!r}")
+    if not heading_recall:
+        return None
+    if not model.cfg.heading_pairs:
+        raise ConfigError(f"heading_recall=true needs a model with heading rotary (train with heading_pairs > 0); "
+                          f"{source} has none")
+    return action_stays(meanings)
 
 
 @dataclass

@@ -227,6 +227,13 @@ class ClipSampler:
                                "with policy=revisit, or set return_share=0")
         self.main = ShardedSampler(len(clips), global_batch - n_ret, seed)
         self.returns = ShardedSampler(len(self.ret), n_ret, seed + 7919) if n_ret else None
+        self.return_rows = slice(global_batch - n_ret, global_batch)     # global batch rows of the return clips
+
+    def local_rows(self, rows: slice) -> slice:
+        """The part of the global batch ``rows`` held by this rank, as a slice of its local batch."""
+        lo, hi = self.rank * self.local, (self.rank + 1) * self.local
+        a, b = max(rows.start, lo), min(rows.stop, hi)
+        return slice(a - lo, b - lo) if a < b else slice(0, 0)
 
     def starts(self, step: int) -> np.ndarray:
         """This rank's first-frame positions (B / world,) for ``step``."""

@@ -46,7 +46,14 @@ from worldmodel.objective.masking import MaskingConfig
 from worldmodel.objective.schedules import SCHEDULERS
 from worldmodel.training.data import ClipSampler, TokenClips
 from worldmodel.training.heldout import evaluate
-from worldmodel.training.self_context import clean_span, draw_span, dream_span
+from worldmodel.training.self_context import (
+    clean_returns,
+    clean_span,
+    draw_return_span,
+    draw_span,
+    dream_returns,
+    dream_span,
+)
 from worldmodel.training.setup import (
     autocast_dtype,
     changed_settings,
@@ -94,10 +101,12 @@ class TrainConfig:
     return_share: float = 0.0       # share of each batch from clips ending on a return frame: a view the clip
                                     # holds return_gap or more frames earlier (trains the far lookup loops need)
     return_gap: int = 16            # how far back such a view must lie (and no closer)
+    return_dream: int = 0           # > 0: on those clips the last 1..return_dream frames before the return frame
+                                    # are dreamed by the EMA weights; clean context, loss on the return frame only
     self_context: float = 0.0       # share of steps whose clips carry a span the model dreamed itself (EMA weights)
                                     # from the real frames before it; the loss is on the real frames around it
     self_context_frames: int = 16   # longest such span
-    self_context_steps: int = 4     # MGM steps per dreamed frame of such a span
+    self_context_steps: int = 4     # MGM steps per dreamed frame of such a span (and of return_dream's)
     action_dropout: float = 0.1     # fraction of frames trained without their action (action-free sampling)
     reward_weight: float = 0.1      # weight of the reward + termination heads' BCE (clean frames only)
     reward_pos_weight: float = 1.0  # weight of positive frames (goal reaches, ends) in that BCE; > 1 for rare ones
@@ -133,6 +142,7 @@ class TrainConfig:
         "scheduler": one_of(*SCHEDULERS), "loss_weighting": one_of("fused_snr", "min_snr", "none"),
         "clean_context_prob": within(0, 1), "token_noise": within(0, 1, hi_open=True),
         "return_share": within(0, 1, hi_open=True), "return_gap": at_least(1),
+        "return_dream": at_least(0, "0 = off"),
         "self_context": within(0, 1), "self_context_frames": at_least(1), "self_context_steps": at_least(1),
         "action_dropout": within(0, 1), "reward_weight": at_least(0),
         "reward_pos_weight": above(0, "1 = unweighted"), "reward_early": at_least(0, "0 = the reward frame only"),
@@ -151,6 +161,9 @@ class TrainConfig:
         if self.return_share > 0 and self.clip_len <= self.return_gap:
             raise ConfigError(f"return_share={self.return_share} needs clip_len > return_gap={self.return_gap} (the "
                               f"clip must hold the view it returns to), got clip_len={self.clip_len}")
+        if self.return_dream > 0 and not (self.return_share > 0 and self.return_dream < self.return_gap):
+            raise ConfigError(f"return_dream={self.return_dream} needs return_share > 0 (got {self.return_share}) "
+                              f"and return_dream < return_gap={self.return_gap} (the view returned to stays real)")
         if self.self_context > 0 and self.clip_len < 3:
             raise ConfigError(f"self_context={self.self_context} needs clip_len >= 3 (a real frame, a dreamed one, "
                               f"a real one), got clip_len={self.clip_len}")
@@ -272,12 +285,20 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
                     if cfg.self_context > 0 else None)
             if span is not None:
                 draws = clean_span(draws, span)
+            back = draw_return_span(cfg.return_dream, gen) if cfg.return_dream > 0 else 0
+            if back:
+                draws = clean_returns(draws, sampler.return_rows)
             counts = objective.global_counts(draws)
             batch = clips.batch_at(sampler.starts(step)).to(device)
             if span is not None:           # each rank dreams its own rows, from its own (seed, step, rank) stream
                 dream_gen = torch.Generator(device).manual_seed(int(np.random.SeedSequence(
                     [cfg.seed, step, rank, 1]).generate_state(1)[0]))
                 batch = dream_span(ema, batch, span, cfg.self_context_steps, dream_gen)
+            if back:                       # this rank's return rows, from its own (seed, step, rank) stream
+                mine = sampler.local_rows(sampler.return_rows)
+                dream_gen = torch.Generator(device).manual_seed(int(np.random.SeedSequence(
+                    [cfg.seed, step, rank, 2]).generate_state(1)[0]))
+                batch = dream_returns(ema, batch, mine, back, cfg.self_context_steps, dream_gen)
             want = rank == 0 and (step + 1) % cfg.log_every == 0
             loss, logs = runner(batch, draws.rows(rank * local, (rank + 1) * local).to(device),
                                 tuple(c.to(device) for c in counts), world, amp, want)

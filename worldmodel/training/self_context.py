@@ -15,6 +15,17 @@ its own drifted frames, from whatever real past it still holds: what DIAMOND and
 exposure bias, with the model's own errors instead of random noise. Cost per such step: s commit passes
 and j × (steps + 1) one-frame passes (about one more training step's compute for s = j = 15, 4 steps).
 
+**Dreamed returns** (``return_dream`` > 0) aim the same idea at the far lookup alone. On the return clips of
+``return_share`` (each ends on a view it holds ``return_gap`` or more frames earlier), the last j frames
+before the return frame are dreamed, j uniform in [1, ``return_dream``] per step, ``return_dream`` <
+``return_gap``, so the view returned to stays real:
+
+    return clip  =  real [0, k − 1 − j)  |  dreamed [k − 1 − j, k − 1)  |  real return frame k − 1
+    t            =  1 (clean)            |  1 (clean)                  |  as drawn
+
+The only loss of those rows is on the return frame: a full circle in a dream ends exactly so, after views
+the model invented, with the exact match 30 frames back. Ordinary rows are untouched.
+
 Axis letters: b batch, f frames, h w token grid.
 """
 
@@ -57,4 +68,36 @@ def dream_span(model: torch.nn.Module, batch: ClipBatch, span: tuple[int, int], 
                       batch.actions[:, s:s + j], j, generator).tokens                  # (b j h w)
     tokens = batch.tokens.clone()
     tokens[:, s:s + j] = dreamed.to(tokens)
+    return replace(batch, tokens=tokens)
+
+
+def draw_return_span(longest: int, generator: torch.Generator) -> int:
+    """j: how many frames before each return frame this step dreams, uniform in [1, ``longest``]."""
+    return int(torch.randint(1, longest + 1, (), generator=generator))
+
+
+def clean_returns(draws: StepDraws, rows: slice) -> StepDraws:
+    """The step's draws with every frame but the last of the global ``rows`` (the return clips) at t = 1:
+    clean context, the loss only on the return frame."""
+    t = draws.t.clone()
+    t[rows, :-1] = 1.0
+    return replace(draws, t=t)
+
+
+@torch.no_grad()
+def dream_returns(model: torch.nn.Module, batch: ClipBatch, rows: slice, frames: int, steps: int,
+                  generator: torch.Generator) -> ClipBatch:
+    """``batch`` with tokens [k − 1 − ``frames``, k − 1) of its local ``rows`` replaced by ``model``'s dream
+    (MGM, ``steps`` per frame) from the real frames before, with the clip's actions; the last frame (the
+    return) and everything else stay real."""
+    k = batch.tokens.shape[1]
+    s = k - 1 - frames
+    sub = batch.tokens[rows]
+    if len(sub) == 0:
+        return batch
+    acts = batch.actions[rows]
+    dreamed = imagine(model, SamplerConfig("mgm", steps=steps), sub[:, :s], acts[:, :s], acts[:, s:k - 1], frames,
+                      generator).tokens                                                   # (r j h w)
+    tokens = batch.tokens.clone()
+    tokens[rows, s:k - 1] = dreamed.to(tokens)
     return replace(batch, tokens=tokens)

@@ -52,7 +52,7 @@ def test_loop_dream_returns_to_the_real_start_view(tiny_world_checkpoint, tmp_pa
         dream(cfg(tiny_world_checkpoint, tmp_path / "bad", loop="spin"))
     with pytest.raises(ConfigError, match="leave data empty"):
         dream(cfg(tiny_world_checkpoint, tmp_path / "bad", loop="turn3", data="runs/x"))
-    with pytest.raises(ConfigError, match="heading_recall=true needs a causal model with heading rotary"):
+    with pytest.raises(ConfigError, match="heading_recall=true needs a model with heading rotary"):
         dream(cfg(tiny_world_checkpoint, tmp_path / "bad", loop="turn3", heading_recall=True))
 
 

@@ -374,7 +374,7 @@ def test_bad_calls_raise_clear_errors(ckpt, data):
         make(ckpt, data, sampler="rolling")
     with pytest.raises(ConfigError, match="data"):
         make(ckpt, None, context="dataset")
-    with pytest.raises(ConfigError, match="heading_recall=True needs a model with heading rotary"):
+    with pytest.raises(ConfigError, match="heading_recall=true needs a model with heading rotary"):
         make(ckpt, data, heading_recall=True)
     with pytest.raises(ConfigError, match="heading_recall must be True or False"):
         make(ckpt, data, heading_recall="yes")

@@ -294,7 +294,7 @@ def test_eval_loops_and_rewards_add_their_sections(tiny_world_checkpoint, tiny_f
     # reward_trials adds the reward-recall section beside it
     assert res["rewards"]["trials"] == 2 and res["rewards"]["reward_recall"]["of"] >= 1
     assert "## Rewards and terminations" in report and (tmp_path / "l" / "rewards.png").stat().st_size > 0
-    with pytest.raises(ConfigError, match="heading_recall=true applies to loops= of a model with heading rotary"):
+    with pytest.raises(ConfigError, match="heading_recall=true needs a model with heading rotary"):
         evaluate(make_cfg(tiny_world_checkpoint, tiny_frames_dataset, tmp_path / "hr", heading_recall=True, **kw))
     # pair_with another eval of the same mazes: the same settings dream the same loops, so every margin is 0
     again = evaluate(make_cfg(tiny_world_checkpoint, tiny_frames_dataset, tmp_path / "again",

@@ -58,6 +58,7 @@ def test_the_probe_credits_a_window_that_holds_the_returned_view(tiny_world_chec
     # the full window (3 back) holds frame 3 = frame 6; the short one (1 back) does not
     assert r["returns"]["full"] == 1.0 and r["returns"]["window2"] == 0.0
     assert r["returns"]["full_minus_window2"]["mean"] == 1.0
+    assert r["returns"]["circle_ends"] == {"frames": 1, "window2": 0.0, "full": 1.0}   # no return just before it
     assert r["ordinary"]["full"] < 0.1          # no return: copying the oldest frame is wrong
     model = load_world_model(tiny_world_checkpoint)[0]              # a real model runs through the same path
     real = bench.probe_arrays(model, tokens, actions, first, short=2, span=3, context_noise=0.3, guidance=1.0)

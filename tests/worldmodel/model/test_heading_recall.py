@@ -64,6 +64,29 @@ def test_a_turned_away_view_is_recalled_exactly_as_if_it_were_the_oldest_frame()
 
 
 @torch.no_grad()
+def test_a_frames_passes_look_up_the_bank_once_and_a_commit_clears_the_memo(monkeypatch):
+    """The recall depends only on the frame's actions and the cache: its passes reuse one lookup, and the
+    next frame (after the commit changed the cache) looks up afresh and still recalls exactly."""
+    from worldmodel.model.cache import HeadingBank
+
+    m = heading_model()
+    tok = frames(6)
+    cache = commit_all(m, tok, [-1, 1, 1, 1])
+    calls, lookup = [], HeadingBank.lookup
+    monkeypatch.setattr(HeadingBank, "lookup", lambda self, *a: calls.append(1) or lookup(self, *a))
+    a, q = torch.tensor([1]), torch.full((1, *GRID), V)
+    first = [m.forward_new_frame(q, torch.tensor([0.0]), a, cache).logits for _ in range(3)]
+    assert len(calls) == 1 and all(torch.equal(first[0], f) for f in first[1:])
+    m.forward_new_frame(q, torch.tensor([0.0]), torch.tensor([1]), cache)        # another actions tensor
+    assert len(calls) == 2
+    m.commit_frame(tok[:, 4], a, cache)                                          # the cache changes
+    m.forward_new_frame(q, torch.tensor([0.0]), a, cache)
+    assert len(calls) == 4 and cache.bank.memo is not None
+    cache.reset()
+    assert cache.bank.memo is None
+
+
+@torch.no_grad()
 def test_recall_needs_the_same_place_a_view_missing_from_the_window_and_keeps_the_first_view():
     m = heading_model()
     tok = frames(9)

@@ -522,3 +522,42 @@ def test_return_clips_end_on_the_view_they_hold_and_take_their_share_of_each_bat
     out = tmp_path / "run"
     train(tiny_cfg(steps=3, clip_len=8, return_share=0.25, return_gap=4), root, out)
     assert len(rows(out)) == 3 and np.isfinite([r["loss"] for r in rows(out)]).all()
+
+
+def test_dreamed_returns_replace_the_frames_before_each_return_frame_of_the_return_rows_only(tmp_path):
+    """return_dream: the return rows' last j frames before the return frame become the model's dream, their
+    context is clean and only the return frame keeps its drawn t; ordinary rows and the return frame itself
+    stay real; the key is refused without return clips or with a span reaching the view returned to."""
+    from worldmodel.objective.loss import ObjectiveConfig, draw_step
+    from worldmodel.training.data import ClipSampler, TokenClips
+    from worldmodel.training.self_context import clean_returns, draw_return_span, dream_returns
+
+    root = tmp_path / "tokens"
+    write_dataset(root, _loop_episodes(), "train", "tokens", "synthetic", ACTIONS)
+    clips = TokenClips(root, "train", 8)
+    ranks = [ClipSampler(clips, 8, seed=3, rank=r, world_size=2, return_share=0.25, return_gap=4) for r in (0, 1)]
+    assert ranks[0].return_rows == slice(6, 8)
+    assert [r.local_rows(r.return_rows) for r in ranks] == [slice(0, 0), slice(2, 4)]   # all on rank 1
+    g = torch.Generator().manual_seed(0)
+    assert {draw_return_span(3, g) for _ in range(200)} == {1, 2, 3}
+    draws = draw_step(8, 8, GRID, ObjectiveConfig(), torch.Generator().manual_seed(2))
+    clean = clean_returns(draws, slice(6, 8))
+    assert (clean.t[6:, :-1] == 1).all() and torch.equal(clean.t[6:, -1], draws.t[6:, -1])
+    assert torch.equal(clean.t[:6], draws.t[:6]) and not (draws.t[6:, :-1] == 1).all()
+    out = tmp_path / "run"
+    train(tiny_cfg(steps=3, clip_len=8, return_share=0.25, return_gap=4, return_dream=3), root, out)
+    assert len(rows(out)) == 3 and np.isfinite([r["loss"] for r in rows(out)]).all()
+    model, _, _ = load_world_model(out)
+    batch = clips.batch_at(ranks[1].starts(0))
+    dreamed = dream_returns(model, batch, slice(2, 4), 3, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(dreamed.tokens[:2], batch.tokens[:2])                        # ordinary rows: real
+    assert torch.equal(dreamed.tokens[2:, :4], batch.tokens[2:, :4])                # the far past: real
+    assert torch.equal(dreamed.tokens[2:, -1], batch.tokens[2:, -1])                # the return frame: real
+    assert not torch.equal(dreamed.tokens[2:, 4:7], batch.tokens[2:, 4:7])          # frames 4..6: dreamed
+    again = dream_returns(model, batch, slice(2, 4), 3, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(dreamed.tokens, again.tokens)
+    assert dream_returns(model, batch, slice(0, 0), 3, 2, g) is batch
+    with pytest.raises(ConfigError, match="return_dream=3 needs return_share > 0"):
+        tiny_cfg(clip_len=8, return_dream=3).validate()
+    with pytest.raises(ConfigError, match="return_dream < return_gap=4"):
+        tiny_cfg(clip_len=8, return_share=0.25, return_gap=4, return_dream=4).validate()

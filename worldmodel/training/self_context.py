@@ -60,14 +60,18 @@ def clean_span(draws: StepDraws, span: tuple[int, int]) -> StepDraws:
 
 @torch.no_grad()
 def dream_span(model: torch.nn.Module, batch: ClipBatch, span: tuple[int, int], steps: int,
-               generator: torch.Generator) -> ClipBatch:
-    """``batch`` with tokens [s, s + j) replaced by ``model``'s dream (MGM, ``steps`` per frame, temperature 1)
-    from the real tokens [0, s) and the clip's actions; actions, rewards and ends stay the real ones."""
+               generator: torch.Generator, rows: slice = slice(None)) -> ClipBatch:
+    """``batch`` with tokens [s, s + j) of ``rows`` (default all) replaced by ``model``'s dream (MGM, ``steps``
+    per frame, temperature 1) from their real tokens [0, s) and the clip's actions; actions, rewards, ends
+    and every other token stay the real ones."""
     s, j = span
-    dreamed = imagine(model, SamplerConfig("mgm", steps=steps), batch.tokens[:, :s], batch.actions[:, :s],
-                      batch.actions[:, s:s + j], j, generator).tokens                  # (b j h w)
+    sub, acts = batch.tokens[rows], batch.actions[rows]
+    if len(sub) == 0:
+        return batch
+    dreamed = imagine(model, SamplerConfig("mgm", steps=steps), sub[:, :s], acts[:, :s], acts[:, s:s + j], j,
+                      generator).tokens                                                   # (r j h w)
     tokens = batch.tokens.clone()
-    tokens[:, s:s + j] = dreamed.to(tokens)
+    tokens[rows, s:s + j] = dreamed.to(tokens)
     return replace(batch, tokens=tokens)
 
 
@@ -84,20 +88,8 @@ def clean_returns(draws: StepDraws, rows: slice) -> StepDraws:
     return replace(draws, t=t)
 
 
-@torch.no_grad()
 def dream_returns(model: torch.nn.Module, batch: ClipBatch, rows: slice, frames: int, steps: int,
                   generator: torch.Generator) -> ClipBatch:
-    """``batch`` with tokens [k − 1 − ``frames``, k − 1) of its local ``rows`` replaced by ``model``'s dream
-    (MGM, ``steps`` per frame) from the real frames before, with the clip's actions; the last frame (the
-    return) and everything else stay real."""
-    k = batch.tokens.shape[1]
-    s = k - 1 - frames
-    sub = batch.tokens[rows]
-    if len(sub) == 0:
-        return batch
-    acts = batch.actions[rows]
-    dreamed = imagine(model, SamplerConfig("mgm", steps=steps), sub[:, :s], acts[:, :s], acts[:, s:k - 1], frames,
-                      generator).tokens                                                   # (r j h w)
-    tokens = batch.tokens.clone()
-    tokens[rows, s:k - 1] = dreamed.to(tokens)
-    return replace(batch, tokens=tokens)
+    """``batch`` with the ``frames`` frames before the last (the return) of its local ``rows`` dreamed by
+    ``model`` (:func:`dream_span`); everything else stays real."""
+    return dream_span(model, batch, (batch.tokens.shape[1] - 1 - frames, frames), steps, generator, rows)

@@ -186,9 +186,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return lr
 
 
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    """The generator of one step's masking draws: a function of (seed, step) only."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+def _step_generator(seed: int, step: int, *stream: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator that is a function of (seed, step, *stream) only: with no stream, the step's masking draws
+    (the same on every rank); with (rank, tag), one rank's dreams (tag 1: self_context, 2: return_dream)."""
+    return torch.Generator(device).manual_seed(
+        int(np.random.SeedSequence([seed, step, *stream]).generate_state(1)[0]))
 
 
 def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
@@ -246,6 +248,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
     runner = torch.nn.parallel.DistributedDataParallel(objective, ) if world > 1 else objective
     sampler = ClipSampler(clips, cfg.batch_size, cfg.seed, rank, world, cfg.return_share, cfg.return_gap)
     local = cfg.batch_size // world
+    my_returns = sampler.local_rows(sampler.return_rows)      # this rank's return rows (fixed for the run)
     logger = RunLogger(out, step if meta else None, cfg.tensorboard) if rank == 0 else None
     grid = clips.token_grid
     tokens_per_step = cfg.batch_size * cfg.clip_len * grid[0] * grid[1]
@@ -291,14 +294,11 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
             counts = objective.global_counts(draws)
             batch = clips.batch_at(sampler.starts(step)).to(device)
             if span is not None:           # each rank dreams its own rows, from its own (seed, step, rank) stream
-                dream_gen = torch.Generator(device).manual_seed(int(np.random.SeedSequence(
-                    [cfg.seed, step, rank, 1]).generate_state(1)[0]))
-                batch = dream_span(ema, batch, span, cfg.self_context_steps, dream_gen)
+                batch = dream_span(ema, batch, span, cfg.self_context_steps,
+                                   _step_generator(cfg.seed, step, rank, 1, device=device))
             if back:                       # this rank's return rows, from its own (seed, step, rank) stream
-                mine = sampler.local_rows(sampler.return_rows)
-                dream_gen = torch.Generator(device).manual_seed(int(np.random.SeedSequence(
-                    [cfg.seed, step, rank, 2]).generate_state(1)[0]))
-                batch = dream_returns(ema, batch, mine, back, cfg.self_context_steps, dream_gen)
+                batch = dream_returns(ema, batch, my_returns, back, cfg.self_context_steps,
+                                      _step_generator(cfg.seed, step, rank, 2, device=device))
             want = rank == 0 and (step + 1) % cfg.log_every == 0
             loss, logs = runner(batch, draws.rows(rank * local, (rank + 1) * local).to(device),
                                 tuple(c.to(device) for c in counts), world, amp, want)

@@ -21,18 +21,14 @@ from typing import Any
 import numpy as np
 
 from envs.common.errors import ConfigError
+from worldmodel.evaluation.evaluate import read_results
 from worldmodel.evaluation.loops import pair_loops
 from worldmodel.evaluation.stats import format_margin
 
 
 def read_loops(path: str) -> dict[str, Any]:
     """Loop results from an eval folder, its results.json, or a loop-results JSON."""
-    f = Path(path)
-    f = f / "results.json" if f.is_dir() else f
-    try:
-        d = json.loads(f.read_text())
-    except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not a readable eval results.json or loop-results JSON ({e})") from None
+    d = read_results(path)
     d = d.get("loops", d) if isinstance(d, dict) and "settings" in d else d
     if not isinstance(d, dict) or not isinstance(d.get("loops"), dict):
         raise ConfigError(f"{path}: holds no loop-closure results (run `maskflow eval loops=[...]`)")

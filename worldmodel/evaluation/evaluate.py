@@ -289,19 +289,26 @@ def run_experiment(cfg: EvalConfig, ckpt: Checkpoint, exp: Experiment, real: Rea
     return rows
 
 
+def read_results(path: str, name: str = "") -> Any:
+    """The JSON of an eval's results.json, given it or the folder holding it; ``name`` (a key such as
+    "pair_with=") prefixes the errors, so that they name what the user gave."""
+    f = Path(path)
+    f = f / "results.json" if f.is_dir() else f
+    try:
+        return json.loads(f.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{name}{path}: no eval results there (give an eval's out= folder or its results.json)") \
+            from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{name}{path}: {f} is not a readable results.json ({e})") from None
+
+
 def load_earlier(path: str) -> dict | None:
     """The results of an earlier eval to pair with (``pair_with``): its results.json, or the folder holding it."""
     if not path:
         return None
+    earlier = read_results(path, "pair_with=")
     f = Path(path)
-    f = f / "results.json" if f.is_dir() else f
-    try:
-        earlier = json.loads(f.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"pair_with={path}: no eval results there (give an eval's out= folder or its results.json)") \
-            from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"pair_with={path}: {f} is not a readable results.json ({e})") from None
     if not isinstance(earlier, dict) or not {"settings", "videos", "rows"} <= earlier.keys():
         raise ConfigError(f"pair_with={path}: {f} is not a `maskflow eval` results.json")
     if not any("psnr_bands_new_view" in r for r in earlier["rows"]):

@@ -175,7 +175,7 @@ def save_policy(model, out: str | Path, stats: dict[str, Any], checkpoint: str) 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """CLI: train PPO in the dream, print stats as JSON, optionally save it and evaluate it in the real env."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", help="world-model checkpoint directory or 'default'")
+    p.add_argument("checkpoint", help="world-model checkpoint directory, 'default' or 'memory'")
     p.add_argument("--data", default=None, help="dataset of real episodes for context (default: live episodes)")
     p.add_argument("--steps", type=int, default=20000, help="PPO timesteps (dream frames)")
     p.add_argument("--envs", type=int, default=1)

@@ -17,7 +17,7 @@ from typing import Any
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="world-model directory or 'default'")
+    p.add_argument("checkpoint", help="world-model directory, 'default' or 'memory'")
     p.add_argument("--data", default=None, help="dataset of real episodes (default: live turn probes)")
     p.add_argument("--split", default="test")
     p.add_argument("--episodes", type=int, default=4, help="sequences to check")

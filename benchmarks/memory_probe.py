@@ -175,7 +175,7 @@ def probe(checkpoint: str, data: str, split: str = "test", limit: int = 512, see
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoints", nargs="+", help="world-model directories or 'default'")
+    p.add_argument("checkpoints", nargs="+", help="world-model directories, 'default' or 'memory'")
     p.add_argument("--data", required=True, help="token dataset (e.g. of `maskflow collect policy=revisit`)")
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=512, help="most return frames scored")

@@ -67,7 +67,7 @@ class MaskFlowDreamEnv(gym.Env):
     """A Gymnasium env that dreams: every ``step`` imagines the next 64×64 frame with a MaskFlow world model.
 
     ## Arguments
-    ``checkpoint``: a `maskflow train` output directory or ``"default"`` (the shipped model).
+    ``checkpoint``: a `maskflow train` output directory, or ``"default"`` / ``"memory"`` (the shipped models).
     ``context``: where each episode's real context comes from — ``"dataset"`` (random windows of
     ``data=DIR``'s ``split`` episodes), ``"live"`` (a fresh held-out maze of the real env recorded in the
     checkpoint, with its recorded ``env_kwargs`` updated by ``env_kwargs``, explored by ``policy``),

@@ -54,7 +54,7 @@ OUTPUTS = ("dream.mp4", "dream.gif", "contact_sheet.png", "psnr.png", "dream.jso
 class DreamConfig:
     """Settings of one dream (see ``configs/dream.yaml`` for each key's meaning)."""
 
-    checkpoint: str = "default"     # default (the shipped model) | DIR written by `maskflow train`
+    checkpoint: str = "default"     # default | memory (the shipped models) | DIR written by `maskflow train`
     data: str = ""                  # "" = a live episode of the checkpoint's env in a held-out maze | DIR (frames or
                                     # tokens dataset)
     split: str = "test"             # dataset split the real episode comes from

@@ -62,7 +62,7 @@ MIN_FVD_FRAMES = 9          # I3D's temporal pooling needs at least 9 frames
 class EvalConfig:
     """Settings of one evaluation (each key is explained in ``configs/eval.yaml``)."""
 
-    checkpoint: str = "default"     # default (the shipped model) | DIR written by `maskflow train`
+    checkpoint: str = "default"     # default | memory (the shipped models) | DIR written by `maskflow train`
     data: str = ""                  # frames dataset DIR (its test split = held-out mazes); a token dataset is decoded
                                     # by the tokenizer
     split: str = "test"             # split the videos come from

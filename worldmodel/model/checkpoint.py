@@ -47,7 +47,7 @@ from envs.common.files import (
     write_json,
     write_sealed_json,
 )
-from worldmodel.common.assets import default_checkpoint
+from worldmodel.common.assets import is_shipped, shipped_checkpoint
 from worldmodel.model.latte import Latte, ModelConfig
 from worldmodel.tokenizer.files import CONFIG_NAME as TOK_CONFIG
 from worldmodel.tokenizer.files import WEIGHTS_NAME as TOK_WEIGHTS
@@ -70,10 +70,10 @@ def config_digest(cfg: ModelConfig) -> str:
 
 
 def resolve_checkpoint(name_or_dir: str | os.PathLike) -> Path:
-    """``"default"`` → the shipped model directory (see :mod:`worldmodel.common.assets`); otherwise a
-    directory holding ``model.json``."""
-    if str(name_or_dir) == "default":
-        return default_checkpoint()
+    """A shipped model's name (``"default"``, ``"memory"``: see :mod:`worldmodel.common.assets`) → its
+    directory; otherwise a directory holding ``model.json``."""
+    if is_shipped(name_or_dir):
+        return shipped_checkpoint(str(name_or_dir))
     p = Path(name_or_dir)
     if (p / CONFIG_NAME).is_file():
         return p

@@ -33,7 +33,7 @@ from envs.common.files import (
     verify_files,
     write_sealed_json,
 )
-from worldmodel.common.assets import default_tokenizer
+from worldmodel.common.assets import is_shipped, shipped_tokenizer
 from worldmodel.tokenizer.identity import ENCODER_PREFIXES, tokenizer_identity
 from worldmodel.tokenizer.model import FrameTokenizer, TokenizerConfig
 
@@ -185,10 +185,10 @@ def same_encoder(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 
 
 def init_tokenizer_dir(init: str) -> Path:
-    """The tokenizer of ``init=``: "default" → the shipped world model's; else a tokenizer, train-tokenizer
-    run or world-model checkpoint directory."""
-    if init == "default":
-        return default_tokenizer()
+    """The tokenizer of ``init=``: a shipped model's name ("default", "memory") → that model's; else a
+    tokenizer, train-tokenizer run or world-model checkpoint directory."""
+    if is_shipped(init):
+        return shipped_tokenizer(init)
     return resolve_tokenizer_dir(init)
 
 

@@ -32,7 +32,7 @@ from envs.dataset import (
     write_shard,
 )
 from worldmodel.common import threads
-from worldmodel.common.assets import default_tokenizer
+from worldmodel.common.assets import is_shipped, shipped_tokenizer
 from worldmodel.common.device import resolve_device
 from worldmodel.common.threads import governor
 from worldmodel.tokenizer.codec import encode_frames
@@ -182,8 +182,8 @@ def run_tokenize(cfg: Any) -> Path:
     from omegaconf import OmegaConf
 
     c = OmegaConf.to_container(cfg, resolve=True)
-    if str(c["checkpoint"]) == "default":      # the tokenizer shipped inside the default world model
-        c["checkpoint"] = str(default_tokenizer())
+    if is_shipped(c["checkpoint"]):            # the tokenizer shipped inside that world model
+        c["checkpoint"] = str(shipped_tokenizer(str(c["checkpoint"])))
     governor(int(c.get("threads") or 0))      # 0: adapt to the cores other processes leave free
     out = tokenize_dataset(c["data"], c["checkpoint"], c["out"], batch_size=int(c["batch_size"]),
                            device=str(c["device"]), overwrite=bool(c["overwrite"]))

@@ -128,7 +128,7 @@ class TrainConfig:
     progress: bool = True
     vocab_size: int = 0             # 0 = from the dataset's tokenizer (needed only for tokenizer-less data)
     tokenizer: str = ""             # override the tokenizer directory recorded in the dataset
-    init: str = ""                  # fine-tune: start from this checkpoint's weights (default | DIR)
+    init: str = ""                  # fine-tune: start from this checkpoint's weights (default | memory | DIR)
 
     # allowed ranges and choices (types come from the annotations above; see envs.common.config_check)
     CHECKS: ClassVar[dict[str, Check]] = {

@@ -1,27 +1,37 @@
-"""The shipped default model: intact files, loads as checkpoint="default", dreams (the main job's pieces)."""
+"""The shipped models: intact files, load as checkpoint="default" / "memory", dream (the main job's pieces),
+and the memory model comes back to the view it left."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from envs.common.errors import CheckpointError
 from tests.json_paths import absolute_paths
-from worldmodel.common.assets import DEFAULT_CHECKPOINT
+from worldmodel.common.assets import ASSETS, DEFAULT_CHECKPOINT, MEMORY_CHECKPOINT, SHIPPED
 from worldmodel.dream.verb import DreamConfig, dream
 from worldmodel.model.checkpoint import load_world_model, resolve_checkpoint
 from worldmodel.model.export import verify_release
 
 
-def test_shipped_files_match_their_recorded_sha256_and_fit_the_size_limit():
-    files = verify_release(DEFAULT_CHECKPOINT)
-    total = sum((DEFAULT_CHECKPOINT / f).stat().st_size for f in files)
-    assert total <= 25 * 2**20, f"shipped model is {total / 2**20:.1f} MiB"
+@pytest.mark.parametrize("release", [DEFAULT_CHECKPOINT, MEMORY_CHECKPOINT], ids=["default", "memory"])
+def test_shipped_files_match_their_recorded_sha256(release):
+    files = verify_release(release)
+    assert {"model.json", "model.safetensors", "tokenizer/tokenizer.safetensors"} <= set(files)
 
 
-def test_shipped_model_json_records_no_absolute_paths_of_the_machine_that_made_it():
-    meta = json.loads((DEFAULT_CHECKPOINT / "model.json").read_text())
+def test_all_shipped_models_together_fit_the_size_limit():
+    total = sum((ASSETS / folder / f).stat().st_size for folder in SHIPPED.values()
+                for f in verify_release(ASSETS / folder))
+    assert total <= 25 * 2**20, f"shipped models are {total / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("release", [DEFAULT_CHECKPOINT, MEMORY_CHECKPOINT], ids=["default", "memory"])
+def test_shipped_model_json_records_no_absolute_paths_of_the_machine_that_made_it(release):
+    meta = json.loads((release / "model.json").read_text())
     assert absolute_paths(meta) == []
 
 
@@ -59,3 +69,33 @@ def test_tokenize_with_the_default_tokenizer(tiny_frames_dataset, tmp_path, monk
     ep = EpisodeDataset(out, "test").episode(0)
     assert tuple(ep["tokens"].shape[1:]) == tuple(tokenizer.token_grid)
     assert int(ep["tokens"].max()) < tokenizer.vocab_size
+
+
+def test_memory_loads_as_the_long_window_heading_model():
+    assert resolve_checkpoint("memory") == MEMORY_CHECKPOINT
+    model, tokenizer, meta = load_world_model("memory")
+    _, base, _ = load_world_model("default")
+    assert model.cfg.max_frames == 32 and model.cfg.heading_pairs > 0 and model.cfg.temporal == "causal"
+    assert meta["action_space"]["n"] == model.cfg.num_actions == 9
+    assert tokenizer.cfg.to_dict() == base.cfg.to_dict()          # the same tiny tokenizer as release 1
+
+
+def test_a_folder_named_like_a_shipped_model_is_refused_as_ambiguous(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "model.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"checkpoint=memory is ambiguous.*give ./memory"):
+        resolve_checkpoint("memory")
+    assert resolve_checkpoint("./memory") == Path("./memory")
+
+
+@pytest.mark.slow
+def test_memory_comes_back_to_the_view_it_left_where_release_1_does_not():
+    """15 turns left and 15 right (30 frames, beyond release 1's window) in two fresh held-out mazes."""
+    from worldmodel.evaluation.loops import loop_closure
+
+    scores = {name: loop_closure(name, loops=["turn15"], trials=2, seed=7000, threads=1)["loops"]["turn15"]
+              for name in ("memory", "default")}
+    mem, base = scores["memory"], scores["default"]
+    assert mem["return_psnr"] - mem["far_psnr"] >= 5.0, mem
+    assert mem["return_psnr"] >= base["return_psnr"] + 5.0, (mem, base)

@@ -49,16 +49,6 @@ def shipped_checkpoint(name: str = "default") -> Path:
     return p
 
 
-def default_checkpoint() -> Path:
-    """The default world model's folder; :class:`CheckpointError` when none is installed there."""
-    return shipped_checkpoint("default")
-
-
 def shipped_tokenizer(name: str = "default") -> Path:
-    """The tokenizer of the shipped model ``name`` (``init=default``, ``tokenize checkpoint=default``)."""
+    """The tokenizer of the shipped model ``name`` (``init=default``, ``tokenize checkpoint=memory``)."""
     return shipped_checkpoint(name) / SHIPPED_TOKENIZER
-
-
-def default_tokenizer() -> Path:
-    """The tokenizer of the default world model."""
-    return shipped_tokenizer("default")

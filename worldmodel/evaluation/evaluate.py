@@ -289,11 +289,16 @@ def run_experiment(cfg: EvalConfig, ckpt: Checkpoint, exp: Experiment, real: Rea
     return rows
 
 
+def results_file(path: str) -> Path:
+    """An eval's results.json: ``path`` itself, or the results.json in the folder ``path``."""
+    f = Path(path)
+    return f / "results.json" if f.is_dir() else f
+
+
 def read_results(path: str, name: str = "") -> Any:
     """The JSON of an eval's results.json, given it or the folder holding it; ``name`` (a key such as
     "pair_with=") prefixes the errors, so that they name what the user gave."""
-    f = Path(path)
-    f = f / "results.json" if f.is_dir() else f
+    f = results_file(path)
     try:
         return json.loads(f.read_text())
     except FileNotFoundError:
@@ -308,7 +313,7 @@ def load_earlier(path: str) -> dict | None:
     if not path:
         return None
     earlier = read_results(path, "pair_with=")
-    f = Path(path)
+    f = results_file(path)
     if not isinstance(earlier, dict) or not {"settings", "videos", "rows"} <= earlier.keys():
         raise ConfigError(f"pair_with={path}: {f} is not a `maskflow eval` results.json")
     if not any("psnr_bands_new_view" in r for r in earlier["rows"]):

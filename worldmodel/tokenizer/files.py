@@ -184,12 +184,16 @@ def same_encoder(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return a.get("weights_sha256") == b.get("weights_sha256")
 
 
+def named_tokenizer(name: str | os.PathLike) -> Path:
+    """A shipped model's name ("default", "memory") → the tokenizer shipped inside it; any other value is a
+    path, returned unchecked (callers resolve it and name the key in their errors)."""
+    return shipped_tokenizer(str(name)) if is_shipped(name) else Path(name)
+
+
 def init_tokenizer_dir(init: str) -> Path:
-    """The tokenizer of ``init=``: a shipped model's name ("default", "memory") → that model's; else a
-    tokenizer, train-tokenizer run or world-model checkpoint directory."""
-    if is_shipped(init):
-        return shipped_tokenizer(init)
-    return resolve_tokenizer_dir(init)
+    """The tokenizer of ``init=``: a shipped model's name → that model's; else a tokenizer, train-tokenizer run
+    or world-model checkpoint directory."""
+    return resolve_tokenizer_dir(named_tokenizer(init))
 
 
 def load_init(model: FrameTokenizer, init: str) -> dict[str, Any]:

@@ -32,13 +32,13 @@ from envs.dataset import (
     write_shard,
 )
 from worldmodel.common import threads
-from worldmodel.common.assets import is_shipped, shipped_tokenizer
 from worldmodel.common.device import resolve_device
 from worldmodel.common.threads import governor
 from worldmodel.tokenizer.codec import encode_frames
 from worldmodel.tokenizer.files import (
     identity_of_dir,
     load_tokenizer,
+    named_tokenizer,
     read_tokenizer_meta,
     resolve_tokenizer_dir,
     same_encoder,
@@ -182,8 +182,7 @@ def run_tokenize(cfg: Any) -> Path:
     from omegaconf import OmegaConf
 
     c = OmegaConf.to_container(cfg, resolve=True)
-    if is_shipped(c["checkpoint"]):            # the tokenizer shipped inside that world model
-        c["checkpoint"] = str(shipped_tokenizer(str(c["checkpoint"])))
+    c["checkpoint"] = str(named_tokenizer(c["checkpoint"]))     # "default"/"memory": the tokenizer shipped inside
     governor(int(c.get("threads") or 0))      # 0: adapt to the cores other processes leave free
     out = tokenize_dataset(c["data"], c["checkpoint"], c["out"], batch_size=int(c["batch_size"]),
                            device=str(c["device"]), overwrite=bool(c["overwrite"]))

@@ -80,6 +80,16 @@ def test_memory_loads_as_the_long_window_heading_model():
     assert tokenizer.cfg.to_dict() == base.cfg.to_dict()          # the same tiny tokenizer as release 1
 
 
+def test_tokenizer_keys_take_a_shipped_name_or_a_path(tmp_path):
+    from worldmodel.tokenizer.files import init_tokenizer_dir, named_tokenizer
+
+    assert named_tokenizer("memory") == MEMORY_CHECKPOINT / "tokenizer"
+    assert init_tokenizer_dir("memory") == MEMORY_CHECKPOINT / "tokenizer"
+    assert named_tokenizer(tmp_path / "mine") == tmp_path / "mine"        # a path passes through, unchecked
+    with pytest.raises(CheckpointError, match="no tokenizer found at"):
+        init_tokenizer_dir(str(tmp_path / "mine"))
+
+
 def test_a_folder_named_like_a_shipped_model_is_refused_as_ambiguous(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "memory").mkdir()

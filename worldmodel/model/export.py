@@ -94,8 +94,9 @@ def _portable_tree(v: Any) -> Any:
 def _portable_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """``meta`` with every provenance path made :func:`portable_path`."""
     meta = dict(meta)
-    for section, keys in (("init", ("path",)), ("tokenizer", ("source",)), ("decoder_swap", ("checkpoint",)),
-                          ("train_config", ("data", "out", "init", "tokenizer"))):
+    # init's checkpoint is what init= was given: an absolute path there (a GPU run's /tmp/ft1) leaked once
+    for section, keys in (("init", ("path", "checkpoint")), ("tokenizer", ("source",)),
+                          ("decoder_swap", ("checkpoint",)), ("train_config", ("data", "out", "init", "tokenizer"))):
         rec = meta.get(section)
         if isinstance(rec, dict):
             meta[section] = {k: _portable(v) if k in keys else v for k, v in rec.items()}

@@ -53,7 +53,7 @@ def unmask_counts(num_masked: torch.Tensor, steps: int, mode: str = "arccos") ->
     every step unmasks at least one (upstream's "0 becomes 1" rule), and the rest is split in
     proportion to :func:`step_weights` by cumulative rounding (so the total is exact).
     """
-    w = step_weights(steps, mode)
+    w = step_weights(steps, mode).to(num_masked.device)                  # the samples' device (a GPU's, say)
     frac = torch.cumsum(w, 0) / w.sum()                                   # (i,) cumulative share, ends at 1
     m = num_masked.to(torch.float64).clamp(min=0)
     floor = (m >= steps).to(torch.float64) * 1.0                          # one token per step when possible

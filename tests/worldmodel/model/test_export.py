@@ -87,3 +87,13 @@ def test_release_records_no_absolute_paths_of_the_exporting_machine(tiny_world_c
     assert portable_path(tmp_path / "releases" / "rel") == "releases/rel"   # inside it: relative
     assert portable_path("runs/world") == "runs/world"
     load_world_model(rel)
+
+
+def test_an_absolute_init_given_to_training_is_not_recorded_in_the_release():
+    from worldmodel.model.export import _portable_meta
+
+    meta = _portable_meta({"init": {"checkpoint": "/tmp/ft1", "path": "/tmp/ft1", "train_step": 183},
+                           "train_config": {"init": "/tmp/ft1", "data": "runs/tokens"}})
+    assert meta["init"] == {"checkpoint": "ft1", "path": "ft1", "train_step": 183}
+    assert meta["train_config"] == {"init": "ft1", "data": "runs/tokens"}
+    assert absolute_paths(meta) == []

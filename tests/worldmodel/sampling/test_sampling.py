@@ -346,3 +346,10 @@ def test_real_model_through_the_adapter():
                    torch.randint(0, 3, (2, 9)))
     assert out.nfe == nfe_formula("mgm", 3, 4, 1, 9) == 3 * (1 + math.ceil(5 / 3))
     assert int(out.tokens.max()) < V and torch.equal(out.tokens[:, :1], ctx)
+
+
+def test_unmask_counts_stay_on_the_samples_device():
+    # the GPU training run of 2026-12-04 died here: the schedule's weights were made on the CPU while the
+    # counts came from a CUDA batch; a meta tensor catches the same mix-up without a GPU
+    counts = unmask_counts(torch.tensor([5, 40], device="meta"), 4)
+    assert counts.device.type == "meta" and counts.shape == (2, 4)

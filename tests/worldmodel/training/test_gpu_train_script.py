@@ -58,3 +58,64 @@ def test_oversized_or_missing_data_is_refused_before_training(tmp_path):
     with pytest.raises(SystemExit, match=r"holds 1.0 MiB, over --max-data-mb 0.5"):
         bench["main"](["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "cpu",
                        "--max-data-mb", "0.5"])
+
+
+BLOCKED = ("gymnasium", "hydra", "omegaconf", "moviepy", "labmaze", "tensorboard", "miniworld", "pyglet",
+           "stable_baselines3", "imageio_ffmpeg")
+
+
+def _run_script(script: Path, argv: list[str]) -> subprocess.CompletedProcess:
+    """The script as the GPU machine runs it: without the packages that machine lacks."""
+    code = ("import sys, runpy\n"
+            f"for m in {BLOCKED!r}:\n"
+            "    sys.modules[m] = None\n"
+            f"sys.argv = [{script.name!r}] + {argv!r}\n"
+            f"runpy.run_path({str(script)!r}, run_name='__main__')\n")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_init_fine_tunes_the_checkpoint_with_a_probe_sized_step_count(tiny_world_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    run = _run_script(SCRIPT, ["--data", str(tiny_world_checkpoint.parent / "tokens"), "--out", str(out),
+                               "--device", "cpu", "--init", str(tiny_world_checkpoint), "--minutes", "0.25",
+                               "--clip-len", "6", "--batch-size", "2", "--probe-steps", "2", "--threads", "1",
+                               "--heading-pairs", "0", "--return-share", "0", "--eval-every", "1000"])
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    # the probe's pace sized the run (not --max-steps), and the budget held it
+    assert summary["probe_s_per_step"] > 0 and 1 <= summary["steps"] < 1_000_000
+    assert 1 <= summary["train_summary"]["steps"] <= summary["steps"]
+    bench = {}
+    exec(compile(SCRIPT.read_text(), str(SCRIPT), "exec"), bench)
+    from worldmodel.model.checkpoint import load_world_model
+
+    model, _, meta = load_world_model(bench["main"](["--join", str(out), "--into", str(tmp_path / "world")]))
+    base, _, _ = load_world_model(tiny_world_checkpoint)
+    # the init's architecture, its window widened to --clip-len, and the init recorded
+    assert model.cfg.dim == base.cfg.dim and model.cfg.max_frames == 6
+    assert meta["init"]["checkpoint"] == str(tiny_world_checkpoint)
+
+
+@pytest.mark.slow
+def test_tokenizer_script_trains_packs_and_joins(tiny_frames_dataset, tmp_path):
+    script = ROOT / "benchmarks" / "gpu_tokenizer.py"
+    out = tmp_path / "out"
+    run = _run_script(script, ["--data", str(tiny_frames_dataset), "--out", str(out), "--device", "cpu",
+                               "--minutes", "0.3", "--size", "tiny", "--batch-size", "4", "--probe-steps", "2",
+                               "--eval-reserve-s", "3", "--final-eval-frames", "16", "--part-mb", "0.2"])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("release.tar.part")) == [
+        "curves.png", "pack.json", "samples.png"]
+    bench = {"__file__": str(script)}      # it imports its sibling gpu_train.py from its own folder
+    exec(compile(script.read_text(), str(script), "exec"), bench)
+    into = bench["main"](["--join", str(out), "--into", str(tmp_path / "tok")])
+    gpu = json.loads((into / "gpu_summary.json").read_text())
+    assert gpu["device"] == "cpu" and 1 <= gpu["summary"]["steps"] <= gpu["planned_steps"] < 200_000
+    assert 0 < gpu["summary"]["eval"]["psnr"] < 60
+    from worldmodel.tokenizer.files import load_tokenizer
+
+    assert load_tokenizer(into / "tokenizer").token_grid == tuple(gpu["summary"]["token_grid"])
+    with pytest.raises(SystemExit, match="not a frames dataset"):
+        bench["main"](["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "cpu"])

@@ -28,21 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_train import add_transfer_args, check_inputs, join_tar, pack  # noqa: E402  (the sibling script: one packing format)
-
-
-def probe_pace(log: Path, fallback: float) -> float:
-    """Seconds per step over the last two thirds of a probe's train_log.csv (cumulative ``time`` per step)."""
-    import csv
-
-    try:
-        rows = [r for r in csv.DictReader(log.open()) if r.get("time")]
-        k = len(rows) // 3
-        if len(rows) - k < 2:
-            return fallback
-        return (float(rows[-1]["time"]) - float(rows[k]["time"])) / (float(rows[-1]["step"]) - float(rows[k]["step"]))
-    except (OSError, ValueError, KeyError, ZeroDivisionError):
-        return fallback
+from gpu_train import add_transfer_args, check_inputs, join_tar, pack, probe_pace  # noqa: E402  (the sibling script: one packing format)
 
 
 def train_and_pack(args: argparse.Namespace) -> dict[str, Any]:
@@ -75,7 +61,7 @@ def train_and_pack(args: argparse.Namespace) -> dict[str, Any]:
             probe = train_tokenizer(config(args.probe_steps, 0.0, disc_start=0, disc_ramp=1, warmup=1, log_every=1),
                                     train, None, Path(tmp) / "probe")
             probe_s = max(1e-4, probe_pace(Path(tmp) / "probe" / "train_log.csv",
-                                           probe["train_seconds"] / max(1, probe["steps"])))
+                                           probe["train_seconds"] / max(1, probe["steps"]), "time", 1 / 3))
             # leave room for the evals on the way and the final one
             left = 60 * args.minutes - (time.time() - t0) - args.eval_reserve_s
             steps = max(10, min(args.max_steps, int(0.92 * left / probe_s)))

@@ -30,6 +30,7 @@ import argparse
 import hashlib
 import io
 import json
+import math
 import shutil
 import tarfile
 import tempfile
@@ -94,14 +95,20 @@ def join(folder: Path, into: Path) -> Path:
     return into
 
 
-def probe_pace(log: Path, fallback: float) -> float:
-    """Seconds per step in the last window of a probe's train_log.csv (``step_s``); ``fallback`` without one."""
+def probe_pace(log: Path, fallback: float, column: str, skip: float) -> float:
+    """Seconds per step of a probe's later steps: from its train_log.csv, the cumulative seconds ``column``
+    differenced between the row ending the first ``skip`` share of the rows and the last row (a probe's
+    first steps pay for CUDA's start and kernel autotuning). ``fallback`` where the log cannot say."""
     import csv
 
     try:
-        rows = list(csv.DictReader(log.open()))
-        return float(rows[-1]["step_s"]) if rows and rows[-1].get("step_s") else fallback
-    except (OSError, ValueError, KeyError):
+        rows = [r for r in csv.DictReader(log.open()) if r.get(column)]
+        k = max(0, math.ceil(len(rows) * skip) - 1)
+        if len(rows) - k < 2:
+            return fallback
+        return ((float(rows[-1][column]) - float(rows[k][column]))
+                / (float(rows[-1]["step"]) - float(rows[k]["step"])))
+    except (OSError, ValueError, KeyError, ZeroDivisionError):
         return fallback
 
 
@@ -164,7 +171,7 @@ def train_and_pack(args: argparse.Namespace) -> dict[str, Any]:
             half = max(1, args.probe_steps // 2)
             probe = train(config(Path(tmp) / "probe", 2 * half, 0.0, log_every=half))
             probe_s = max(1e-3, probe_pace(Path(tmp) / "probe" / "train_log.csv",
-                                           probe["elapsed_s"] / max(1, probe["steps"])))
+                                           probe["elapsed_s"] / max(1, probe["steps"]), "elapsed_s", 0.5))
             left = 60 * args.minutes - (time.time() - t0)
             steps = max(1, min(args.max_steps, int(0.9 * left / probe_s)))
             shutil.rmtree(Path(tmp) / "probe")

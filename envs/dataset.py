@@ -146,20 +146,27 @@ def compact_dataset(src: str | os.PathLike, dst: str | os.PathLike, episodes: di
         raise DatasetError(f"{dst} exists; compact_dataset writes a new folder")
     manifest = load_manifest(src)
     keep = dict(episodes or {})
+    splits = sorted({s["split"] for s in manifest["shards"]})
+    bad = {k: v for k, v in keep.items() if k not in splits or not isinstance(v, int) or v < 0}
+    if bad:
+        raise DatasetError(f"compact_dataset episodes={bad}: each key must be a split of {src} ({splits}) "
+                           "and each value a count >= 0")
     out = {k: v for k, v in manifest.items() if k != "shards"}
     out.update(shards=[], complete=False,
                compacted_from={"path": str(src), "episodes": keep, "compression": compression})
     dst.mkdir(parents=True)
-    for split in sorted({s["split"] for s in manifest["shards"]}):
+    for split in splits:
         ds = EpisodeDataset(src, split)
-        n = min(len(ds), keep.get(split, len(ds)))
-        for j, i in enumerate(range(0, n, 8)):
-            chunk = [ds.episode(k) for k in range(i, min(n, i + 8))]
-            rel = shard_name(split, j)
-            write_shard(dst / rel, chunk, manifest["kind"], manifest["env_id"], manifest["action_meanings"],
-                        compression=compression)
-            add_shard(dst, out, rel, split, chunk)
-        ds.close()
+        try:
+            n = min(len(ds), keep.get(split, len(ds)))
+            for j, i in enumerate(range(0, n, 8)):
+                chunk = [ds.episode(k) for k in range(i, min(n, i + 8))]
+                rel = shard_name(split, j)
+                write_shard(dst / rel, chunk, manifest["kind"], manifest["env_id"], manifest["action_meanings"],
+                            compression=compression)
+                add_shard(dst, out, rel, split, chunk)
+        finally:
+            ds.close()          # an error mid-copy leaves no h5 handle open (dst stays incomplete, refused)
     out["complete"] = True
     write_manifest(dst, out)
     return dst

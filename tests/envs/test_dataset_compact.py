@@ -40,3 +40,12 @@ def test_compact_keeps_episodes_and_records_and_shrinks(tmp_path):
     assert sum(s["bytes"] for s in m_dst["shards"] if s["split"] == "train") < src_bytes
     with pytest.raises(DatasetError, match="exists"):
         compact_dataset(src, dst)
+
+
+def test_compact_refuses_an_unknown_split_or_count_before_writing(tmp_path):
+    src = write_dataset(tmp_path / "src", _episodes(2, 0), "train", action_meanings=("a", "b", "c"))
+    with pytest.raises(DatasetError, match=r"'val'.*\['train'\]"):
+        compact_dataset(src, tmp_path / "dst", {"val": 2})
+    with pytest.raises(DatasetError, match="count >= 0"):
+        compact_dataset(src, tmp_path / "dst", {"train": -1})
+    assert not (tmp_path / "dst").exists()

@@ -46,6 +46,7 @@ def train_and_pack(args: argparse.Namespace) -> dict[str, Any]:
         keys = dict(size=args.size, steps=steps, batch_size=args.batch_size, lr=args.lr,
                     warmup=min(args.warmup, steps // 10), disc_start=int(args.disc_start * steps),
                     disc_ramp=max(1, int(args.disc_ramp * steps)), disc_weight=args.disc_weight,
+                    quant_weight=args.quant_weight,
                     eval_every=max(1, steps // args.evals), ckpt_every=steps, log_every=max(1, steps // 200),
                     final_eval_frames=args.final_eval_frames, device=args.device, seed=args.seed,
                     max_minutes=minutes)
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | Path:
     p.add_argument("--disc-start", type=float, default=0.4, help="share of the steps before the patch GAN joins")
     p.add_argument("--disc-ramp", type=float, default=0.05, help="share of the steps over which its weight ramps")
     p.add_argument("--disc-weight", type=float, default=0.1)
+    p.add_argument("--quant-weight", type=float, default=0.03,
+                   help="FSQ's pull to the bin centres: higher keeps token ids steadier (stability) at some PSNR")
     p.add_argument("--evals", type=int, default=4, help="held-out evaluations during the run")
     p.add_argument("--final-eval-frames", type=int, default=8192)
     p.add_argument("--eval-reserve-s", type=float, default=25.0, help="seconds kept back for the evaluations")

@@ -95,10 +95,11 @@ def join(folder: Path, into: Path) -> Path:
     return into
 
 
-def probe_pace(log: Path, fallback: float, column: str, skip: float) -> float:
-    """Seconds per step of a probe's later steps: from its train_log.csv, the cumulative seconds ``column``
-    differenced between the row ending the first ``skip`` share of the rows and the last row (a probe's
-    first steps pay for CUDA's start and kernel autotuning). ``fallback`` where the log cannot say."""
+def probe_pace(log: Path, fallback: float, column: str, skip: float, cumulative: bool = True) -> float:
+    """Seconds per step of a probe's later steps, from its train_log.csv: the rows after the first ``skip`` share
+    (a probe's first steps pay for CUDA's start and kernel autotuning). ``column`` holds cumulative seconds
+    (differenced over those steps) or, with ``cumulative=False``, each logging window's seconds per step
+    (averaged; the world model's ``step_s`` is timed after a device sync). ``fallback`` where the log cannot say."""
     import csv
 
     try:
@@ -106,6 +107,8 @@ def probe_pace(log: Path, fallback: float, column: str, skip: float) -> float:
         k = max(0, math.ceil(len(rows) * skip) - 1)
         if len(rows) - k < 2:
             return fallback
+        if not cumulative:
+            return sum(float(r[column]) for r in rows[k + 1:]) / (len(rows) - k - 1)
         return ((float(rows[-1][column]) - float(rows[k][column]))
                 / (float(rows[-1]["step"]) - float(rows[k]["step"])))
     except (OSError, ValueError, KeyError, ZeroDivisionError):
@@ -171,7 +174,8 @@ def train_and_pack(args: argparse.Namespace) -> dict[str, Any]:
             half = max(1, args.probe_steps // 2)
             probe = train(config(Path(tmp) / "probe", 2 * half, 0.0, log_every=half))
             probe_s = max(1e-3, probe_pace(Path(tmp) / "probe" / "train_log.csv",
-                                           probe["elapsed_s"] / max(1, probe["steps"]), "elapsed_s", 0.5))
+                                           probe["elapsed_s"] / max(1, probe["steps"]), "step_s", 0.5,
+                                           cumulative=False))
             left = 60 * args.minutes - (time.time() - t0)
             steps = max(1, min(args.max_steps, int(0.9 * left / probe_s)))
             shutil.rmtree(Path(tmp) / "probe")

@@ -131,7 +131,7 @@ def test_probe_pace_times_the_later_steps_and_falls_back(tmp_path):
     log.write_text("step,time,loss\n2,10.0,1\n4,11.0,1\n6,12.0,1\n8,13.0,1\n10,14.0,1\n12,15.0,1\n")
     assert pace(log, 99.0, "time", 1 / 3) == pytest.approx(0.5)
     assert pace(log, 99.0, "time", 0.0) == pytest.approx(0.5)       # from the first row on: still later steps
-    log.write_text("step,elapsed_s\n4,20.0\n8,22.0\n")                # the world model's two probe halves
-    assert pace(log, 99.0, "elapsed_s", 0.5) == pytest.approx(0.5)
-    assert pace(log, 99.0, "step_s", 0.5) == 99.0                     # no such column
+    log.write_text("step,step_s\n4,5.0\n8,0.5\n")                   # the world model's two probe halves
+    assert pace(log, 99.0, "step_s", 0.5, cumulative=False) == pytest.approx(0.5)
+    assert pace(log, 99.0, "time", 0.5) == 99.0                       # no such column
     assert pace(tmp_path / "missing.csv", 7.0, "time", 0.5) == 7.0

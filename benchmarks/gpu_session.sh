@@ -33,12 +33,14 @@ TOK=worldmodel/assets/world_model_memory/tokenizer
 timeout $CAP $PY benchmarks/gpu_train.py --data $C/tokens --out $W/ft --init memory --tokenizer $TOK \
   --minutes $MIN --lr ${LR:-4e-4} --batch-size ${BS:-128} --seed 11 --threads $T --device $DEV > $W/ft/log.txt 2>&1 &
 P1=$!
-timeout $CAP $PY benchmarks/gpu_tokenizer.py --data $C/frames --out $W/tok --minutes $MIN --size ${TSIZE:-small} \
-  --batch-size ${TBS:-128} --lr 8e-4 --eval-reserve-s ${RES:-40} --device $DEV > $W/tok/log.txt 2>&1 &
+tok() {  # a tokenizer recipe into $W/$1: the shared settings, then the recipe's own flags
+  local out=$W/$1; shift
+  timeout $CAP $PY benchmarks/gpu_tokenizer.py --data $C/frames --out $out --minutes $MIN --size ${TSIZE:-small} \
+    --batch-size ${TBS:-128} --lr 8e-4 --eval-reserve-s ${RES:-40} --device $DEV "$@" > $out/log.txt 2>&1
+}
+tok tok &
 P2=$!
-timeout $CAP $PY benchmarks/gpu_tokenizer.py --data $C/frames --out $W/tok2 --minutes $MIN --size ${TSIZE:-small} \
-  --batch-size ${TBS:-128} --lr 8e-4 --disc-start 0.6 --quant-weight 0.1 --seed 4 --eval-reserve-s ${RES:-40} \
-  --device $DEV > $W/tok2/log.txt 2>&1 &
+tok tok2 --disc-start 0.6 --quant-weight 0.1 --seed 4 &
 P3=$!
 (while sleep 60; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null; done) &
 P4=$!

@@ -5,8 +5,9 @@ On disk a policy is two files, never a pickle:
 - ``policy.safetensors``: the weights of SB3's ``ActorCriticCnnPolicy`` (NatureCNN features shared by actor
   and critic; the aliases SB3 keeps under three names are stored once and listed in the metadata);
 - ``policy.json``: ``format: maskflow-policy``, the observation space (channels first, as SB3 trains on
-  images) and action space, the env it acts in (``env_id``, ``env_kwargs``, action meanings) and the
-  run's stats, sealed with the weights' sha256 (checked on every load).
+  images; ``frame_stack`` frames of the env's view stacked along c, oldest first), the sampling
+  ``temperature`` it acts at, the action space, the env it acts in (``env_id``, ``env_kwargs``, action
+  meanings) and the run's stats, sealed with the weights' sha256 (checked on every load).
 
 :func:`load_policy` rebuilds the network from those alone. :func:`goal_rate` plays any actor (a loaded
 policy, or a collection policy such as the random walk) in held-out mazes (odd maze seeds, never trained
@@ -38,8 +39,10 @@ def _obs_space(shape: list[int]):
 
 
 def save_policy(policy, out: str | Path, env_id: str, env_kwargs: dict | None, meanings: tuple[str, ...],
-                stats: dict[str, Any] | None = None) -> Path:
-    """Write ``policy`` (an SB3 ``ActorCriticCnnPolicy``) as ``policy.safetensors`` + ``policy.json`` in ``out``."""
+                stats: dict[str, Any] | None = None, frame_stack: int = 1, temperature: float = 1.0) -> Path:
+    """Write ``policy`` (an SB3 ``ActorCriticCnnPolicy``) as ``policy.safetensors`` + ``policy.json`` in ``out``;
+    ``frame_stack``: how many of the env's frames it sees at once (its observation's c is that many times the
+    env's); ``temperature``: what it acts at in real mazes (:class:`PolicyActor`)."""
     from envs.common.files import save_weights, write_sealed_json
 
     out = Path(out)
@@ -58,7 +61,8 @@ def save_policy(policy, out: str | Path, env_id: str, env_kwargs: dict | None, m
         "format": POLICY_FORMAT, "format_version": POLICY_VERSION, "policy": "sb3 ActorCriticCnnPolicy",
         "observation_shape": list(policy.observation_space.shape), "actions": int(policy.action_space.n),
         "action_meanings": list(meanings), "env_id": env_id, "env_kwargs": dict(env_kwargs or {}),
-        "aliases": aliases, "stats": stats or {}}, files=("policy.safetensors",))
+        "frame_stack": int(frame_stack), "temperature": float(temperature), "aliases": aliases, "stats": stats or {}},
+        files=("policy.safetensors",))
     return out
 
 
@@ -102,30 +106,66 @@ def load_policy(path: str | Path):
 @dataclass
 class PolicyActor:
     """A policy as an ``act(obs, info) -> int`` actor (what collection and held-out plays call).
-    ``deterministic=False`` samples the policy's action distribution, as it acted in training."""
+    ``deterministic=False`` samples the policy's action distribution at ``temperature`` (its logits divided by
+    it: 1 = as it acted in training; below 1 sharper, towards the most likely action that ``deterministic=True``
+    always takes, where a memoryless policy can loop for ever).
+
+    ``frame_stack`` > 1: the policy sees the last that many frames stacked along c (y x c, oldest first), the
+    frames before an episode's first zeros, as SB3's ``VecFrameStack`` showed them in training; call
+    :meth:`reset` at every episode's start."""
 
     policy: Any
     deterministic: bool = False
+    frame_stack: int = 1
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        self._stack: np.ndarray | None = None
 
     def act(self, obs, info: dict | None = None) -> int:
-        return int(self.policy.predict(np.asarray(obs), deterministic=self.deterministic)[0])
+        obs = np.asarray(obs)
+        if self.frame_stack > 1:
+            c = obs.shape[-1]
+            if self._stack is None:
+                self._stack = np.zeros((*obs.shape[:-1], c * self.frame_stack), obs.dtype)
+            self._stack = np.roll(self._stack, -c, axis=-1)     # y x (k c): drop the oldest, newest last
+            self._stack[..., -c:] = obs
+            obs = self._stack
+        if self.deterministic or self.temperature == 1.0:
+            return int(self.policy.predict(obs, deterministic=self.deterministic)[0])
+        import torch
+
+        x, _ = self.policy.obs_to_tensor(obs)
+        with torch.no_grad():
+            logits = self.policy.get_distribution(x).distribution.logits[0]              # (actions,)
+        return int(torch.multinomial(torch.softmax(logits / self.temperature, -1), 1))
 
     def reset(self, seed: int | None = None) -> None:
+        self._stack = None
         if seed is not None:
             import torch
 
             torch.manual_seed(seed)
 
 
+def policy_actor(path: str | Path, deterministic: bool = False) -> PolicyActor:
+    """The saved policy in ``path`` as an actor, seeing as many frames at once as it was trained on and acting
+    at the temperature it was saved with."""
+    policy, meta = load_policy(path)
+    return PolicyActor(policy, deterministic, int(meta.get("frame_stack", 1)), float(meta.get("temperature", 1.0)))
+
+
 def goal_rate(actor: Any, env_id: str, env_kwargs: dict | None, episodes: int, seed: int,
-              episode_steps: int = 300, actor_seed: int = 0) -> dict[str, Any]:
+              episode_steps: int = 300, actor_seed: int = 0, training_mazes: bool = False) -> dict[str, Any]:
     """Goal reaches per 1,000 real steps of ``actor`` (an ``act(obs, info)`` object or a collection policy's
     name) over ``episodes`` episodes of ``episode_steps`` steps in held-out mazes; episode e plays the maze of
-    seed ``seed + e`` (odd maze seed), so every actor is scored on the same mazes and spawns."""
+    seed ``seed + e`` (odd maze seed), so every actor is scored on the same mazes and spawns.
+    ``training_mazes=True`` plays the even maze seeds instead: for choosing settings without touching the
+    held-out mazes."""
     import gymnasium as gym
 
     import envs  # noqa: F401  (registers the env ids)
-    from envs.heldout import play_heldout
+    from envs.heldout import play_heldout, play_maze
 
     if episodes < 1:
         raise ConfigError(f"eval_episodes={episodes} must be >= 1")
@@ -136,14 +176,19 @@ def goal_rate(actor: Any, env_id: str, env_kwargs: dict | None, episodes: int, s
         for e in range(episodes):
             if hasattr(actor, "reset"):
                 actor.reset(actor_seed * 1_000_003 + seed + e)
-            play = play_heldout(env, episode_steps, seed + e, actor, on_end="stop")
+            if training_mazes:                      # the even maze seed 2 (seed + e)
+                pin = {"maze_seed": 2 * (seed + e)} if hasattr(env.unwrapped, "fixed_maze_seed") else None
+                play = play_maze(env, episode_steps, seed + e, actor, pin, on_end="stop")
+            else:
+                play = play_heldout(env, episode_steps, seed + e, actor, on_end="stop")
             reaches.append(int((play.rewards > 0).sum()))
             steps += len(play.frames) - 1
     finally:
         env.close()
     per_episode = np.asarray(reaches, np.float64) * 1000.0 / episode_steps
     return {"reaches_per_1000": 1000.0 * sum(reaches) / max(steps, 1), "reaches": int(sum(reaches)),
-            "steps": steps, "episodes": episodes, "seed": seed,
+            "steps": steps, "episodes": episodes, "seed": seed, "training_mazes": training_mazes,
+            "per_episode_reaches": reaches,
             "per_episode_sd": float(per_episode.std(ddof=1)) if episodes > 1 else 0.0}
 
 
@@ -151,8 +196,8 @@ def play_policy(path: str | Path, episodes: int = 3, seed: int = 0, video: str |
                 deterministic: bool = False, episode_steps: int = 300) -> dict[str, Any]:
     """Play a saved policy in held-out mazes of its env: goal reaches per 1,000 steps, and optionally an
     mp4 of the first episode at ``video``."""
-    policy, meta = load_policy(path)
-    actor = PolicyActor(policy, deterministic)
+    meta = read_policy_meta(path)
+    actor = policy_actor(path, deterministic)
     result = goal_rate(actor, meta["env_id"], meta.get("env_kwargs"), episodes, seed, episode_steps)
     if video:
         import gymnasium as gym
@@ -163,6 +208,7 @@ def play_policy(path: str | Path, episodes: int = 3, seed: int = 0, video: str |
 
         env = gym.make(meta["env_id"], **{**dict(meta.get("env_kwargs") or {}), "max_episode_steps": episode_steps})
         try:
+            actor.reset(seed)
             play = play_heldout(env, episode_steps, seed, actor, on_end="stop")
         finally:
             env.close()

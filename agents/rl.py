@@ -72,6 +72,10 @@ class RLConfig:
     end_on_reward: bool = True      # a dreamed reach ends the dream, as the real respawn starts afresh (else a
                                     # policy can learn to stand at a dreamed goal that pays frame after frame)
     steps_per_frame: int = 0        # MGM passes per dreamed frame (0 = the dream env's default)
+    frame_stack: int = 1            # frames the policy sees at once (SB3 VecFrameStack; 4 as in Atari), so a
+                                    # memoryless CNN sees motion and where it just came from; also for (b)
+    act_temperature: float = 1.0    # the policy samples its actions in the real maze (collection, evaluation,
+                                    # `maskflow play`) at this temperature; < 1 sharper; also for (b)
     n_steps: int = 64               # PPO rollout length per dream
     batch_size: int = 256
     epochs: int = 4
@@ -91,7 +95,8 @@ class RLConfig:
         "dream_steps": at_least(1), "dream_envs": at_least(1), "horizon": at_least(1),
         "reward_starts": within(0, 1), "reward_lead": at_least(1),
         "reward_threshold": within(0, 1, hi_open=True),
-        "steps_per_frame": at_least(0, "0 = the dream default"), "n_steps": at_least(2), "batch_size": at_least(2),
+        "steps_per_frame": at_least(0, "0 = the dream default"), "frame_stack": at_least(1),
+        "act_temperature": above(0), "n_steps": at_least(2), "batch_size": at_least(2),
         "epochs": at_least(1), "lr": above(0), "ent_coef": at_least(0), "gamma": above(0),
         "eval_episodes": at_least(1), "eval_seed": SEED, "seed": SEED, "threads": THREADS,
         "first_policy": one_of("random_walk", "uniform"),
@@ -173,11 +178,15 @@ def world_meta(checkpoint: str) -> dict[str, Any]:
 
 
 def make_ppo(env, cfg: RLConfig, init_policy: str | None, device: str = "cpu"):
-    """SB3 PPO over ``env`` with ``cfg``'s settings, starting from the policy folder ``init_policy`` if any."""
+    """SB3 PPO over ``env`` (its frames stacked ``cfg.frame_stack`` deep) with ``cfg``'s settings, starting from
+    the policy folder ``init_policy`` if any."""
     from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecFrameStack
 
     from envs.common.files import load_state_dict_strict
 
+    if cfg.frame_stack > 1:                         # y x (k c), oldest first; zeros before an episode's first
+        env = VecFrameStack(env, cfg.frame_stack, channels_order="last")
     model = PPO("CnnPolicy", env, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.epochs,
                 learning_rate=cfg.lr, ent_coef=cfg.ent_coef, gamma=cfg.gamma, seed=cfg.seed, device=device,
                 verbose=0)
@@ -248,7 +257,7 @@ def finetune_world(cfg: RLConfig, init: str, data: list[str], out: Path, seed: i
 
 def run_round(cfg: RLConfig, r: int, out: Path, world: str, policy_dir: str | None, meta: dict) -> dict[str, Any]:
     """Round ``r``: collect, fine-tune, train in the dream, evaluate; returns its log row."""
-    from agents.policy import PolicyActor, goal_rate, load_policy, save_policy
+    from agents.policy import PolicyActor, goal_rate, policy_actor, save_policy
     from envs.policies import make_policy
     from worldmodel.tokenizer.tokenize import tokenize_dataset
 
@@ -257,7 +266,7 @@ def run_round(cfg: RLConfig, r: int, out: Path, world: str, policy_dir: str | No
     if policy_dir is None:
         actor: Any = make_policy(cfg.first_policy, meta["meanings"], seed=cfg.seed)
     else:
-        actor = PolicyActor(load_policy(policy_dir)[0])
+        actor = policy_actor(policy_dir)
     collected = collect_real(actor, meta["env_id"], meta["env_kwargs"], cfg.collect_steps, cfg.episode_steps,
                              cfg.seed * 1000 + r, rdir / "frames")
     tokenize_dataset(rdir / "frames", meta["tokenizer"], rdir / "tokens", overwrite=True, progress=False)
@@ -270,15 +279,16 @@ def run_round(cfg: RLConfig, r: int, out: Path, world: str, policy_dir: str | No
     threshold = cfg.reward_threshold if cfg.reward_threshold is not None else meta["reward_threshold"]
     model, dream = train_in_dream(cfg, world, cfg.dream_starts or str(rdir / "tokens"), policy_dir, threshold)
     t3 = time.perf_counter()
-    real = goal_rate(PolicyActor(model.policy), meta["env_id"], meta["env_kwargs"], cfg.eval_episodes, cfg.eval_seed,
-                     cfg.episode_steps, actor_seed=cfg.seed)
+    real = goal_rate(PolicyActor(model.policy, frame_stack=cfg.frame_stack, temperature=cfg.act_temperature),
+                     meta["env_id"], meta["env_kwargs"],
+                     cfg.eval_episodes, cfg.eval_seed, cfg.episode_steps, actor_seed=cfg.seed)
     row = {"round": r, "real_steps": (r + 1) * cfg.collect_steps, "eval_reaches_per_1000": real["reaches_per_1000"],
            "eval_reaches": real["reaches"], "eval_steps": real["steps"],
            "collect_reaches_per_1000": 1000.0 * collected["reaches"] / max(collected["steps"], 1),
            **dream, "collect_s": round(t1 - t0, 1), "world_s": round(t2 - t1, 1), "dream_s": round(t3 - t2, 1),
            "eval_s": round(time.perf_counter() - t3, 1)}
     save_policy(model.policy, rdir / "policy", meta["env_id"], meta["env_kwargs"], meta["meanings"],
-                {**row, "world": world})
+                {**row, "world": world}, frame_stack=cfg.frame_stack, temperature=cfg.act_temperature)
     return {**row, "world": world}
 
 
@@ -295,6 +305,23 @@ def rl_curves(path: Path, rows: list[dict[str, Any]]) -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     save_figure(fig, path)
+
+
+def check_out(cfg: RLConfig) -> None:
+    """Refuse ``cfg.out`` if it holds anything but an RL run with the same settings (only rounds, threads and
+    progress may change when resuming); a setting newer than the run's ``rl.json`` held its default there."""
+    from envs.common.files import read_json
+
+    out = Path(cfg.out)
+    if (out / "rl.json").exists():
+        settings = dataclasses.asdict(cfg)
+        before = {**dataclasses.asdict(RLConfig()), **read_json(out / "rl.json", "RL run settings")["settings"]}
+        differ = {k for k in settings if k not in ("rounds", "progress", "threads") and before[k] != settings[k]}
+        if differ:
+            raise ConfigError(f"{out} holds an RL run with other settings ({', '.join(sorted(differ))}); pick another "
+                              "out= (only rounds, threads and progress may change when resuming)")
+    elif out.exists() and any(out.iterdir()):
+        raise ConfigError(f"out={out} exists and is not an RL run; pick another out=")
 
 
 def run_rl(cfg: RLConfig) -> dict[str, Any]:
@@ -315,18 +342,11 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
                           "pip install -e '.[rl]' (make install does)") from None
     governor(cfg.threads)
     meta = world_meta(cfg.checkpoint)               # a bad checkpoint fails before any work
+    check_out(cfg)
     out = Path(cfg.out)
-    settings = dataclasses.asdict(cfg)
-    if (out / "rl.json").exists():
-        before = read_json(out / "rl.json", "RL run settings")["settings"]
-        differ = {k for k in settings if k not in ("rounds", "progress", "threads") and before.get(k) != settings[k]}
-        if differ:
-            raise ConfigError(f"{out} holds an RL run with other settings ({', '.join(sorted(differ))}); pick another "
-                              "out= (only rounds, threads and progress may change when resuming)")
-    elif out.exists() and any(out.iterdir()):
-        raise ConfigError(f"out={out} exists and is not an RL run; pick another out=")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "rl.json", {"format": "maskflow-rl-run", "settings": settings, "world_model": meta["path"]})
+    write_json(out / "rl.json", {"format": "maskflow-rl-run", "settings": dataclasses.asdict(cfg),
+                                 "world_model": meta["path"]})
     rows, world, policy_dir = [], meta["path"], None
     bar = tqdm(range(cfg.rounds), desc="rl rounds", disable=not cfg.progress, dynamic_ncols=True)
     for r in bar:
@@ -415,6 +435,8 @@ def baselines(checkpoint: str = "default", steps: int = 50000, seeds: tuple[int,
         t0 = time.perf_counter()
         model = ppo_real(meta["env_id"], meta["env_kwargs"], steps, dataclasses.replace(cfg, seed=s))
         rows["ppo_real"].append({"seed": s, "train_s": round(time.perf_counter() - t0, 1),
-                                 **goal_rate(PolicyActor(model.policy), meta["env_id"], meta["env_kwargs"],
+                                 **goal_rate(PolicyActor(model.policy, frame_stack=cfg.frame_stack,
+                                                         temperature=cfg.act_temperature), meta["env_id"],
+                                             meta["env_kwargs"],
                                              eval_episodes, eval_seed, cfg.episode_steps, actor_seed=s)})
     return rows

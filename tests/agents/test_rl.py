@@ -120,3 +120,98 @@ def test_baseline_actors_are_scored_on_the_same_held_out_mazes():
     assert a == b and a["steps"] == 60 and c["steps"] == 60
     with pytest.raises(ConfigError, match="eval_episodes"):
         goal_rate(make_policy("uniform", ACTION_MEANINGS), "DMLabMaze-v0", {}, 0, 7)
+
+
+def test_a_frame_stacked_policy_sees_in_the_real_env_what_vecframestack_showed_it_in_training(tmp_path):
+    import gymnasium as gym
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
+
+    import envs  # noqa: F401
+    from agents.policy import PolicyActor, load_policy, new_policy, policy_actor, save_policy
+    from envs.maze.dmlab import ACTION_MEANINGS
+
+    k = 3
+    venv = VecFrameStack(DummyVecEnv([lambda: gym.make("DMLabMaze-v0", max_episode_steps=50)]), k,
+                         channels_order="last")
+    venv.seed(5)
+    stacked = venv.reset()                                  # 1 y x (k c)
+    policy = new_policy([3 * k, 64, 64], 9)
+    actor = PolicyActor(policy, True, frame_stack=k)
+    frame = stacked[0][..., -3:]
+    actions = [1, 5, 1, 6, 7, 2]
+    for t, a in enumerate(actions):
+        actor.act(frame)
+        # the actor's stack is the training stack: zeros before the episode's first frame, the newest last
+        assert np.array_equal(actor._stack, stacked[0]), t
+        assert (actor._stack[..., : 3 * max(k - 1 - t, 0)] == 0).all()
+        stacked, _, _, _ = venv.step(np.array([a]))
+        frame = stacked[0][..., -3:]
+    venv.close()
+    # a new episode starts from zeros again
+    actor.reset(0)
+    actor.act(frame)
+    assert (actor._stack[..., :-3] == 0).all() and np.array_equal(actor._stack[..., -3:], frame)
+    # saved and loaded, the policy knows its stack depth and acts as before on the same frames
+    save_policy(policy, tmp_path / "p", "DMLabMaze-v0", {}, ACTION_MEANINGS, frame_stack=k)
+    again = policy_actor(tmp_path / "p", deterministic=True)
+    assert again.frame_stack == k and load_policy(tmp_path / "p")[1]["observation_shape"] == [3 * k, 64, 64]
+    first = PolicyActor(policy, True, frame_stack=k)
+    frames = np.random.default_rng(1).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    assert [first.act(f) for f in frames] == [again.act(f) for f in frames]
+
+
+def test_resuming_a_run_written_before_a_setting_existed_takes_that_settings_default(tmp_path):
+    from agents.rl import RLConfig, check_out
+    from envs.common.files import write_json
+
+    out = tmp_path / "rl"
+    out.mkdir()
+    settings = {k: v for k, v in RLConfig(out=str(out)).__dict__.items() if k != "frame_stack"}
+    write_json(out / "rl.json", {"format": "maskflow-rl-run", "settings": settings})
+    check_out(RLConfig(out=str(out), rounds=8))         # frame_stack's default (1) is what the old run used
+    with pytest.raises(ConfigError, match="frame_stack"):
+        check_out(RLConfig(out=str(out), frame_stack=4))
+
+
+@pytest.mark.slow
+def test_ppo_on_the_real_env_learns_and_plays_on_stacked_frames():
+    from agents.policy import PolicyActor, goal_rate
+    from agents.rl import RLConfig, ppo_real
+
+    cfg = RLConfig(frame_stack=2, n_steps=8, batch_size=16, epochs=1)
+    model = ppo_real("DMLabMaze-v0", {}, 32, cfg, envs_n=2, episode_steps=20)
+    # (b) sees what (a) sees: two frames stacked along c
+    assert model.policy.observation_space.shape == (6, 64, 64) and model.num_timesteps >= 32
+    scored = goal_rate(PolicyActor(model.policy, frame_stack=2), "DMLabMaze-v0", {}, 1, 3, 20)
+    assert scored["steps"] == 20
+    with pytest.raises(ConfigError, match="frame_stack"):
+        RLConfig(frame_stack=0).validate()
+
+
+def test_the_acting_temperature_sharpens_sampling_towards_the_most_likely_action(tmp_path):
+    import torch
+
+    from agents.policy import PolicyActor, new_policy, policy_actor, save_policy
+    from agents.rl import RLConfig
+    from envs.maze.dmlab import ACTION_MEANINGS
+
+    torch.manual_seed(0)
+    policy = new_policy([3, 64, 64], 9)
+    frames = np.random.default_rng(2).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    greedy = [PolicyActor(policy, True).act(f) for f in frames]
+    # a near-zero temperature always takes the most likely action; temperature 1 samples (a fresh policy is
+    # close to uniform over 9 actions, so 200 draws at one frame are not all one action)
+    cold = PolicyActor(policy, temperature=1e-4)
+    cold.reset(0)
+    assert [cold.act(f) for f in frames] == greedy
+    warm = PolicyActor(policy, temperature=1.0)
+    warm.reset(0)
+    assert len({warm.act(frames[0]) for _ in range(200)}) > 1
+    hot = PolicyActor(policy, temperature=3.0)
+    hot.reset(0)
+    assert len({hot.act(frames[0]) for _ in range(200)}) > 1
+    # the temperature is saved with the policy and played with it
+    save_policy(policy, tmp_path / "p", "DMLabMaze-v0", {}, ACTION_MEANINGS, temperature=0.5)
+    assert policy_actor(tmp_path / "p").temperature == 0.5
+    with pytest.raises(ConfigError, match="act_temperature"):
+        RLConfig(act_temperature=0.0).validate()

@@ -313,9 +313,8 @@ def load_earlier(path: str) -> dict | None:
     if not path:
         return None
     earlier = read_results(path, "pair_with=")
-    f = results_file(path)
     if not isinstance(earlier, dict) or not {"settings", "videos", "rows"} <= earlier.keys():
-        raise ConfigError(f"pair_with={path}: {f} is not a `maskflow eval` results.json")
+        raise ConfigError(f"pair_with={path}: {results_file(path)} is not a `maskflow eval` results.json")
     if not any("psnr_bands_new_view" in r for r in earlier["rows"]):
         raise ConfigError(f"pair_with={path}: its rows carry no per-video scores (written by an older version); "
                           "re-run that eval to pair with it")

@@ -364,6 +364,8 @@ class Latte(nn.Module):
         Computed once per frame: the sampler's passes and the commit pass the same ``actions`` storage, and
         the bank's memo is cleared when the cache changes. No branch on ``hit``: no device sync."""
         bank = cache.bank
+        # same storage and same in-place write count (torch's Tensor._version) = the same actions; a caller that
+        # refills its action buffer in place bumps _version, so the memo never serves a stale lookup
         key = (actions.data_ptr(), tuple(actions.shape), actions.stride(), actions._version, dtype)
         if bank.memo is not None and bank.memo[0] == key:
             return bank.memo[2]

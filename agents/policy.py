@@ -148,11 +148,12 @@ class PolicyActor:
             torch.manual_seed(seed)
 
 
-def policy_actor(path: str | Path, deterministic: bool = False) -> PolicyActor:
-    """The saved policy in ``path`` as an actor, seeing as many frames at once as it was trained on and acting
-    at the temperature it was saved with."""
+def policy_actor(path: str | Path, deterministic: bool = False) -> tuple[PolicyActor, dict[str, Any]]:
+    """(actor, meta): the saved policy in ``path`` as an actor, seeing as many frames at once as it was trained
+    on and acting at the temperature it was saved with, and its ``policy.json``."""
     policy, meta = load_policy(path)
-    return PolicyActor(policy, deterministic, int(meta.get("frame_stack", 1)), float(meta.get("temperature", 1.0)))
+    actor = PolicyActor(policy, deterministic, int(meta.get("frame_stack", 1)), float(meta.get("temperature", 1.0)))
+    return actor, meta
 
 
 def goal_rate(actor: Any, env_id: str, env_kwargs: dict | None, episodes: int, seed: int,
@@ -196,8 +197,7 @@ def play_policy(path: str | Path, episodes: int = 3, seed: int = 0, video: str |
                 deterministic: bool = False, episode_steps: int = 300) -> dict[str, Any]:
     """Play a saved policy in held-out mazes of its env: goal reaches per 1,000 steps, and optionally an
     mp4 of the first episode at ``video``."""
-    meta = read_policy_meta(path)
-    actor = policy_actor(path, deterministic)
+    actor, meta = policy_actor(path, deterministic)
     result = goal_rate(actor, meta["env_id"], meta.get("env_kwargs"), episodes, seed, episode_steps)
     if video:
         import gymnasium as gym

@@ -266,7 +266,7 @@ def run_round(cfg: RLConfig, r: int, out: Path, world: str, policy_dir: str | No
     if policy_dir is None:
         actor: Any = make_policy(cfg.first_policy, meta["meanings"], seed=cfg.seed)
     else:
-        actor = policy_actor(policy_dir)
+        actor = policy_actor(policy_dir)[0]
     collected = collect_real(actor, meta["env_id"], meta["env_kwargs"], cfg.collect_steps, cfg.episode_steps,
                              cfg.seed * 1000 + r, rdir / "frames")
     tokenize_dataset(rdir / "frames", meta["tokenizer"], rdir / "tokens", overwrite=True, progress=False)

@@ -127,7 +127,7 @@ def test_a_frame_stacked_policy_sees_in_the_real_env_what_vecframestack_showed_i
     from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack
 
     import envs  # noqa: F401
-    from agents.policy import PolicyActor, load_policy, new_policy, policy_actor, save_policy
+    from agents.policy import PolicyActor, new_policy, policy_actor, save_policy
     from envs.maze.dmlab import ACTION_MEANINGS
 
     k = 3
@@ -153,8 +153,8 @@ def test_a_frame_stacked_policy_sees_in_the_real_env_what_vecframestack_showed_i
     assert (actor._stack[..., :-3] == 0).all() and np.array_equal(actor._stack[..., -3:], frame)
     # saved and loaded, the policy knows its stack depth and acts as before on the same frames
     save_policy(policy, tmp_path / "p", "DMLabMaze-v0", {}, ACTION_MEANINGS, frame_stack=k)
-    again = policy_actor(tmp_path / "p", deterministic=True)
-    assert again.frame_stack == k and load_policy(tmp_path / "p")[1]["observation_shape"] == [3 * k, 64, 64]
+    again, meta = policy_actor(tmp_path / "p", deterministic=True)
+    assert again.frame_stack == k == meta["frame_stack"] and meta["observation_shape"] == [3 * k, 64, 64]
     first = PolicyActor(policy, True, frame_stack=k)
     frames = np.random.default_rng(1).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
     assert [first.act(f) for f in frames] == [again.act(f) for f in frames]
@@ -212,6 +212,6 @@ def test_the_acting_temperature_sharpens_sampling_towards_the_most_likely_action
     assert len({hot.act(frames[0]) for _ in range(200)}) > 1
     # the temperature is saved with the policy and played with it
     save_policy(policy, tmp_path / "p", "DMLabMaze-v0", {}, ACTION_MEANINGS, temperature=0.5)
-    assert policy_actor(tmp_path / "p").temperature == 0.5
+    assert policy_actor(tmp_path / "p")[0].temperature == 0.5
     with pytest.raises(ConfigError, match="act_temperature"):
         RLConfig(act_temperature=0.0).validate()

@@ -120,17 +120,22 @@ class PolicyActor:
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        self._stack: np.ndarray | None = None
+        self._stacker = None        # SB3's StackedObservations: the very stacking VecFrameStack trained with
+        self._stack: np.ndarray | None = None                                   # y x (k c): what the policy saw last
 
     def act(self, obs, info: dict | None = None) -> int:
         obs = np.asarray(obs)
         if self.frame_stack > 1:
-            c = obs.shape[-1]
-            if self._stack is None:
-                self._stack = np.zeros((*obs.shape[:-1], c * self.frame_stack), obs.dtype)
-            self._stack = np.roll(self._stack, -c, axis=-1)     # y x (k c): drop the oldest, newest last
-            self._stack[..., -c:] = obs
-            obs = self._stack
+            if self._stacker is None:               # an episode's first frame
+                from gymnasium import spaces
+                from stable_baselines3.common.vec_env.stacked_observations import StackedObservations
+
+                self._stacker = StackedObservations(1, self.frame_stack, spaces.Box(0, 255, obs.shape, obs.dtype),
+                                                    "last")
+                stacked = self._stacker.reset(obs[None])                             # 1 y x (k c)
+            else:
+                stacked, _ = self._stacker.update(obs[None], np.zeros(1, bool), [{}])
+            obs = self._stack = stacked[0]
         if self.deterministic or self.temperature == 1.0:
             return int(self.policy.predict(obs, deterministic=self.deterministic)[0])
         import torch
@@ -141,7 +146,7 @@ class PolicyActor:
         return int(torch.multinomial(torch.softmax(logits / self.temperature, -1), 1))
 
     def reset(self, seed: int | None = None) -> None:
-        self._stack = None
+        self._stacker = None
         if seed is not None:
             import torch
 
@@ -166,7 +171,7 @@ def goal_rate(actor: Any, env_id: str, env_kwargs: dict | None, episodes: int, s
     import gymnasium as gym
 
     import envs  # noqa: F401  (registers the env ids)
-    from envs.heldout import play_heldout, play_maze
+    from envs.heldout import play_heldout, play_maze, training_options
 
     if episodes < 1:
         raise ConfigError(f"eval_episodes={episodes} must be >= 1")
@@ -177,9 +182,8 @@ def goal_rate(actor: Any, env_id: str, env_kwargs: dict | None, episodes: int, s
         for e in range(episodes):
             if hasattr(actor, "reset"):
                 actor.reset(actor_seed * 1_000_003 + seed + e)
-            if training_mazes:                      # the even maze seed 2 (seed + e)
-                pin = {"maze_seed": 2 * (seed + e)} if hasattr(env.unwrapped, "fixed_maze_seed") else None
-                play = play_maze(env, episode_steps, seed + e, actor, pin, on_end="stop")
+            if training_mazes:
+                play = play_maze(env, episode_steps, seed + e, actor, training_options(env, seed + e), on_end="stop")
             else:
                 play = play_heldout(env, episode_steps, seed + e, actor, on_end="stop")
             reaches.append(int((play.rewards > 0).sum()))

@@ -102,6 +102,12 @@ class RLConfig:
         "first_policy": one_of("random_walk", "uniform"),
     }
 
+    def actor(self, policy):
+        """``policy`` (SB3) as the real maze's actor with these settings' frame stack and acting temperature."""
+        from agents.policy import PolicyActor
+
+        return PolicyActor(policy, frame_stack=self.frame_stack, temperature=self.act_temperature)
+
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first key of a wrong type or out of its range."""
         check_config(self)
@@ -125,7 +131,7 @@ def collect_real(actor: Any, env_id: str, env_kwargs: dict, steps: int, episode_
     import envs  # noqa: F401  (registers the env ids)
     from envs.common.files import atomic_dir
     from envs.dataset import write_dataset
-    from envs.heldout import env_action_meanings, play_maze
+    from envs.heldout import env_action_meanings, play_maze, training_options
 
     env = gym.make(env_id, **{**env_kwargs, "max_episode_steps": episode_steps})
     meanings = env_action_meanings(env)
@@ -133,11 +139,11 @@ def collect_real(actor: Any, env_id: str, env_kwargs: dict, steps: int, episode_
     episodes, done, reaches = [], 0, 0
     try:
         while done < steps:
-            ep_seed, maze = int(rng.integers(2**30)), 2 * int(rng.integers(2**29))      # even: a training maze
+            ep_seed, maze = int(rng.integers(2**30)), int(rng.integers(2**29))
             if hasattr(actor, "reset"):
                 actor.reset(ep_seed)
-            options = {"maze_seed": maze} if hasattr(env.unwrapped, "fixed_maze_seed") else None
-            play = play_maze(env, min(episode_steps, steps - done), ep_seed, actor, options, on_end="stop")
+            play = play_maze(env, min(episode_steps, steps - done), ep_seed, actor, training_options(env, maze),
+                             on_end="stop")
             n = len(play.frames)
             done += n - 1
             reaches += int((play.rewards > 0).sum())
@@ -257,7 +263,7 @@ def finetune_world(cfg: RLConfig, init: str, data: list[str], out: Path, seed: i
 
 def run_round(cfg: RLConfig, r: int, out: Path, world: str, policy_dir: str | None, meta: dict) -> dict[str, Any]:
     """Round ``r``: collect, fine-tune, train in the dream, evaluate; returns its log row."""
-    from agents.policy import PolicyActor, goal_rate, policy_actor, save_policy
+    from agents.policy import goal_rate, policy_actor, save_policy
     from envs.policies import make_policy
     from worldmodel.tokenizer.tokenize import tokenize_dataset
 
@@ -279,9 +285,8 @@ def run_round(cfg: RLConfig, r: int, out: Path, world: str, policy_dir: str | No
     threshold = cfg.reward_threshold if cfg.reward_threshold is not None else meta["reward_threshold"]
     model, dream = train_in_dream(cfg, world, cfg.dream_starts or str(rdir / "tokens"), policy_dir, threshold)
     t3 = time.perf_counter()
-    real = goal_rate(PolicyActor(model.policy, frame_stack=cfg.frame_stack, temperature=cfg.act_temperature),
-                     meta["env_id"], meta["env_kwargs"],
-                     cfg.eval_episodes, cfg.eval_seed, cfg.episode_steps, actor_seed=cfg.seed)
+    real = goal_rate(cfg.actor(model.policy), meta["env_id"], meta["env_kwargs"], cfg.eval_episodes, cfg.eval_seed,
+                     cfg.episode_steps, actor_seed=cfg.seed)
     row = {"round": r, "real_steps": (r + 1) * cfg.collect_steps, "eval_reaches_per_1000": real["reaches_per_1000"],
            "eval_reaches": real["reaches"], "eval_steps": real["steps"],
            "collect_reaches_per_1000": 1000.0 * collected["reaches"] / max(collected["steps"], 1),
@@ -421,7 +426,7 @@ def baselines(checkpoint: str = "default", steps: int = 50000, seeds: tuple[int,
     """Rows (b) PPO on the real env for ``steps`` real steps, (c) the exploration random walk and (d) uniform
     random actions, scored like the loop (goal reaches per 1,000 steps on the same held-out mazes for every row
     and seed: paired), per seed."""
-    from agents.policy import PolicyActor, goal_rate
+    from agents.policy import goal_rate
     from envs.policies import make_policy
 
     meta = world_meta(checkpoint)
@@ -435,8 +440,6 @@ def baselines(checkpoint: str = "default", steps: int = 50000, seeds: tuple[int,
         t0 = time.perf_counter()
         model = ppo_real(meta["env_id"], meta["env_kwargs"], steps, dataclasses.replace(cfg, seed=s))
         rows["ppo_real"].append({"seed": s, "train_s": round(time.perf_counter() - t0, 1),
-                                 **goal_rate(PolicyActor(model.policy, frame_stack=cfg.frame_stack,
-                                                         temperature=cfg.act_temperature), meta["env_id"],
-                                             meta["env_kwargs"],
+                                 **goal_rate(cfg.actor(model.policy), meta["env_id"], meta["env_kwargs"],
                                              eval_episodes, eval_seed, cfg.episode_steps, actor_seed=s)})
     return rows

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,12 @@ def per_episode(actor, meta: dict, episodes: int, seed: int, episode_steps: int)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from scipy import stats
-
     from agents.policy import PolicyActor, load_policy
     from envs.common.files import write_json
     from worldmodel.common.threads import governor
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from rl import t_interval  # benchmarks/rl.py: mean and 95 % t interval
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("policies", nargs="+", help="policy folders (policy.json + policy.safetensors)")
@@ -58,12 +60,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    for t in temps}
         rows = {}
         for t in temps:
-            d = (reaches[t] - reaches[1.0]) * 1000.0 / a.episode_steps
-            half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))) if d.std() > 0 else 0.0
+            d = t_interval(((reaches[t] - reaches[1.0]) * 1000.0 / a.episode_steps).tolist())
+            lo, hi = d["ci95"]
             rows[str(t)] = {"reaches_per_1000": float(reaches[t].sum() * 1000.0 / (a.episodes * a.episode_steps)),
-                            "vs_t1": float(d.mean()), "vs_t1_ci95": [float(d.mean()) - half, float(d.mean()) + half]}
+                            "vs_t1": d["mean"], "vs_t1_ci95": [lo, hi]}
             print(f"{path}  T={t:<5}  {rows[str(t)]['reaches_per_1000']:.2f} / 1000  "
-                  f"vs T=1: {d.mean():+.2f} [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}]", flush=True)
+                  f"vs T=1: {d['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}]", flush=True)
         result["policies"][str(path)] = rows
     if a.out:
         write_json(Path(a.out), result)

@@ -46,6 +46,11 @@ def heldout_options(env: gym.Env, seed: int) -> dict | None:
     return {"maze_seed": heldout_maze_seed(seed)} if hasattr(env.unwrapped, "fixed_maze_seed") else None
 
 
+def training_options(env: gym.Env, seed: int) -> dict | None:
+    """``reset`` options pinning the training (even) maze of ``seed``, or None for an env without maze seeds."""
+    return {"maze_seed": 2 * seed} if hasattr(env.unwrapped, "fixed_maze_seed") else None
+
+
 def env_action_meanings(env: gym.Env) -> tuple[str, ...]:
     """The env's action names (``unwrapped.action_meanings``), or "0", "1", ... for an env without names."""
     n = int(getattr(env.action_space, "n", 0) or 0)

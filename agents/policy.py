@@ -3,7 +3,9 @@
 On disk a policy is two files, never a pickle:
 
 - ``policy.safetensors``: the weights of SB3's ``ActorCriticCnnPolicy`` (NatureCNN features shared by actor
-  and critic; the aliases SB3 keeps under three names are stored once and listed in the metadata);
+  and critic; the aliases SB3 keeps under three names are stored once and listed in the metadata), or of
+  sb3-contrib's ``RecurrentActorCriticCnnPolicy`` (the same CNN, then an LSTM for the actor and one for the
+  critic: ``recurrent`` in the JSON holds their sizes);
 - ``policy.json``: ``format: maskflow-policy``, the observation space (channels first, as SB3 trains on
   images; ``frame_stack`` frames of the env's view stacked along c, oldest first), the sampling
   ``temperature`` it acts at, the action space, the env it acts in (``env_id``, ``env_kwargs``, action
@@ -38,9 +40,18 @@ def _obs_space(shape: list[int]):
     return spaces.Box(0, 255, tuple(int(s) for s in shape), np.uint8)
 
 
+def recurrent_sizes(policy) -> dict[str, Any] | None:
+    """The LSTM settings of an sb3-contrib recurrent policy (what rebuilds it), None for a feed-forward one."""
+    if not hasattr(policy, "lstm_actor"):
+        return None
+    return {"lstm_hidden_size": int(policy.lstm_output_dim), "n_lstm_layers": int(policy.lstm_actor.num_layers),
+            "shared_lstm": bool(policy.shared_lstm), "enable_critic_lstm": bool(policy.enable_critic_lstm)}
+
+
 def save_policy(policy, out: str | Path, env_id: str, env_kwargs: dict | None, meanings: tuple[str, ...],
                 stats: dict[str, Any] | None = None, frame_stack: int = 1, temperature: float = 1.0) -> Path:
-    """Write ``policy`` (an SB3 ``ActorCriticCnnPolicy``) as ``policy.safetensors`` + ``policy.json`` in ``out``;
+    """Write ``policy`` (an SB3 ``ActorCriticCnnPolicy`` or sb3-contrib ``RecurrentActorCriticCnnPolicy``) as
+    ``policy.safetensors`` + ``policy.json`` in ``out``;
     ``frame_stack``: how many of the env's frames it sees at once (its observation's c is that many times the
     env's); ``temperature``: what it acts at in real mazes (:class:`PolicyActor`)."""
     from envs.common.files import save_weights, write_sealed_json
@@ -56,9 +67,13 @@ def save_policy(policy, out: str | Path, env_id: str, env_kwargs: dict | None, m
             aliases[name] = seen[key]
         else:
             seen[key], tensors[name] = name, t.detach().cpu().contiguous()
-    save_weights(out / "policy.safetensors", tensors, metadata={"format": "sb3-ppo-cnn-policy"})
+    recurrent = recurrent_sizes(policy)
+    save_weights(out / "policy.safetensors", tensors,
+                 metadata={"format": "sb3-recurrent-ppo-cnn-lstm-policy" if recurrent else "sb3-ppo-cnn-policy"})
     write_sealed_json(out / "policy.json", {
-        "format": POLICY_FORMAT, "format_version": POLICY_VERSION, "policy": "sb3 ActorCriticCnnPolicy",
+        "format": POLICY_FORMAT, "format_version": POLICY_VERSION,
+        "policy": "sb3-contrib RecurrentActorCriticCnnPolicy" if recurrent else "sb3 ActorCriticCnnPolicy",
+        "recurrent": recurrent,
         "observation_shape": list(policy.observation_space.shape), "actions": int(policy.action_space.n),
         "action_meanings": list(meanings), "env_id": env_id, "env_kwargs": dict(env_kwargs or {}),
         "frame_stack": int(frame_stack), "temperature": float(temperature), "aliases": aliases, "stats": stats or {}},
@@ -78,13 +93,24 @@ def read_policy_meta(path: str | Path) -> dict[str, Any]:
                             ("observation_shape", "actions", "env_id", "aliases"), check_files=True)
 
 
-def new_policy(observation_shape: list[int], actions: int, learning_rate: float = 2.5e-4):
-    """A fresh SB3 ``ActorCriticCnnPolicy`` for ``observation_shape`` (c y x) images and ``actions`` choices."""
+def new_policy(observation_shape: list[int], actions: int, learning_rate: float = 2.5e-4,
+               recurrent: dict[str, Any] | None = None):
+    """A fresh SB3 ``ActorCriticCnnPolicy`` for ``observation_shape`` (c y x) images and ``actions`` choices;
+    ``recurrent`` (LSTM sizes, :func:`recurrent_sizes`): sb3-contrib's ``RecurrentActorCriticCnnPolicy``."""
     from gymnasium import spaces
-    from stable_baselines3.common.policies import ActorCriticCnnPolicy
 
-    return ActorCriticCnnPolicy(_obs_space(observation_shape), spaces.Discrete(int(actions)),
-                                lambda _: learning_rate)
+    if recurrent is None:
+        from stable_baselines3.common.policies import ActorCriticCnnPolicy
+
+        return ActorCriticCnnPolicy(_obs_space(observation_shape), spaces.Discrete(int(actions)),
+                                    lambda _: learning_rate)
+    try:
+        from sb3_contrib.common.recurrent.policies import RecurrentActorCriticCnnPolicy
+    except ImportError:
+        raise ConfigError("a recurrent policy needs sb3-contrib, which is not installed: pip install -e '.[rl]' "
+                          "(make install does)") from None
+    return RecurrentActorCriticCnnPolicy(_obs_space(observation_shape), spaces.Discrete(int(actions)),
+                                         lambda _: learning_rate, **recurrent)
 
 
 def load_policy(path: str | Path):
@@ -92,7 +118,7 @@ def load_policy(path: str | Path):
     from envs.common.files import load_state_dict_strict, load_weights
 
     meta = read_policy_meta(path)
-    policy = new_policy(meta["observation_shape"], meta["actions"])
+    policy = new_policy(meta["observation_shape"], meta["actions"], recurrent=meta.get("recurrent"))
     state = load_weights(Path(path) / "policy.safetensors")
     for alias, name in meta["aliases"].items():
         if name not in state:
@@ -112,7 +138,10 @@ class PolicyActor:
 
     ``frame_stack`` > 1: the policy sees the last that many frames stacked along c (y x c, oldest first), the
     frames before an episode's first zeros, as SB3's ``VecFrameStack`` showed them in training; call
-    :meth:`reset` at every episode's start."""
+    :meth:`reset` at every episode's start.
+
+    A recurrent policy (sb3-contrib's) carries its LSTM state from step to step, from zeros at the episode's
+    first frame (as RecurrentPPO trained it); :meth:`reset` starts it afresh."""
 
     policy: Any
     deterministic: bool = False
@@ -122,6 +151,7 @@ class PolicyActor:
     def __post_init__(self) -> None:
         self._stacker = None        # SB3's StackedObservations: the very stacking VecFrameStack trained with
         self._stack: np.ndarray | None = None                                   # y x (k c): what the policy saw last
+        self._lstm = None           # the actor LSTM's (h, c), each (layers, 1, hidden); None before a first frame
 
     def act(self, obs, info: dict | None = None) -> int:
         obs = np.asarray(obs)
@@ -136,17 +166,28 @@ class PolicyActor:
             else:
                 stacked, _ = self._stacker.update(obs[None], np.zeros(1, bool), [{}])
             obs = self._stack = stacked[0]
-        if self.deterministic or self.temperature == 1.0:
+        recurrent = hasattr(self.policy, "lstm_actor")
+        if not recurrent and (self.deterministic or self.temperature == 1.0):
             return int(self.policy.predict(obs, deterministic=self.deterministic)[0])
         import torch
 
         x, _ = self.policy.obs_to_tensor(obs)
         with torch.no_grad():
-            logits = self.policy.get_distribution(x).distribution.logits[0]              # (actions,)
+            if recurrent:
+                first = self._lstm is None
+                if first:
+                    zeros = torch.zeros(self.policy.lstm_hidden_state_shape)
+                    self._lstm = (zeros, zeros.clone())
+                dist, self._lstm = self.policy.get_distribution(x, self._lstm, torch.tensor([float(first)]))
+            else:
+                dist = self.policy.get_distribution(x)
+            logits = dist.distribution.logits[0]                                          # (actions,)
+        if self.deterministic:
+            return int(logits.argmax())
         return int(torch.multinomial(torch.softmax(logits / self.temperature, -1), 1))
 
     def reset(self, seed: int | None = None) -> None:
-        self._stacker = None
+        self._stacker = self._lstm = None
         if seed is not None:
             import torch
 

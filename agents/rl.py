@@ -76,6 +76,8 @@ class RLConfig:
                                     # memoryless CNN sees motion and where it just came from; also for (b)
     act_temperature: float = 1.0    # the policy samples its actions in the real maze (collection, evaluation,
                                     # `maskflow play`) at this temperature; < 1 sharper; also for (b)
+    recurrent: bool = False         # an LSTM policy (sb3-contrib RecurrentPPO, CnnLstmPolicy) that remembers
+                                    # the episode so far, as DIAMOND's and IRIS's actor-critics; also for (b)
     n_steps: int = 64               # PPO rollout length per dream
     batch_size: int = 256
     epochs: int = 4
@@ -185,15 +187,22 @@ def world_meta(checkpoint: str) -> dict[str, Any]:
 
 def make_ppo(env, cfg: RLConfig, init_policy: str | None, device: str = "cpu"):
     """SB3 PPO over ``env`` (its frames stacked ``cfg.frame_stack`` deep) with ``cfg``'s settings, starting from
-    the policy folder ``init_policy`` if any."""
-    from stable_baselines3 import PPO
+    the policy folder ``init_policy`` if any; ``cfg.recurrent``: sb3-contrib's RecurrentPPO (CnnLstmPolicy)."""
     from stable_baselines3.common.vec_env import VecFrameStack
 
     from envs.common.files import load_state_dict_strict
 
     if cfg.frame_stack > 1:                         # y x (k c), oldest first; zeros before an episode's first
         env = VecFrameStack(env, cfg.frame_stack, channels_order="last")
-    model = PPO("CnnPolicy", env, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.epochs,
+    if cfg.recurrent:
+        from sb3_contrib import RecurrentPPO as PPO
+
+        kind = "CnnLstmPolicy"
+    else:
+        from stable_baselines3 import PPO
+
+        kind = "CnnPolicy"
+    model = PPO(kind, env, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.epochs,
                 learning_rate=cfg.lr, ent_coef=cfg.ent_coef, gamma=cfg.gamma, seed=cfg.seed, device=device,
                 verbose=0)
     if init_policy is not None:
@@ -342,8 +351,10 @@ def run_rl(cfg: RLConfig) -> dict[str, Any]:
     cfg.validate()
     try:
         import stable_baselines3  # noqa: F401
-    except ImportError:
-        raise ConfigError("maskflow rl trains PPO with stable-baselines3, which is not installed: "
+        if cfg.recurrent:
+            import sb3_contrib  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"maskflow rl trains PPO with {e.name}, which is not installed: "
                           "pip install -e '.[rl]' (make install does)") from None
     governor(cfg.threads)
     meta = world_meta(cfg.checkpoint)               # a bad checkpoint fails before any work

@@ -60,8 +60,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         key, _, value = item.partition("=")
         if key not in fields:
             raise SystemExit(f"unknown RL setting {key!r}; valid: {', '.join(fields)}")
-        kw[key] = json.loads(value) if value[:1] in "[{" or value.replace(".", "").replace("-", "").isdigit() \
-            else value
+        try:                                    # numbers, true/false, null, lists as JSON; anything else a string
+            kw[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kw[key] = value
     governor(0)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

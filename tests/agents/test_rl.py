@@ -213,5 +213,65 @@ def test_the_acting_temperature_sharpens_sampling_towards_the_most_likely_action
     # the temperature is saved with the policy and played with it
     save_policy(policy, tmp_path / "p", "DMLabMaze-v0", {}, ACTION_MEANINGS, temperature=0.5)
     assert policy_actor(tmp_path / "p")[0].temperature == 0.5
+    assert policy_actor(tmp_path / "p")[1]["recurrent"] is None             # a feed-forward policy says so
     with pytest.raises(ConfigError, match="act_temperature"):
         RLConfig(act_temperature=0.0).validate()
+
+
+@pytest.mark.slow
+def test_a_recurrent_policy_carries_its_memory_through_an_episode_and_reloads(tmp_path):
+    import torch
+
+    from agents.policy import PolicyActor, load_policy, policy_actor, save_policy
+    from agents.rl import RLConfig, ppo_real
+    from envs.maze.dmlab import ACTION_MEANINGS
+
+    # (b) trains the same kind of policy as (a): sb3-contrib's RecurrentPPO on the real env
+    cfg = RLConfig(recurrent=True, n_steps=8, batch_size=16, epochs=1)
+    model = ppo_real("DMLabMaze-v0", {}, 32, cfg, envs_n=2, episode_steps=20)
+    policy = model.policy
+    assert hasattr(policy, "lstm_actor") and model.num_timesteps >= 32
+    frames = np.random.default_rng(3).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    # step by step the actor takes what SB3's own recurrent predict takes with the state carried along
+    actor = PolicyActor(policy, True)
+    state, start, expected = None, np.ones(1, bool), []
+    for f in frames:
+        a, state = policy.predict(f[None], state, start, deterministic=True)
+        expected.append(int(a[0]))
+        start = np.zeros(1, bool)
+    assert [actor.act(f) for f in frames] == expected
+    # the state is memory: after different pasts the same frame meets a different state
+    other = PolicyActor(policy, True)
+    for f in frames[::-1]:
+        other.act(f)
+    assert not torch.allclose(actor._lstm[0], other._lstm[0])
+    # a new episode starts from zeros: the same frames give the same actions again
+    actor.reset(0)
+    assert [actor.act(f) for f in frames] == expected
+    # saved and loaded, the LSTM's sizes travel in policy.json and the actor acts as before
+    save_policy(policy, tmp_path / "p", "DMLabMaze-v0", {}, ACTION_MEANINGS)
+    again, meta = policy_actor(tmp_path / "p", deterministic=True)
+    assert meta["recurrent"] == {"lstm_hidden_size": 256, "n_lstm_layers": 1, "shared_lstm": False,
+                                 "enable_critic_lstm": True}
+    assert [again.act(f) for f in frames] == expected
+    reloaded, _ = load_policy(tmp_path / "p")
+    assert type(reloaded) is type(policy)
+    sampled = PolicyActor(policy, temperature=0.5)
+    sampled.reset(1)
+    assert all(0 <= sampled.act(f) < 9 for f in frames)
+
+
+@pytest.mark.slow
+def test_the_loop_trains_a_recurrent_policy_in_the_dream_and_plays_it(tiny_world_checkpoint, tmp_path):
+    from agents.policy import play_policy, policy_actor
+    from agents.rl import RLConfig, run_rl
+
+    out = tmp_path / "rl"
+    res = run_rl(RLConfig(out=str(out), checkpoint=str(tiny_world_checkpoint), recurrent=True, **TINY))
+    assert res["rounds"][0]["dream_frames"] >= 16 and res["rounds"][0]["eval_steps"] == 2 * 20
+    actor, meta = policy_actor(out / "policy")
+    assert meta["recurrent"]["lstm_hidden_size"] == 256 and hasattr(actor.policy, "lstm_actor")
+    assert play_policy(out / "policy", episodes=1, seed=3, episode_steps=20)["steps"] == 20
+    # the feed-forward settings cannot resume it
+    with pytest.raises(ConfigError, match="recurrent"):
+        run_rl(RLConfig(out=str(out), checkpoint=str(tiny_world_checkpoint), **TINY))

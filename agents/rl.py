@@ -7,8 +7,9 @@ Each round r (``OUT/rounds/rNN/``):
    ``tokens/`` (tokenized with the world model's tokenizer);
 2. **update the world model**: fine-tune the previous round's model for ``wm_steps`` on every round's tokens
    plus ``wm_data`` (optional earlier token datasets, so the model does not forget) → ``world/``;
-3. **train the policy in the dream**: SB3 PPO (``CnnPolicy``) continues from the last round's weights in the
-   batched :class:`~worldmodel.dream.vector_env.MaskFlowDreamVectorEnv`, ``dream_envs`` dreams started from
+3. **train the policy in the dream**: SB3 PPO (``CnnPolicy``; ``recurrent``: sb3-contrib's ``RecurrentPPO``)
+   continues from the last round's weights in the batched
+   :class:`~worldmodel.dream.vector_env.MaskFlowDreamVectorEnv`, ``dream_envs`` dreams started from
    real states (windows of this round's real tokens, or of ``dream_starts``; a share ``reward_starts`` of
    them end 1..``reward_lead`` frames before a real reward, where the data holds any), ``horizon`` imagined
    frames each, ``dream_steps`` frames in all;

@@ -152,6 +152,7 @@ class PolicyActor:
         self._stacker = None        # SB3's StackedObservations: the very stacking VecFrameStack trained with
         self._stack: np.ndarray | None = None                                   # y x (k c): what the policy saw last
         self._lstm = None           # the actor LSTM's (h, c), each (layers, 1, hidden); None before a first frame
+        self._recurrent = recurrent_sizes(self.policy) is not None
 
     def act(self, obs, info: dict | None = None) -> int:
         obs = np.asarray(obs)
@@ -166,14 +167,13 @@ class PolicyActor:
             else:
                 stacked, _ = self._stacker.update(obs[None], np.zeros(1, bool), [{}])
             obs = self._stack = stacked[0]
-        recurrent = hasattr(self.policy, "lstm_actor")
-        if not recurrent and (self.deterministic or self.temperature == 1.0):
+        if not self._recurrent and (self.deterministic or self.temperature == 1.0):
             return int(self.policy.predict(obs, deterministic=self.deterministic)[0])
         import torch
 
         x, _ = self.policy.obs_to_tensor(obs)
         with torch.no_grad():
-            if recurrent:
+            if self._recurrent:
                 first = self._lstm is None
                 if first:
                     zeros = torch.zeros(self.policy.lstm_hidden_state_shape)

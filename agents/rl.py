@@ -30,9 +30,11 @@ Axis letters: y x pixels, c colour.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -399,8 +401,12 @@ def run_rl_cli(cfg: Any) -> dict[str, Any]:
 
 
 # -- baselines (rows (b)-(d) of the RL issue) ---------------------------------------------------------
-def ppo_real(env_id: str, env_kwargs: dict, steps: int, cfg: RLConfig, envs_n: int = 8, episode_steps: int = 300):
-    """SB3 PPO trained on the real env (training mazes) for ``steps`` real steps, ``cfg``'s PPO settings."""
+def ppo_real(env_id: str, env_kwargs: dict, steps: int, cfg: RLConfig, envs_n: int = 8, episode_steps: int = 300,
+             marks: tuple[int, ...] = (), on_mark: Callable[[int, Any], None] | None = None):
+    """SB3 PPO trained on the real env (training mazes) for ``steps`` real steps, ``cfg``'s PPO settings.
+    ``on_mark(n, model)`` is called at each of ``marks`` (and at ``steps``) with the model as one run of
+    ``steps = n`` would have left it: learning continues in pieces that collect and train exactly as one
+    ``learn`` would (constant learning rate and clip range), and the global RNGs are restored after each call."""
     from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
     import envs  # noqa: F401
@@ -415,10 +421,31 @@ def ppo_real(env_id: str, env_kwargs: dict, steps: int, cfg: RLConfig, envs_n: i
     try:
         c = dataclasses.replace(cfg, n_steps=max(cfg.n_steps, 128), batch_size=min(cfg.batch_size, envs_n * 128))
         model = make_ppo(venv, c, None)
-        model.learn(total_timesteps=steps)
+        for mark in sorted({*(m for m in marks if 0 < m < steps), steps}):
+            if mark > model.num_timesteps:          # learn() runs until num_timesteps >= its total: the same rollouts
+                model.learn(total_timesteps=mark - model.num_timesteps, reset_num_timesteps=model.num_timesteps == 0)
+            if on_mark is not None:
+                with rngs_kept():
+                    on_mark(mark, model)
         return model
     finally:
         venv.close()
+
+
+@contextlib.contextmanager
+def rngs_kept():
+    """Restore Python's, NumPy's and torch's global RNG states on exit (SB3 draws from all three)."""
+    import random
+
+    import torch
+
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
 
 
 class TrainingMazes(gym.Wrapper):
@@ -434,10 +461,12 @@ class TrainingMazes(gym.Wrapper):
 
 
 def baselines(checkpoint: str = "default", steps: int = 50000, seeds: tuple[int, ...] = (0, 1, 2),
-              eval_episodes: int = 50, eval_seed: int = 100000, cfg: RLConfig | None = None) -> dict[str, Any]:
+              eval_episodes: int = 50, eval_seed: int = 100000, cfg: RLConfig | None = None,
+              marks: tuple[int, ...] = ()) -> dict[str, Any]:
     """Rows (b) PPO on the real env for ``steps`` real steps, (c) the exploration random walk and (d) uniform
     random actions, scored like the loop (goal reaches per 1,000 steps on the same held-out mazes for every row
-    and seed: paired), per seed."""
+    and seed: paired), per seed. (b) is also scored at each of ``marks`` (its learning curve, ``curve``: the
+    policy as a run of that many real steps would have left it)."""
     from agents.policy import goal_rate
     from envs.policies import make_policy
 
@@ -449,9 +478,28 @@ def baselines(checkpoint: str = "default", steps: int = 50000, seeds: tuple[int,
             actor = make_policy(name, meta["meanings"], seed=s)
             rows[name].append({"seed": s, **goal_rate(actor, meta["env_id"], meta["env_kwargs"], eval_episodes,
                                                        eval_seed, cfg.episode_steps, actor_seed=s)})
-        t0 = time.perf_counter()
-        model = ppo_real(meta["env_id"], meta["env_kwargs"], steps, dataclasses.replace(cfg, seed=s))
-        rows["ppo_real"].append({"seed": s, "train_s": round(time.perf_counter() - t0, 1),
-                                 **goal_rate(cfg.actor(model.policy), meta["env_id"], meta["env_kwargs"],
-                                             eval_episodes, eval_seed, cfg.episode_steps, actor_seed=s)})
+        rows["ppo_real"].append(scored_ppo_real(meta, steps, dataclasses.replace(cfg, seed=s), marks,
+                                                eval_episodes, eval_seed))
     return rows
+
+
+def scored_ppo_real(meta: dict, steps: int, cfg: RLConfig, marks: tuple[int, ...], eval_episodes: int,
+                    eval_seed: int) -> dict[str, Any]:
+    """Row (b) for seed ``cfg.seed``: PPO on the real env for ``steps`` real steps, scored in the held-out mazes
+    at ``steps`` and at each of ``marks`` (``curve``); ``train_s`` leaves the scoring out."""
+    from agents.policy import goal_rate
+
+    curve: list[dict] = []
+    t0 = time.perf_counter()
+    scoring = [0.0]
+
+    def score(n: int, model: Any) -> None:
+        t = time.perf_counter()
+        curve.append({"real_steps": n, **goal_rate(cfg.actor(model.policy), meta["env_id"], meta["env_kwargs"],
+                                                    eval_episodes, eval_seed, cfg.episode_steps,
+                                                    actor_seed=cfg.seed)})
+        scoring[0] += time.perf_counter() - t
+
+    ppo_real(meta["env_id"], meta["env_kwargs"], steps, cfg, marks=marks, on_mark=score)
+    return {"seed": cfg.seed, "train_s": round(time.perf_counter() - t0 - scoring[0], 1), **curve[-1],
+            "curve": [{"real_steps": c["real_steps"], "reaches_per_1000": c["reaches_per_1000"]} for c in curve]}

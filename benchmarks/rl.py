@@ -10,7 +10,12 @@ every row and seed), as the mean over seeds with a 95 % t interval:
 - (c) the exploration random walk (the policy that collected the world model's data);
 - (d) uniform random actions.
 
-Every part resumes: RL runs round by round, baselines seed by seed (``OUT/baselines.json``). Writes
+(b) is scored after every round's worth of real steps too (one run, its learning curve), and the results pair
+(a) with (b) at each such budget (``by_real_steps``).
+
+Every part resumes: RL runs round by round, baselines seed by seed (``OUT/baselines/seedS.json``, one file a
+seed, so seeds may run in parallel; one made with other settings or trained short of N is redone).
+Writes
 ``OUT/results.json`` (also copied to ``--results``) and ``OUT/curves.png`` (real goal reaches against real
 steps per seed, with the baselines' means; copied beside ``--results`` as ``curves*.png``, the name's
 ``results`` part replaced).
@@ -26,6 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# the settings rows (b)-(d) depend on (PPO's, acting's, scoring's): a baselines file made with others is redone
+BASELINE_KEYS = ("n_steps", "batch_size", "epochs", "lr", "ent_coef", "gamma", "recurrent", "frame_stack",
+                 "act_temperature", "episode_steps", "eval_episodes", "eval_seed")
 
 
 def t_interval(values: list[float]) -> dict[str, Any]:
@@ -74,23 +83,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if a.only in ("all", "a"):
         for s in a.seeds:
             runs[s] = run_rl(dataclasses.replace(base_cfg, seed=s, out=str(out / f"a_seed{s}")))["rounds"]
-    bpath = out / "baselines.json"
-    done = read_json(bpath, "baselines") if bpath.exists() else {}
-    if a.only in ("all", "baselines"):
-        for s in a.seeds:
-            if str(s) not in done:
-                done[str(s)] = baselines(a.checkpoint, n_real, (s,), base_cfg.eval_episodes, base_cfg.eval_seed,
-                                         base_cfg)
-                write_json(bpath, done)
+    marks = tuple(base_cfg.collect_steps * (r + 1) for r in range(base_cfg.rounds))
+    made_for = {"checkpoint": a.checkpoint} | {k: getattr(base_cfg, k) for k in BASELINE_KEYS}
+    done = {}
+    for s in a.seeds:                           # one file per seed: seeds may run in parallel processes
+        bpath = out / "baselines" / f"seed{s}.json"
+        have = read_json(bpath, "baselines") if bpath.exists() else None
+        if have is None or have.get("made_for") != made_for or b_at(have, n_real) is None:
+            if a.only not in ("all", "baselines"):  # none yet, other settings, or trained short of N: (re)do
+                continue
+            have = baselines(a.checkpoint, n_real, (s,), base_cfg.eval_episodes, base_cfg.eval_seed, base_cfg,
+                             marks) | {"made_for": made_for}
+            write_json(bpath, have)
+        done[str(s)] = have
     if a.only != "all":
         return {}
     rows = {
         "a_dream_trained": t_interval([runs[s][-1]["eval_reaches_per_1000"] for s in a.seeds]),
-        "b_ppo_real": t_interval([done[str(s)]["ppo_real"][0]["reaches_per_1000"] for s in a.seeds]),
+        "b_ppo_real": t_interval([b_at(done[str(s)], n_real) for s in a.seeds]),
         "c_random_walk": t_interval([done[str(s)]["random_walk"][0]["reaches_per_1000"] for s in a.seeds]),
         "d_uniform": t_interval([done[str(s)]["uniform"][0]["reaches_per_1000"] for s in a.seeds]),
     }
     a_, b_, c_ = (rows[k]["mean"] for k in ("a_dream_trained", "b_ppo_real", "c_random_walk"))
+    by_n = []                                   # (a) against (b) at every round's budget both have, paired by seed
+    for n in marks:
+        av = [next((r["eval_reaches_per_1000"] for r in runs[s] if r["real_steps"] == n), None) for s in a.seeds]
+        bv = [b_at(done[str(s)], n) for s in a.seeds]
+        if None in av or None in bv:
+            continue
+        ai, bi = t_interval(av), t_interval(bv)
+        by_n.append({"real_steps": n, "a": ai, "b": bi, "a_over_c": ai["mean"] / c_ if c_ else None,
+                     "a_minus_b": t_interval([x - y for x, y in zip(av, bv, strict=True)])})
     result = {
         "metric": "goal reaches per 1,000 real steps in held-out mazes (odd maze seeds), "
                   f"{base_cfg.eval_episodes} episodes of {base_cfg.episode_steps} steps, the same for every row "
@@ -99,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": dataclasses.asdict(base_cfg), "rows": rows,
         "goals": {"a_over_c": a_ / c_ if c_ else None, "a_at_least_3c": bool(a_ >= 3 * c_),
                   "a_at_least_b": bool(a_ >= b_)},
+        "by_real_steps": by_n,
         "curves": {str(s): [{k: r[k] for k in ("real_steps", "eval_reaches_per_1000", "dream_return")}
                             for r in runs[s]] for s in a.seeds},
         "baselines_per_seed": done,
@@ -115,6 +139,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
+def b_at(entry: dict[str, Any], n: int) -> float | None:
+    """(b)'s goal reaches per 1,000 steps after ``n`` real steps from one seed's baselines, or None where that
+    run did not reach ``n`` (files from before the curve say nothing of their N: None)."""
+    row = entry["ppo_real"][0]
+    return next((c["reaches_per_1000"] for c in row.get("curve", []) if c["real_steps"] == n), None)
+
+
 def plot(path: Path, result: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
@@ -128,6 +159,11 @@ def plot(path: Path, result: dict[str, Any]) -> None:
               "d_uniform": ("k", "(d) uniform random")}
     for key, (color, label) in styles.items():
         r = result["rows"][key]
+        if key == "b_ppo_real" and len(result["by_real_steps"]) > 1:       # (b)'s mean learning curve
+            ns = [x["real_steps"] for x in result["by_real_steps"]]
+            ax.plot(ns, [x["b"]["mean"] for x in result["by_real_steps"]], "s--", color=color, lw=1.2, ms=3,
+                    label=f"{label}, mean of seeds: {r['mean']:.2f}")
+            continue
         ax.axhline(r["mean"], color=color, ls="--", lw=1, label=f"{label}: {r['mean']:.2f}")
     ax.set_xlabel("real env steps (collection)")
     ax.set_ylabel("goal reaches / 1,000 steps, held-out mazes")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -186,6 +187,31 @@ def test_ppo_on_the_real_env_learns_and_plays_on_stacked_frames():
     assert scored["steps"] == 20
     with pytest.raises(ConfigError, match="frame_stack"):
         RLConfig(frame_stack=0).validate()
+
+
+@pytest.mark.slow
+def test_ppo_on_the_real_env_scored_along_the_way_learns_as_one_run_would():
+    import torch
+
+    from agents.rl import RLConfig, ppo_real, scored_ppo_real
+
+    cfg = RLConfig(n_steps=8, batch_size=16, epochs=1, episode_steps=20)    # ppo_real: 128 steps x 2 envs a rollout
+    whole = ppo_real("DMLabMaze-v0", {}, 600, cfg, envs_n=2, episode_steps=20)
+    seen = []
+
+    def score(n, model):                        # scoring draws from the global RNGs that SB3 trains with
+        seen.append((n, model.num_timesteps))
+        torch.rand(7), np.random.rand(7)
+    pieces = ppo_real("DMLabMaze-v0", {}, 600, cfg, envs_n=2, episode_steps=20, marks=(300, 256, 900), on_mark=score)
+    # each mark sees the model as learn(total_timesteps=mark) leaves it: whole rollouts until it has mark steps
+    assert seen == [(256, 256), (300, 512), (600, 768)] and whole.num_timesteps == 768
+    for (k, v), w in zip(whole.policy.state_dict().items(), pieces.policy.state_dict().values(), strict=True):
+        assert torch.equal(v, w), k
+    # (b)'s row: scored in the held-out mazes at each mark, the last one the row's own figure
+    row = scored_ppo_real({"env_id": "DMLabMaze-v0", "env_kwargs": {}}, 300, dataclasses.replace(cfg, seed=1),
+                          (256,), eval_episodes=1, eval_seed=3)
+    assert [c["real_steps"] for c in row["curve"]] == [256, 300] and row["real_steps"] == 300
+    assert row["steps"] == 20 and row["reaches_per_1000"] == row["curve"][-1]["reaches_per_1000"]
 
 
 def test_the_acting_temperature_sharpens_sampling_towards_the_most_likely_action(tmp_path):

@@ -1,0 +1,51 @@
+"""benchmarks/rl.py end to end on tiny settings: (a) paired with (b) at every round's budget, baselines resumed
+per seed and redone when their settings change."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = dict(rounds=2, collect_steps=40, episode_steps=20, wm_steps=2, dream_steps=16, dream_envs=2, n_steps=8,
+            batch_size=16, epochs=1, horizon=4, steps_per_frame=1, eval_episodes=2, eval_seed=3, threads=1)
+
+
+def sets(**kw) -> list[str]:
+    return [arg for k, v in kw.items() for arg in ("--set", f"{k}={json.dumps(v)}")]
+
+
+@pytest.mark.slow
+def test_rl_benchmark_pairs_a_with_b_at_every_round_and_resumes(tiny_world_checkpoint, tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_rl", ROOT / "benchmarks" / "rl.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out, results = tmp_path / "bench", tmp_path / "res" / "results_tiny.json"
+    args = ["--checkpoint", str(tiny_world_checkpoint), "--out", str(out), "--seeds", "0", "--results", str(results)]
+    r = bench.main(args + sets(**TINY))
+    # (b) is scored after each round's real steps, in one run; (a) and (b) are paired at both budgets
+    bfile = out / "baselines" / "seed0.json"
+    b = json.loads(bfile.read_text())
+    curve = b["ppo_real"][0]["curve"]
+    assert [c["real_steps"] for c in curve] == [40, 80] and r["real_steps_N"] == 80
+    assert [x["real_steps"] for x in r["by_real_steps"]] == [40, 80]
+    assert [x["a"]["mean"] for x in r["by_real_steps"]] == [c["eval_reaches_per_1000"] for c in r["curves"]["0"]]
+    assert [x["b"]["mean"] for x in r["by_real_steps"]] == [c["reaches_per_1000"] for c in curve]
+    assert r["rows"]["b_ppo_real"]["mean"] == curve[-1]["reaches_per_1000"]
+    assert b["made_for"]["checkpoint"] == str(tiny_world_checkpoint) and b["made_for"]["episode_steps"] == 20
+    assert json.loads(results.read_text())["by_real_steps"] == r["by_real_steps"]
+    assert (results.parent / "curves_tiny.png").stat().st_size > 0
+    # composed again: every part resumes, nothing is retrained
+    made = bfile.stat().st_mtime_ns
+    again = bench.main(args + sets(**TINY))
+    assert bfile.stat().st_mtime_ns == made and again["by_real_steps"] == r["by_real_steps"]
+    # other acting settings: that seed's baselines are made again, for them
+    bench.main(args[:-2] + ["--only", "baselines"] + sets(**(TINY | {"rounds": 1, "act_temperature": 0.5})))
+    redone = json.loads(bfile.read_text())
+    assert redone["made_for"]["act_temperature"] == 0.5
+    assert [c["real_steps"] for c in redone["ppo_real"][0]["curve"]] == [40]
+    with pytest.raises(SystemExit, match="unknown RL setting 'nope'"):
+        bench.main(args + ["--set", "nope=1"])

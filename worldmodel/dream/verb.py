@@ -147,7 +147,7 @@ def check_out(out: Path, overwrite: bool) -> None:
 
 def dream(cfg: DreamConfig) -> dict[str, Any]:
     """Run one dream and write its files to ``cfg.out``; returns the summary written to dream.json."""
-    from worldmodel.model.checkpoint import load_world_model
+    from worldmodel.model.checkpoint import calibrated_threshold, load_world_model
 
     cfg.validate()
     if cfg.loop:                    # the loop fixes the dream's length
@@ -242,6 +242,8 @@ def dream(cfg: DreamConfig) -> dict[str, Any]:
         "psnr": {"dream_mean": float(p_dream.mean()), "dream_first16": float(p_dream[:16].mean()),
                  "recon_mean": float(p_recon.mean()), "copy_last_mean": float(p_copy.mean())},
         "token_accuracy_mean": float(token_acc.mean()),
+        # where reward_prob counts as a reward in the dream env: the checkpoint's calibration, else 0.5
+        "reward_threshold": calibrated_threshold(meta.get("reward_calibration")),
         "per_frame": {"psnr_dream": p_dream.round(3).tolist(), "psnr_recon": p_recon.round(3).tolist(),
                       "psnr_copy_last": p_copy.round(3).tolist(), "token_accuracy": token_acc.round(4).tolist(),
                       "reward_prob": [round(x, 4) for x in rewards_p], "done_prob": [round(x, 4) for x in done_p],

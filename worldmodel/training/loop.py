@@ -129,6 +129,8 @@ class TrainConfig:
     vocab_size: int = 0             # 0 = from the dataset's tokenizer (needed only for tokenizer-less data)
     tokenizer: str = ""             # override the tokenizer directory recorded in the dataset
     init: str = ""                  # fine-tune: start from this checkpoint's weights (default | memory | DIR)
+    heads_only: bool = False        # with init: train only the reward / termination heads; every other weight
+                                    # (hence every dreamed frame) stays the init's, bit for bit
 
     # allowed ranges and choices (types come from the annotations above; see envs.common.config_check)
     CHECKS: ClassVar[dict[str, Check]] = {
@@ -164,6 +166,8 @@ class TrainConfig:
         if self.return_dream > 0 and not (self.return_share > 0 and self.return_dream < self.return_gap):
             raise ConfigError(f"return_dream={self.return_dream} needs return_share > 0 (got {self.return_share}) "
                               f"and return_dream < return_gap={self.return_gap} (the view returned to stays real)")
+        if self.heads_only and not self.init:
+            raise ConfigError("heads_only=true needs init=default|memory|DIR: the model whose heads to re-train")
         if self.self_context > 0 and self.clip_len < 3:
             raise ConfigError(f"self_context={self.self_context} needs clip_len >= 3 (a real frame, a dreamed one, "
                               f"a real one), got clip_len={self.clip_len}")
@@ -221,12 +225,16 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
              else new_model(clips, cfg.size, cfg.vocab_size, cfg.clip_len, cfg.temporal, over,
                             cfg.heading_pairs)).to(device)
     started_from = init_record(cfg.init)
+    if cfg.heads_only:              # frozen weights get no gradient, no optimizer state and no EMA move
+        model.requires_grad_(False)
+        model.frame_heads.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
     ema = Latte(model.cfg).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     ocfg = cfg.objective()
     objective = MaskFlowObjective(model, ocfg)
     # fused AdamW: one kernel over all parameters instead of ~10 small ops per tensor
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay,
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay,
                             fused=True)
     ema_state = ema.state_dict()
     meta = load_state(out, model, ema_state, opt, model.cfg.to_dict()) if cfg.resume else None
@@ -257,7 +265,6 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
-    params = list(model.parameters())
     t_start, last_eval, saved = time.time(), {}, {"step": step if meta else -1}
     # throughput window between log rows; evaluation and checkpoint time is excluded ("paused")
     win = {"n": 0, "t0": time.time(), "paused": 0.0, "loss": torch.zeros((), device=device)}

@@ -1,5 +1,5 @@
 """The shipped models: intact files, load as checkpoint="default" / "memory", dream (the main job's pieces),
-and the memory model comes back to the view it left."""
+the default's reward head fires at real goal reaches, and the memory model comes back to the view it left."""
 
 from __future__ import annotations
 
@@ -55,6 +55,8 @@ def test_default_dreams_eight_frames_of_a_live_held_out_maze(tmp_path, monkeypat
     assert (tmp_path / "dream.mp4").stat().st_size > 0 and (tmp_path / "psnr.png").is_file()
     assert all(p > 5.0 for p in s["per_frame"]["psnr_recon"])       # the tokenizer really sees the maze
     assert s["psnr"]["dream_mean"] == pytest.approx(sum(s["per_frame"]["psnr_dream"]) / 8, abs=0.01)
+    cal = json.loads((DEFAULT_CHECKPOINT / "reward_calibration.json").read_text())
+    assert s["reward_threshold"] == cal["reward_threshold"] and len(s["per_frame"]["reward_prob"]) == 8
 
 
 @pytest.mark.slow
@@ -109,3 +111,18 @@ def test_memory_comes_back_to_the_view_it_left_where_release_1_does_not():
     mem, base = scores["memory"], scores["default"]
     assert mem["return_psnr"] - mem["far_psnr"] >= 5.0, mem
     assert mem["return_psnr"] >= base["return_psnr"] + 5.0, (mem, base)
+
+
+@pytest.mark.slow
+def test_default_dreams_rewards_at_real_goal_reaches_at_its_sealed_calibrated_threshold(monkeypatch):
+    """Release 1 never fired (recall 0/63); its re-trained heads do, and only near the goal."""
+    from worldmodel.evaluation.rewards import reward_recall
+    from worldmodel.model.checkpoint import read_reward_calibration, read_world_model_meta
+
+    monkeypatch.delenv("MASKFLOW_DEFAULT_CHECKPOINT", raising=False)
+    cal = read_reward_calibration(DEFAULT_CHECKPOINT, read_world_model_meta(DEFAULT_CHECKPOINT))
+    assert cal is not None and 0.05 <= cal["reward_threshold"] < 1       # sealed to these weights (read checks)
+    r = reward_recall("default", trials=6, seed=910000, threads=1)      # mazes no figure was chosen on
+    assert r["reward_threshold"] == pytest.approx(cal["reward_threshold"])
+    assert r["reward_recall"]["count"] >= r["reward_recall"]["of"] // 2, r["reward_recall"]
+    assert r["mean_peak"]["reach"] > 3 * r["mean_peak"]["no_reach"], r["mean_peak"]

@@ -377,6 +377,28 @@ def test_several_token_datasets_train_as_one_and_must_agree(painted_data, tmp_pa
         train(tiny_cfg(steps=1), [a, b], tmp_path / "mixed")
 
 
+def test_heads_only_retrains_the_reward_heads_and_keeps_every_other_weight_bit_for_bit(painted_data, tmp_path):
+    """A reward fine-tune that leaves the dream's frames exactly as they were (the rewards: forward moves)."""
+    data, _ = _with_tokenizer(painted_data, tmp_path)
+    base = tmp_path / "base"
+    train(tiny_cfg(steps=20, reward_weight=0.0), data, base)          # heads untrained: nothing to keep there
+    ft = tmp_path / "ft"
+    cfg = dict(init=str(base), heads_only=True, reward_weight=1.0, clean_context_prob=1.0, lr=3e-3)
+    train(tiny_cfg(steps=40, **cfg), data, ft)
+    wa, wb = load_weights(base / "model.safetensors"), load_weights(ft / "model.safetensors")
+    heads = {k for k in wa if k.startswith("frame_heads.")}
+    assert heads and wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa.keys() - heads)
+    assert not all(torch.equal(wa[k], wb[k]) for k in heads)
+    bce = [r["reward_bce"] for r in rows(ft)]
+    assert np.mean(bce[-10:]) < 0.8 * np.mean(bce[:5]), bce              # the heads learned the rewards
+    train(tiny_cfg(steps=42, **cfg), data, ft)                          # resumes with its heads-only optimizer
+    assert [r["step"] for r in rows(ft)][-2:] == [41, 42]
+    assert all(torch.equal(wa[k], w) for k, w in load_weights(ft / "model.safetensors").items() if k not in heads)
+    with pytest.raises(ConfigError, match="heads_only=true needs init="):
+        train(tiny_cfg(steps=1, heads_only=True), data, tmp_path / "e")
+
+
 def test_reward_pos_weight_scales_the_heads_loss_on_goal_frames_only():
     from worldmodel.model.latte import Latte, model_config
     from worldmodel.objective.loss import ClipBatch, MaskFlowObjective, ObjectiveConfig, draw_step

@@ -136,14 +136,19 @@ def model_from_init(init: str, clips: TokenClips, data: str, clip_len: int, temp
     return model.float().train()
 
 
-def init_record(init: str) -> dict[str, Any]:
-    """Where a fine-tuned model started (``init=``; {} for a fresh one): recorded in its model.json."""
+def init_record(init: str, tokenizer_sha256: str | None = None) -> dict[str, Any]:
+    """Where a fine-tuned model started (``init=``; {} for a fresh one): recorded in its model.json. A fine-tune
+    that keeps the init's tokenizer (weights sha256 ``tokenizer_sha256``) keeps its decoder-swap record too."""
     if not init:
         return {}
     p = resolve_checkpoint(init)
     meta = read_world_model_meta(p)
-    return {"init": {"checkpoint": init, "path": str(p), "weights_sha256": sha256_file(p / WEIGHTS_NAME),
-                     "train_step": meta.get("train_step")}}
+    rec: dict[str, Any] = {"init": {"checkpoint": init, "path": str(p), "weights_sha256": sha256_file(p / WEIGHTS_NAME),
+                                    "train_step": meta.get("train_step")}}
+    same_tokenizer = tokenizer_sha256 and (meta.get("tokenizer") or {}).get("weights_sha256") == tokenizer_sha256
+    if "decoder_swap" in meta and same_tokenizer:
+        rec["decoder_swap"] = meta["decoder_swap"]
+    return rec
 
 
 def check_same_data(out: Path, meta: Mapping[str, Any], clips: TokenClips) -> None:

@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from envs.common.config_check import SEED, THREADS, Check, above, at_least, check_config, one_of, within
 from envs.common.errors import ConfigError, DatasetError
-from envs.common.files import sha256_file, write_json
+from envs.common.files import write_json
 from worldmodel.common import threads
 from worldmodel.common.device import resolve_device
 from worldmodel.common.ema import ema_update, warmup_decay
@@ -44,7 +44,6 @@ from worldmodel.model.latte import PRESETS, Latte, describe
 from worldmodel.objective.loss import MaskFlowObjective, ObjectiveConfig, draw_step
 from worldmodel.objective.masking import MaskingConfig
 from worldmodel.objective.schedules import SCHEDULERS
-from worldmodel.tokenizer.files import WEIGHTS_NAME as TOK_WEIGHTS
 from worldmodel.training.data import ClipSampler, TokenClips
 from worldmodel.training.heldout import evaluate
 from worldmodel.training.self_context import (
@@ -225,8 +224,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
     model = (model_from_init(cfg.init, clips, data, cfg.clip_len, cfg.temporal, over, cfg.heading_pairs) if cfg.init
              else new_model(clips, cfg.size, cfg.vocab_size, cfg.clip_len, cfg.temporal, over,
                             cfg.heading_pairs)).to(device)
-    tok_sha = sha256_file(Path(tok_dir) / TOK_WEIGHTS) if tok_dir and (Path(tok_dir) / TOK_WEIGHTS).is_file() else None
-    started_from = init_record(cfg.init, tok_sha)
+    started_from = init_record(cfg.init, tok_dir)
     if cfg.heads_only:              # frozen weights get no gradient, no optimizer state and no EMA move
         model.requires_grad_(False)
         model.frame_heads.requires_grad_(True)

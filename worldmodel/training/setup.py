@@ -21,6 +21,7 @@ from envs.common.files import sha256_file
 from envs.loops import action_yaw
 from worldmodel.model.checkpoint import WEIGHTS_NAME, load_world_model, read_world_model_meta, resolve_checkpoint
 from worldmodel.model.latte import Latte, model_config
+from worldmodel.tokenizer.files import WEIGHTS_NAME as TOK_WEIGHTS
 from worldmodel.tokenizer.files import same_encoder
 from worldmodel.training.data import TokenClips
 
@@ -136,18 +137,19 @@ def model_from_init(init: str, clips: TokenClips, data: str, clip_len: int, temp
     return model.float().train()
 
 
-def init_record(init: str, tokenizer_sha256: str | None = None) -> dict[str, Any]:
+def init_record(init: str, tokenizer_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Where a fine-tuned model started (``init=``; {} for a fresh one): recorded in its model.json. A fine-tune
-    that keeps the init's tokenizer (weights sha256 ``tokenizer_sha256``) keeps its decoder-swap record too."""
+    whose tokenizer (``tokenizer_dir``) is the init's keeps the init's decoder-swap record too."""
     if not init:
         return {}
     p = resolve_checkpoint(init)
     meta = read_world_model_meta(p)
     rec: dict[str, Any] = {"init": {"checkpoint": init, "path": str(p), "weights_sha256": sha256_file(p / WEIGHTS_NAME),
                                     "train_step": meta.get("train_step")}}
-    same_tokenizer = tokenizer_sha256 and (meta.get("tokenizer") or {}).get("weights_sha256") == tokenizer_sha256
-    if "decoder_swap" in meta and same_tokenizer:
-        rec["decoder_swap"] = meta["decoder_swap"]
+    if "decoder_swap" in meta and tokenizer_dir:        # hashed only where there is a history to keep
+        weights = Path(tokenizer_dir) / TOK_WEIGHTS
+        if weights.is_file() and sha256_file(weights) == (meta.get("tokenizer") or {}).get("weights_sha256"):
+            rec["decoder_swap"] = meta["decoder_swap"]
     return rec
 
 

@@ -4,7 +4,9 @@ Each round r (``OUT/rounds/rNN/``):
 
 1. **collect** ``collect_steps`` real steps in training mazes (even maze seeds) with the current policy
    (round 0: the exploration random walk, as there is no policy yet) → ``frames/`` (a frames dataset) →
-   ``tokens/`` (tokenized with the world model's tokenizer);
+   ``tokens/`` (tokenized with the world model's tokenizer); ``learn_real``: from round 1 PPO learns from
+   these real steps as the policy collects them (``policy_real/``), so real rewards correct what the dream
+   pays wrongly, and the dream continues from that policy;
 2. **update the world model**: fine-tune the previous round's model for ``wm_steps`` on every round's tokens
    plus ``wm_data`` (optional earlier token datasets, so the model does not forget) → ``world/``;
 3. **train the policy in the dream**: SB3 PPO (``CnnPolicy``; ``recurrent``: sb3-contrib's ``RecurrentPPO``)
@@ -93,6 +95,8 @@ class RLConfig:
     threads: int = 0                # torch CPU threads (0 = adapt to the cores other processes leave free)
     progress: bool = True
     first_policy: str = "random_walk"   # who collects round 0: random_walk | uniform
+    learn_real: bool = False        # rounds >= 1: PPO also learns from the real steps the policy collects (their
+                                    # real rewards), before the dream (Dyna, MBPO); the real budget is unchanged
 
     CHECKS: ClassVar[dict[str, Check]] = {
         "rounds": at_least(1), "collect_steps": at_least(1), "episode_steps": at_least(1),
@@ -118,6 +122,9 @@ class RLConfig:
         check_config(self)
         if self.gamma > 1:
             raise ConfigError(f"gamma={self.gamma} must lie in (0, 1]")
+        if self.learn_real and self.act_temperature != 1:
+            raise ConfigError(f"learn_real=true collects as PPO samples (temperature 1); act_temperature="
+                              f"{self.act_temperature} would collect differently: set one of them back")
         if self.dream_envs * self.n_steps < self.batch_size:
             raise ConfigError(f"batch_size={self.batch_size} exceeds one PPO rollout of dream_envs x n_steps = "
                               f"{self.dream_envs * self.n_steps}")
@@ -166,6 +173,103 @@ def collect_real(actor: Any, env_id: str, env_kwargs: dict, steps: int, episode_
                       config={"env": env_id, "env_kwargs": env_kwargs, "policy": "rl", "seed": seed,
                               "steps": steps})
     return {"steps": done, "reaches": reaches, "episodes": len(episodes)}
+
+
+def real_rollouts(steps: int) -> tuple[int, int, int]:
+    """(envs, n_steps, updates) with envs x n_steps x updates == ``steps`` exactly, so PPO learning from the real
+    steps spends the round's budget to the step: envs 4 where it divides (else 8, 5, ..., 1), n_steps nearest 256."""
+    for envs in (4, 8, 5, 2, 6, 3, 7, 1):
+        if steps % envs == 0 and steps // envs >= 2:
+            q = steps // envs
+            n = min((d for d in range(2, q + 1) if q % d == 0), key=lambda d: abs(np.log(d / 256)))
+            return envs, n, q // n
+    raise ConfigError(f"collect_steps={steps} must be >= 2 to learn from real steps")
+
+
+class EpisodeRecorder(gym.Wrapper):
+    """Appends every episode the wrapped env plays to ``episodes`` in :func:`collect_real`'s layout (frames with
+    the reset's first, actions and rewards with a placeholder at it), when the next reset or :meth:`flush` comes."""
+
+    def __init__(self, env: gym.Env, episodes: list[dict]):
+        super().__init__(env)
+        self.episodes = episodes
+        self._ep: dict | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        self.flush()
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._ep = {"frames": [obs], "actions": [-1], "rewards": [0.0], "terminated": False,
+                    "attrs": {"seed": -1 if seed is None else int(seed), "maze_seed": int(info.get("maze_seed", -1)),
+                              "layout": str(info.get("layout", "")), "split": "train"}}
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        ep = self._ep
+        ep["frames"].append(obs)
+        ep["actions"].append(int(action))
+        ep["rewards"].append(float(reward))
+        ep["terminated"] = bool(terminated)
+        return obs, reward, terminated, truncated, info
+
+    def flush(self) -> None:
+        """Keep the episode in progress (if it took a step) and start none."""
+        ep, self._ep = self._ep, None
+        if ep is None or len(ep["frames"]) < 2:
+            return
+        n = len(ep["frames"])
+        terminated = np.zeros(n, bool)
+        terminated[-1] = ep["terminated"]
+        self.episodes.append({"id": len(self.episodes), "frames": np.stack(ep["frames"]),
+                              "actions": np.asarray(ep["actions"], np.int16),
+                              "rewards": np.asarray(ep["rewards"], np.float32), "terminated": terminated,
+                              "truncated": np.zeros(n, bool), "attrs": ep["attrs"]})
+
+
+def learn_real(cfg: RLConfig, meta: dict, policy_dir: str, seed: int, out: Path, policy_out: Path) -> dict[str, Any]:
+    """PPO continues from ``policy_dir`` on ``cfg.collect_steps`` real steps in training mazes (``cfg``'s PPO
+    settings, rollouts from :func:`real_rollouts`), and those very steps, which the policy collected as it learnt,
+    are written to ``out`` as :func:`collect_real` writes its own; the policy goes to ``policy_out``. Returns the
+    steps, reaches and episodes."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
+
+    import envs  # noqa: F401  (registers the env ids)
+    from agents.policy import save_policy
+    from envs.common.files import atomic_dir
+    from envs.dataset import write_dataset
+
+    n_envs, n_steps, updates = real_rollouts(cfg.collect_steps)
+    episodes: list[dict] = []
+    recorders: list[EpisodeRecorder] = []
+
+    def make(i: int):
+        def thunk():
+            env = gym.make(meta["env_id"], **{**meta["env_kwargs"], "max_episode_steps": cfg.episode_steps})
+            recorders.append(EpisodeRecorder(TrainingMazes(env, seed * 7919 + i), episodes))
+            return recorders[-1]
+        return thunk
+
+    venv = VecMonitor(DummyVecEnv([make(i) for i in range(n_envs)]))
+    try:
+        c = dataclasses.replace(cfg, n_steps=n_steps, batch_size=min(cfg.batch_size, n_envs * n_steps), seed=seed)
+        model = make_ppo(venv, c, policy_dir)
+        model.learn(total_timesteps=n_envs * n_steps * updates)
+        for rec in recorders:
+            rec.flush()
+    finally:
+        venv.close()
+    for i, ep in enumerate(episodes):
+        ep["id"] = i
+    steps = sum(len(ep["frames"]) - 1 for ep in episodes)
+    reaches = int(sum((ep["rewards"] > 0).sum() for ep in episodes))
+    with atomic_dir(out) as tmp:
+        write_dataset(tmp, episodes, "train", "frames", meta["env_id"], meta["meanings"], episodes_per_shard=16,
+                      config={"env": meta["env_id"], "env_kwargs": meta["env_kwargs"], "policy": "rl+ppo",
+                              "seed": seed, "steps": cfg.collect_steps})
+    save_policy(model.policy, policy_out, meta["env_id"], meta["env_kwargs"], meta["meanings"],
+                {"real_steps": steps, "reaches": reaches, "rollouts": [n_envs, n_steps, updates]},
+                frame_stack=cfg.frame_stack, temperature=cfg.act_temperature)
+    return {"steps": steps, "reaches": reaches, "episodes": len(episodes)}
 
 
 # -- one round ----------------------------------------------------------------------------------------
@@ -281,12 +385,14 @@ def run_round(cfg: RLConfig, r: int, out: Path, world: str, policy_dir: str | No
 
     rdir = out / "rounds" / f"r{r:02d}"
     t0 = time.perf_counter()
-    if policy_dir is None:
-        actor: Any = make_policy(cfg.first_policy, meta["meanings"], seed=cfg.seed)
+    if policy_dir is not None and cfg.learn_real:
+        collected = learn_real(cfg, meta, policy_dir, cfg.seed * 1000 + r, rdir / "frames", rdir / "policy_real")
+        policy_dir = str(rdir / "policy_real")      # the dream continues from what the real steps taught
     else:
-        actor = policy_actor(policy_dir)[0]
-    collected = collect_real(actor, meta["env_id"], meta["env_kwargs"], cfg.collect_steps, cfg.episode_steps,
-                             cfg.seed * 1000 + r, rdir / "frames")
+        actor: Any = (make_policy(cfg.first_policy, meta["meanings"], seed=cfg.seed) if policy_dir is None
+                      else policy_actor(policy_dir)[0])
+        collected = collect_real(actor, meta["env_id"], meta["env_kwargs"], cfg.collect_steps, cfg.episode_steps,
+                                 cfg.seed * 1000 + r, rdir / "frames")
     tokenize_dataset(rdir / "frames", meta["tokenizer"], rdir / "tokens", overwrite=True, progress=False)
     t1 = time.perf_counter()
     if cfg.wm_steps > 0:

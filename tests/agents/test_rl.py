@@ -301,3 +301,58 @@ def test_the_loop_trains_a_recurrent_policy_in_the_dream_and_plays_it(tiny_world
     # the feed-forward settings cannot resume it
     with pytest.raises(ConfigError, match="recurrent"):
         run_rl(RLConfig(out=str(out), checkpoint=str(tiny_world_checkpoint), **TINY))
+
+
+def test_real_rollouts_spend_the_rounds_real_steps_exactly():
+    from agents.rl import real_rollouts
+
+    for steps in (12500, 40, 1000, 997, 2):
+        envs, n_steps, updates = real_rollouts(steps)
+        assert envs * n_steps * updates == steps and n_steps >= 2 or (steps == 2 and (envs, n_steps) == (1, 2))
+    assert real_rollouts(12500) == (4, 125, 25)
+    with pytest.raises(ConfigError, match="collect_steps"):
+        real_rollouts(1)
+
+
+@pytest.mark.slow
+def test_learning_from_real_steps_records_exactly_those_steps_and_moves_the_policy(tiny_world_checkpoint, tmp_path):
+    import gymnasium as gym
+
+    import envs  # noqa: F401
+    from agents.policy import load_policy
+    from agents.rl import RLConfig, run_rl
+    from envs.dataset import EpisodeDataset
+
+    out = tmp_path / "rl"
+    cfg = {**TINY, "rounds": 2, "collect_steps": 48}
+    res = run_rl(RLConfig(out=str(out), checkpoint=str(tiny_world_checkpoint), learn_real=True, **cfg))
+    r1 = out / "rounds" / "r01"
+    assert [r["real_steps"] for r in res["rounds"]] == [48, 96]
+    ds = EpisodeDataset(r1 / "frames", "train")
+    assert sum(n - 1 for n in ds.lengths()) == 48
+    # round 0 has no policy to learn: the random walk collects and nothing is learnt from real steps
+    assert not (out / "rounds" / "r00" / "policy_real").exists()
+    # PPO moved the round-0 policy on the real steps, and the recorded frames are the real env's: the first
+    # episode of each env (seeded by SB3) replays frame for frame from its seed, maze and actions
+    before, _ = load_policy(out / "rounds" / "r00" / "policy")
+    after, meta = load_policy(r1 / "policy_real")
+    assert meta["stats"]["real_steps"] == 48
+    assert any(not np.array_equal(a.detach().numpy(), b.detach().numpy())
+               for a, b in zip(before.state_dict().values(), after.state_dict().values(), strict=True))
+    env = gym.make("DMLabMaze-v0", max_episode_steps=20)
+    replayed = 0
+    for i in range(len(ds.lengths())):
+        ep = ds.episode(i)
+        if ep["attrs"]["seed"] < 0:
+            continue
+        obs, _ = env.reset(seed=int(ep["attrs"]["seed"]), options={"maze_seed": int(ep["attrs"]["maze_seed"])})
+        assert np.array_equal(obs, ep["frames"][0])
+        for t in range(1, len(ep["frames"])):
+            obs, reward, *_ = env.step(int(ep["actions"][t]))
+            assert np.array_equal(obs, ep["frames"][t]) and reward == ep["rewards"][t]
+        replayed += 1
+    env.close()
+    ds.close()
+    assert replayed >= 1
+    with pytest.raises(ConfigError, match="act_temperature"):
+        run_rl(RLConfig(out=str(tmp_path / "t"), learn_real=True, act_temperature=0.5))

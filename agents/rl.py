@@ -141,14 +141,12 @@ def collect_real(actor: Any, env_id: str, env_kwargs: dict, steps: int, episode_
     """Play ``steps`` real steps with ``actor`` in training mazes (even maze seeds) and write them to ``out``
     as a frames dataset (every episode in the train split). Returns the steps, reaches and episodes."""
     import envs  # noqa: F401  (registers the env ids)
-    from envs.common.files import atomic_dir
-    from envs.dataset import write_dataset
     from envs.heldout import env_action_meanings, play_maze, training_options
 
     env = gym.make(env_id, **{**env_kwargs, "max_episode_steps": episode_steps})
     meanings = env_action_meanings(env)
     rng = np.random.default_rng(seed)
-    episodes, done, reaches = [], 0, 0
+    episodes, done = [], 0
     try:
         while done < steps:
             ep_seed, maze = int(rng.integers(2**30)), int(rng.integers(2**29))
@@ -156,23 +154,39 @@ def collect_real(actor: Any, env_id: str, env_kwargs: dict, steps: int, episode_
                 actor.reset(ep_seed)
             play = play_maze(env, min(episode_steps, steps - done), ep_seed, actor, training_options(env, maze),
                              on_end="stop")
-            n = len(play.frames)
-            done += n - 1
-            reaches += int((play.rewards > 0).sum())
-            terminated = np.zeros(n, bool)
-            terminated[-1] = play.terminated
-            episodes.append({"id": len(episodes), "frames": play.frames, "actions": play.actions.astype(np.int16),
-                             "rewards": play.rewards.astype(np.float32), "terminated": terminated,
-                             "truncated": np.zeros(n, bool),
-                             "attrs": {"seed": ep_seed, "maze_seed": play.maze_seed, "layout": play.layout,
-                                       "split": "train"}})
+            done += len(play.frames) - 1
+            episodes.append(real_episode(play.frames, play.actions, play.rewards, play.terminated,
+                                         {"seed": ep_seed, "maze_seed": play.maze_seed, "layout": play.layout}))
     finally:
         env.close()
+    return write_real_steps(out, episodes, env_id, env_kwargs, meanings, {"policy": "rl", "seed": seed, "steps": steps})
+
+
+def real_episode(frames, actions, rewards, terminated: bool, attrs: dict) -> dict[str, Any]:
+    """One real episode in the frames dataset's layout (t: the reset's frame first; its action -1, reward 0),
+    ended by termination on its last frame or cut short; every one in the train split."""
+    n = len(frames)
+    ended = np.zeros(n, bool)
+    ended[-1] = terminated
+    return {"frames": np.stack(frames), "actions": np.asarray(actions, np.int16),
+            "rewards": np.asarray(rewards, np.float32), "terminated": ended, "truncated": np.zeros(n, bool),
+            "attrs": {**attrs, "split": "train"}}
+
+
+def write_real_steps(out: Path, episodes: list[dict], env_id: str, env_kwargs: dict, meanings: tuple[str, ...],
+                     config: dict) -> dict[str, Any]:
+    """Write a round's real episodes (:func:`real_episode`) to ``out`` as a frames dataset, atomically; returns
+    the steps, reaches and episodes."""
+    from envs.common.files import atomic_dir
+    from envs.dataset import write_dataset
+
+    for i, ep in enumerate(episodes):
+        ep["id"] = i
     with atomic_dir(out) as tmp:
         write_dataset(tmp, episodes, "train", "frames", env_id, meanings, episodes_per_shard=16,
-                      config={"env": env_id, "env_kwargs": env_kwargs, "policy": "rl", "seed": seed,
-                              "steps": steps})
-    return {"steps": done, "reaches": reaches, "episodes": len(episodes)}
+                      config={"env": env_id, "env_kwargs": env_kwargs, **config})
+    return {"steps": sum(len(ep["frames"]) - 1 for ep in episodes),
+            "reaches": int(sum((ep["rewards"] > 0).sum() for ep in episodes)), "episodes": len(episodes)}
 
 
 def real_rollouts(steps: int) -> tuple[int, int, int]:
@@ -187,8 +201,8 @@ def real_rollouts(steps: int) -> tuple[int, int, int]:
 
 
 class EpisodeRecorder(gym.Wrapper):
-    """Appends every episode the wrapped env plays to ``episodes`` in :func:`collect_real`'s layout (frames with
-    the reset's first, actions and rewards with a placeholder at it), when the next reset or :meth:`flush` comes."""
+    """Appends every episode the wrapped env plays to ``episodes`` (:func:`real_episode`; seed -1 where the vector
+    env reset it without one), when the next reset or :meth:`flush` comes."""
 
     def __init__(self, env: gym.Env, episodes: list[dict]):
         super().__init__(env)
@@ -200,7 +214,7 @@ class EpisodeRecorder(gym.Wrapper):
         obs, info = self.env.reset(seed=seed, options=options)
         self._ep = {"frames": [obs], "actions": [-1], "rewards": [0.0], "terminated": False,
                     "attrs": {"seed": -1 if seed is None else int(seed), "maze_seed": int(info.get("maze_seed", -1)),
-                              "layout": str(info.get("layout", "")), "split": "train"}}
+                              "layout": str(info.get("layout", ""))}}
         return obs, info
 
     def step(self, action):
@@ -215,15 +229,9 @@ class EpisodeRecorder(gym.Wrapper):
     def flush(self) -> None:
         """Keep the episode in progress (if it took a step) and start none."""
         ep, self._ep = self._ep, None
-        if ep is None or len(ep["frames"]) < 2:
-            return
-        n = len(ep["frames"])
-        terminated = np.zeros(n, bool)
-        terminated[-1] = ep["terminated"]
-        self.episodes.append({"id": len(self.episodes), "frames": np.stack(ep["frames"]),
-                              "actions": np.asarray(ep["actions"], np.int16),
-                              "rewards": np.asarray(ep["rewards"], np.float32), "terminated": terminated,
-                              "truncated": np.zeros(n, bool), "attrs": ep["attrs"]})
+        if ep is not None and len(ep["frames"]) >= 2:
+            self.episodes.append(real_episode(ep["frames"], ep["actions"], ep["rewards"], ep["terminated"],
+                                              ep["attrs"]))
 
 
 def learn_real(cfg: RLConfig, meta: dict, policy_dir: str, seed: int, out: Path, policy_out: Path) -> dict[str, Any]:
@@ -231,25 +239,17 @@ def learn_real(cfg: RLConfig, meta: dict, policy_dir: str, seed: int, out: Path,
     settings, rollouts from :func:`real_rollouts`), and those very steps, which the policy collected as it learnt,
     are written to ``out`` as :func:`collect_real` writes its own; the policy goes to ``policy_out``. Returns the
     steps, reaches and episodes."""
-    from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
-
-    import envs  # noqa: F401  (registers the env ids)
     from agents.policy import save_policy
-    from envs.common.files import atomic_dir
-    from envs.dataset import write_dataset
 
     n_envs, n_steps, updates = real_rollouts(cfg.collect_steps)
     episodes: list[dict] = []
     recorders: list[EpisodeRecorder] = []
 
-    def make(i: int):
-        def thunk():
-            env = gym.make(meta["env_id"], **{**meta["env_kwargs"], "max_episode_steps": cfg.episode_steps})
-            recorders.append(EpisodeRecorder(TrainingMazes(env, seed * 7919 + i), episodes))
-            return recorders[-1]
-        return thunk
+    def record(env: gym.Env) -> gym.Env:
+        recorders.append(EpisodeRecorder(env, episodes))
+        return recorders[-1]
 
-    venv = VecMonitor(DummyVecEnv([make(i) for i in range(n_envs)]))
+    venv = real_vec_env(meta["env_id"], meta["env_kwargs"], cfg.episode_steps, n_envs, seed, record)
     try:
         c = dataclasses.replace(cfg, n_steps=n_steps, batch_size=min(cfg.batch_size, n_envs * n_steps), seed=seed)
         model = make_ppo(venv, c, policy_dir)
@@ -258,18 +258,12 @@ def learn_real(cfg: RLConfig, meta: dict, policy_dir: str, seed: int, out: Path,
             rec.flush()
     finally:
         venv.close()
-    for i, ep in enumerate(episodes):
-        ep["id"] = i
-    steps = sum(len(ep["frames"]) - 1 for ep in episodes)
-    reaches = int(sum((ep["rewards"] > 0).sum() for ep in episodes))
-    with atomic_dir(out) as tmp:
-        write_dataset(tmp, episodes, "train", "frames", meta["env_id"], meta["meanings"], episodes_per_shard=16,
-                      config={"env": meta["env_id"], "env_kwargs": meta["env_kwargs"], "policy": "rl+ppo",
-                              "seed": seed, "steps": cfg.collect_steps})
+    done = write_real_steps(out, episodes, meta["env_id"], meta["env_kwargs"], meta["meanings"],
+                            {"policy": "rl+ppo", "seed": seed, "steps": cfg.collect_steps})
     save_policy(model.policy, policy_out, meta["env_id"], meta["env_kwargs"], meta["meanings"],
-                {"real_steps": steps, "reaches": reaches, "rollouts": [n_envs, n_steps, updates]},
+                {"real_steps": done["steps"], "reaches": done["reaches"], "rollouts": [n_envs, n_steps, updates]},
                 frame_stack=cfg.frame_stack, temperature=cfg.act_temperature)
-    return {"steps": steps, "reaches": reaches, "episodes": len(episodes)}
+    return done
 
 
 # -- one round ----------------------------------------------------------------------------------------
@@ -513,17 +507,7 @@ def ppo_real(env_id: str, env_kwargs: dict, steps: int, cfg: RLConfig, envs_n: i
     ``on_mark(n, model)`` is called at each of ``marks`` (and at ``steps``) with the model as one run of
     ``steps = n`` would have left it: learning continues in pieces that collect and train exactly as one
     ``learn`` would (constant learning rate and clip range), and the global RNGs are restored after each call."""
-    from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
-
-    import envs  # noqa: F401
-
-    def make(i: int):
-        def thunk():
-            env = gym.make(env_id, **{**env_kwargs, "max_episode_steps": episode_steps})
-            return TrainingMazes(env, cfg.seed * 7919 + i)
-        return thunk
-
-    venv = VecMonitor(DummyVecEnv([make(i) for i in range(envs_n)]))
+    venv = real_vec_env(env_id, env_kwargs, episode_steps, envs_n, cfg.seed)
     try:
         c = dataclasses.replace(cfg, n_steps=max(cfg.n_steps, 128), batch_size=min(cfg.batch_size, envs_n * 128))
         model = make_ppo(venv, c, None)
@@ -552,6 +536,24 @@ def rngs_kept():
         random.setstate(states[0])
         np.random.set_state(states[1])
         torch.set_rng_state(states[2])
+
+
+def real_vec_env(env_id: str, env_kwargs: dict, episode_steps: int, n: int, seed: int,
+                 wrap: Callable[[gym.Env], gym.Env] | None = None):
+    """SB3's VecMonitor(DummyVecEnv) over ``n`` real envs of training mazes (env i draws its mazes from seed
+    ``seed * 7919 + i``), each optionally wrapped by ``wrap``: where PPO learns from real steps."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
+
+    import envs  # noqa: F401  (registers the env ids)
+
+    def make(i: int):
+        def thunk():
+            env = TrainingMazes(gym.make(env_id, **{**env_kwargs, "max_episode_steps": episode_steps}),
+                                seed * 7919 + i)
+            return wrap(env) if wrap is not None else env
+        return thunk
+
+    return VecMonitor(DummyVecEnv([make(i) for i in range(n)]))
 
 
 class TrainingMazes(gym.Wrapper):

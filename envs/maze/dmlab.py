@@ -269,3 +269,26 @@ class DMLabMazeEnv(gym.Env):
 def make_config(**kwargs) -> MazeConfig:
     """A :class:`MazeConfig` with the given fields changed from the small preset."""
     return dataclasses.replace(PRESETS["small"], **kwargs)
+
+
+def goal_in_view(info: dict, fov_deg: float = 60.0, step: float = 0.05) -> bool:
+    """Whether the goal's centre lies in the agent's view: within ``fov_deg`` / 2 of the heading (the renderer's
+    60° at a square frame) and with no wall cell on the straight line to it (ray march over ``info['layout']``).
+
+    A geometric reading of ``info`` (``pose``, ``goal``, ``layout``), for diagnostics: how often an agent
+    sees the goal tells its exploration apart from its approach. The box's edges may show while its centre is
+    out of view; this counts the centre only.
+    """
+    x, z, heading = (float(v) for v in np.asarray(info["pose"])[:3])
+    gx, gz = (float(v) for v in np.asarray(info["goal"])[:2])
+    # forward moves along (cos h, -sin h); a left turn adds to h (as DMLabMazeEnv.step)
+    off = (math.atan2(-(gz - z), gx - x) - heading + math.pi) % (2 * math.pi) - math.pi
+    if abs(off) > math.radians(fov_deg) / 2:
+        return False
+    grid = str(info["layout"]).split("\n")
+    n = max(2, int(math.hypot(gx - x, gz - z) / step))
+    for i in range(1, n):
+        t = i / n
+        if grid[int(math.floor(z + t * (gz - z)))][int(math.floor(x + t * (gx - x)))] == "*":
+            return False
+    return True

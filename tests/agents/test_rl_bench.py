@@ -49,3 +49,49 @@ def test_rl_benchmark_pairs_a_with_b_at_every_round_and_resumes(tiny_world_check
     assert [c["real_steps"] for c in redone["ppo_real"][0]["curve"]] == [40]
     with pytest.raises(SystemExit, match="unknown RL setting 'nope'"):
         bench.main(args + ["--set", "nope=1"])
+
+
+def test_goal_sightings_probe_counts_a_sighting_turned_into_a_reach_and_hands_over_in_view():
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("bench_sightings", ROOT / "benchmarks" / "goal_sightings.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from envs.maze.dmlab import ACTION_MEANINGS
+
+    class Still:                               # an actor that always asks for a no-op
+        def act(self, obs=None, info=None):
+            return 0
+
+    layout = "*****\n*   *\n*****"
+    goal = np.array([3.5, 1.5], np.float32)
+
+    def info(x, heading):
+        return {"layout": layout, "goal": goal, "pose": np.array([x, 1.5, heading], np.float32), "cell": (1, int(x))}
+
+    # away (not in view), in view, in view, then a respawn (pose jumps): one sighting, reached
+    steps = [info(1.5, np.pi), info(1.5, 0.0), info(1.7, 0.0), info(1.5, np.pi)]
+    for go in (False, True):
+        probe = bench.SightingProbe(Still(), ACTION_MEANINGS, see_and_go=go, window=40)
+        probe.reset()
+        actions = [probe.act(None, i) for i in steps[:3]]
+        probe._pose = np.array([3.4, 1.5])       # the agent stood at the goal just before the respawn
+        actions.append(probe.act(None, steps[3]))
+        assert probe.sightings == 1 and probe.converted == 1 and probe.in_view == 2 and probe.turns == 0
+        assert probe.cells == [1]
+        # see-and-go: the oracle walks forward at the goal ahead, only while it is in view
+        assert actions == ([0, 1, 1, 0] if go else [0, 0, 0, 0])
+    # a sighting never followed by a reach within the window is not counted as reached
+    probe = bench.SightingProbe(Still(), ACTION_MEANINGS, window=1)
+    for i in [info(1.5, np.pi), info(1.5, 0.0), info(1.5, np.pi), info(1.5, np.pi), info(1.5, np.pi)]:
+        probe.act(None, i)
+    probe._pose = np.array([3.4, 1.5])
+    probe.act(None, info(1.5, np.pi))
+    assert probe.sightings == 1 and probe.converted == 0
+    # turns in place are counted from the actions actually taken
+    spinner = type("Spinner", (), {"act": lambda self, obs=None, info=None: ACTION_MEANINGS.index("turn_left")})()
+    probe = bench.SightingProbe(spinner, ACTION_MEANINGS)
+    probe.reset()
+    for _ in range(3):
+        probe.act(None, info(1.5, np.pi))
+    assert probe.turns == 3 and probe.steps == 3

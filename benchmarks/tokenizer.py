@@ -6,7 +6,8 @@
 
 Speed does not depend on the weights, so untrained presets measure the architecture; a checkpoint
 measures the tokenizer you ship. Reports the median of ``--repeats`` timed runs after a warm-up,
-with batch size, thread count and device, as JSON lines (``--json FILE`` also writes them there).
+with batch size, thread count and device, as JSON lines (``--json FILE`` also writes them there); decoding
+also in bf16 autocast (as the dream env decodes where the hardware has bf16), with the per-repeat ratio to fp32.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def time_tokenizer(model: FrameTokenizer, frames: np.ndarray, batch: int, repeat
     x = torch.from_numpy(frames[:batch]).to(device)
     for _ in range(2):  # warm-up: oneDNN / cuDNN pick and cache their kernels on the first calls
         model.decode(model.encode(x))
-    enc, dec = [], []
+    enc, dec, dec16 = [], [], []
+    bf16 = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
     for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
@@ -47,7 +49,18 @@ def time_tokenizer(model: FrameTokenizer, frames: np.ndarray, batch: int, repeat
         t2 = time.perf_counter()
         enc.append(batch / (t1 - t0))
         dec.append(batch / (t2 - t1))
-    return {"encode_fps": statistics.median(enc), "decode_fps": statistics.median(dec)}
+        if bf16:                    # the dream env decodes in bf16 where the hardware has it (precision="auto")
+            model.decode(ids, dtype=torch.bfloat16)         # (alternating with fp32: both see the same load)
+            _sync(device)
+            t3 = time.perf_counter()
+            model.decode(ids, dtype=torch.bfloat16)
+            _sync(device)
+            dec16.append(batch / (time.perf_counter() - t3))
+    out = {"encode_fps": statistics.median(enc), "decode_fps": statistics.median(dec)}
+    if dec16:
+        out["decode_bf16_fps"] = statistics.median(dec16)
+        out["decode_bf16_vs_fp32"] = statistics.median(b / a for a, b in zip(dec, dec16, strict=True))
+    return out
 
 
 def cpu_name() -> str:

@@ -223,9 +223,10 @@ class DreamCore:
         return (p_reward > self.reward_threshold).astype(np.float64)
 
     def frames(self, tokens: torch.Tensor) -> np.ndarray:
-        """(b h w) tokens -> (b y x c) uint8 frames on the host."""
+        """(b h w) tokens -> (b y x c) uint8 frames on the host, decoded at the rollout's precision (bf16 decodes
+        ~1.9× faster on a CPU with AVX512-BF16; an RL agent sees every frame)."""
         with torch.inference_mode():
-            return self.tokenizer.decode(tokens).cpu().numpy()
+            return self.tokenizer.decode(tokens, dtype=self.rollout.dtype).cpu().numpy()
 
     def observe(self, tokens: torch.Tensor) -> np.ndarray:
         """Observations of a batch: decoded frames (b y x c) uint8, or the tokens (b h w) int64."""

@@ -111,7 +111,8 @@ class MaskFlowDreamEnv(gym.Env):
     ±0.3 dB noise of that eval); the accuracy of a single predicted frame can. The default env runs 3.3×
     release 1's frames/s single and 7.7× batched (N = 16), ``benchmarks/dream_speed.py``.
     ``precision``: "auto" (default) computes in bf16 where the hardware does it natively (a CPU with
-    AVX512-BF16 or AMX, a CUDA GPU with bf16) and in fp32 elsewhere; "fp32" / "bf16" force one.
+    AVX512-BF16 or AMX, a CUDA GPU with bf16) and in fp32 elsewhere; "fp32" / "bf16" force one. The
+    frames are decoded at the same precision (bf16: within a quarter of a grey level of fp32 on average).
 
     ## Spaces
     Observation ``Box(0, 255, (64, 64, 3), uint8)``, or with ``obs_type="tokens"`` the token grid

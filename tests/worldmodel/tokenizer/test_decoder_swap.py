@@ -287,3 +287,25 @@ def test_token_datasets_and_init_follow_the_encoder_not_the_decoder(tiny_world_c
     train(TrainConfig(**cfg), tmp_path / "tokens_old", tmp_path / "ft")
     with pytest.raises(ConfigError, match="not the one that made this dataset"):
         train(TrainConfig(**cfg), c, tmp_path / "ft_bad")
+
+
+def test_bf16_decoding_stays_within_a_grey_level_of_fp32_and_the_dream_decodes_at_its_precision(
+        tiny_world_checkpoint):
+    from worldmodel.dream.core import DreamCore
+
+    shipped = load_tokenizer(DEFAULT_CHECKPOINT / "tokenizer")
+    ids = torch.randint(0, shipped.vocab_size, (4, *shipped.token_grid), generator=torch.Generator().manual_seed(0))
+    f32 = shipped.decode(ids).float()
+    bf16 = shipped.decode(ids, dtype=torch.bfloat16).float()
+    diff = (f32 - bf16).abs()
+    assert diff.max() > 0                      # the bf16 path was taken
+    assert diff.mean() < 1.0 and diff.max() <= 16, (diff.mean(), diff.max())
+    with pytest.raises(ConfigError, match="decode dtype"):
+        shipped.decode(ids, dtype=torch.float16)
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        core = DreamCore(1, str(tiny_world_checkpoint), context="live", precision=precision, threads=None)
+        try:
+            tok = torch.randint(0, core.vocab_size, (2, *core.grid))
+            assert np.array_equal(core.frames(tok), core.tokenizer.decode(tok, dtype=dtype).numpy())
+        finally:
+            core.close()

@@ -224,7 +224,7 @@ class DreamCore:
 
     def frames(self, tokens: torch.Tensor) -> np.ndarray:
         """(b h w) tokens -> (b y x c) uint8 frames on the host, decoded at the rollout's precision (bf16 decodes
-        ~1.9× faster on a CPU with AVX512-BF16; an RL agent sees every frame)."""
+        1.6–2.2× faster on a CPU with AVX512-BF16; an RL agent sees every frame)."""
         with torch.inference_mode():
             return self.tokenizer.decode(tokens, dtype=self.rollout.dtype).cpu().numpy()
 

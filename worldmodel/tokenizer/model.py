@@ -353,7 +353,7 @@ class FrameTokenizer(nn.Module):
     def decode(self, tokens: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Token ids (b, h, w) (any integer dtype) -> uint8 frames (b, y, x, 3) on the model device.
 
-        ``dtype=torch.bfloat16`` runs the decoder's convolutions under bf16 autocast: ~1.9× the frames/s on a
+        ``dtype=torch.bfloat16`` runs the decoder's convolutions under bf16 autocast: 1.6–2.2× the frames/s on a
         CPU with AVX512-BF16, within a quarter of a grey level of fp32 on average (the dream env decodes at its
         ``precision``; evaluations decode in fp32)."""
         if dtype not in (torch.float32, torch.bfloat16):

@@ -215,6 +215,8 @@ class EpisodeRecorder(gym.Wrapper):
         self._ep = {"frames": [obs], "actions": [-1], "rewards": [0.0], "terminated": False,
                     "attrs": {"seed": -1 if seed is None else int(seed), "maze_seed": int(info.get("maze_seed", -1)),
                               "layout": str(info.get("layout", ""))}}
+        if "goal" in info:
+            self._ep["attrs"]["goal"] = np.asarray(info["goal"], np.float32)
         return obs, info
 
     def step(self, action):

@@ -184,6 +184,8 @@ def run_group(vec, plans: list[EpisodePlan], policy_name: str, steps: int, meani
         ep = {"id": p.id, "frames": frames[k, :n_k], "actions": actions[k, :n_k], "rewards": rewards[k, :n_k],
               "terminated": term[k, :n_k], "truncated": trunc[k, :n_k],
               "attrs": {"seed": p.seed, "maze_seed": p.maze_seed, "layout": layouts[k], "split": p.split}}
+        if goals is not None:       # (x, z): with the poses and layout, what the agent could see of the goal
+            ep["attrs"]["goal"] = np.asarray(goals[k], np.float32)
         if has_pose:
             ep["poses"] = poses[k, :n_k]
         out.append(ep)

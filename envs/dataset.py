@@ -14,7 +14,8 @@ Every episode stores per-frame aligned arrays of length L = steps + 1:
     terminated (L,) bool, truncated (L,) bool   flags at frame i
     poses      (L, 3) float32 (x, z, heading)   [frames datasets from maze envs]
 
-Episode attrs: ``seed``, ``maze_seed``, ``layout`` (text grid). File attrs: ``env_id``,
+Episode attrs: ``seed``, ``maze_seed``, ``layout`` (text grid), ``goal`` ((x, z) float32, maze envs; datasets
+collected before it lack it). File attrs: ``env_id``,
 ``action_meanings`` (JSON list), ``format_version``, ``kind``. Shards are written atomically
 (temp + rename) and the manifest is rewritten after every shard, so an interrupted job resumes
 from the last finished shard. Train and test splits use disjoint maze seeds.

@@ -345,8 +345,8 @@ def test_learning_from_real_steps_records_exactly_those_steps_and_moves_the_poli
         ep = ds.episode(i)
         if ep["attrs"]["seed"] < 0:
             continue
-        obs, _ = env.reset(seed=int(ep["attrs"]["seed"]), options={"maze_seed": int(ep["attrs"]["maze_seed"])})
-        assert np.array_equal(obs, ep["frames"][0])
+        obs, info = env.reset(seed=int(ep["attrs"]["seed"]), options={"maze_seed": int(ep["attrs"]["maze_seed"])})
+        assert np.array_equal(obs, ep["frames"][0]) and np.array_equal(ep["attrs"]["goal"], info["goal"])
         for t in range(1, len(ep["frames"])):
             obs, reward, *_ = env.step(int(ep["actions"][t]))
             assert np.array_equal(obs, ep["frames"][t]) and reward == ep["rewards"][t]

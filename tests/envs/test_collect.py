@@ -150,6 +150,12 @@ def test_goal_seeking_oracle_reaches_the_goal_far_more_often_than_the_random_wal
                           test_fraction=0.0), progress=False)
     ds = EpisodeDataset(tmp_path / "d", "train")
     assert sum(float(np.asarray(ds.episode(i)["rewards"]).sum()) for i in range(len(ds))) >= 3
+    # each episode records its goal: every reach happens from a pose next to it (the reach respawns the agent)
+    for i in range(len(ds)):
+        ep = ds.episode(i)
+        goal = np.asarray(ep["attrs"]["goal"], np.float32)
+        for t in np.flatnonzero(np.asarray(ep["rewards"]) > 0):
+            assert np.linalg.norm(ep["poses"][t - 1, :2] - goal) < 0.6, (i, t, ep["poses"][t - 1], goal)
     ds.close()
 
 

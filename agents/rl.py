@@ -155,8 +155,9 @@ def collect_real(actor: Any, env_id: str, env_kwargs: dict, steps: int, episode_
             play = play_maze(env, min(episode_steps, steps - done), ep_seed, actor, training_options(env, maze),
                              on_end="stop")
             done += len(play.frames) - 1
+            attrs = {"seed": ep_seed, "maze_seed": play.maze_seed, "layout": play.layout}
             episodes.append(real_episode(play.frames, play.actions, play.rewards, play.terminated,
-                                         {"seed": ep_seed, "maze_seed": play.maze_seed, "layout": play.layout}))
+                                         attrs if play.goal is None else {**attrs, "goal": play.goal}))
     finally:
         env.close()
     return write_real_steps(out, episodes, env_id, env_kwargs, meanings, {"policy": "rl", "seed": seed, "steps": steps})

@@ -163,29 +163,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for r in rows:
             print(f"N={r['n']}: decoding in {r['dtype']} instead of fp32: {r['ratio_median']:.2f}x median "
                   f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) over {len(r['rounds'])} rounds")
-        result = {"checkpoint": a.checkpoint, "hardware": hw, "settings": vars(a), "results": rows}
-        if a.out:
-            from envs.common.files import write_json
-
-            write_json(a.out, result)
-        return result
-    rows = [time_single(a.checkpoint, a.steps, a.warmup, a.seed, **kw)]
-    rows += [time_vector(a.checkpoint, n, a.steps, a.warmup, a.seed, **kw) for n in a.sizes]
-    single = rows[0]["env_steps_per_s"]
-    for r in rows:
-        r["ratio_vs_single"] = r["env_steps_per_s"] / single
-    print(f"dream env throughput — {a.checkpoint} on {hw['device']} ({hw['cpu']}, {hw['torch_threads']} threads)")
-    print(f"{'env':>8} {'N':>4} {'env steps/s':>12} {'ms/step':>9} {'NFE/frame':>10} {'vs single':>10}")
-    for r in rows:
-        print(f"{r['kind']:>8} {r['n']:>4} {r['env_steps_per_s']:>12.1f} {r['ms_per_step']:>9.1f} "
-              f"{r['nfe_per_frame']:>10.2f} {r['ratio_vs_single']:>9.2f}x")
+    else:
+        rows = [time_single(a.checkpoint, a.steps, a.warmup, a.seed, **kw)]
+        rows += [time_vector(a.checkpoint, n, a.steps, a.warmup, a.seed, **kw) for n in a.sizes]
+        single = rows[0]["env_steps_per_s"]
+        for r in rows:
+            r["ratio_vs_single"] = r["env_steps_per_s"] / single
+        print(f"dream env throughput — {a.checkpoint} on {hw['device']} ({hw['cpu']}, {hw['torch_threads']} threads)")
+        print(f"{'env':>8} {'N':>4} {'env steps/s':>12} {'ms/step':>9} {'NFE/frame':>10} {'vs single':>10}")
+        for r in rows:
+            print(f"{r['kind']:>8} {r['n']:>4} {r['env_steps_per_s']:>12.1f} {r['ms_per_step']:>9.1f} "
+                  f"{r['nfe_per_frame']:>10.2f} {r['ratio_vs_single']:>9.2f}x")
     result = {"checkpoint": a.checkpoint, "hardware": hw, "settings": vars(a), "results": rows}
     if a.out:
         from envs.common.files import write_json
 
         write_json(a.out, result)
     return result
-
 
 if __name__ == "__main__":
     main()

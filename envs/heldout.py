@@ -34,6 +34,7 @@ class HeldoutPlay:
     maze_seed: int
     terminated: bool = False        # the last step ended its episode by termination (not truncation)
     layout: str = ""                # the maze's text grid, where the env reports one
+    goal: np.ndarray | None = None  # the goal's (x, z), where the env reports one (fixed within an episode)
 
 
 def heldout_maze_seed(seed: int) -> int:
@@ -94,4 +95,5 @@ def play_maze(env: gym.Env, steps: int, seed: int, policy: str | Policy, options
             obs, info = env.reset(options=options)
     maze = (options or {}).get("maze_seed", info.get("maze_seed", -1))
     return HeldoutPlay(np.stack(frames), np.asarray(actions, np.int64), np.asarray(rewards, np.float64), ended,
-                       int(maze), bool(term), str(info.get("layout", "")))
+                       int(maze), bool(term), str(info.get("layout", "")),
+                       None if "goal" not in info else np.asarray(info["goal"], np.float32))

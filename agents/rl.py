@@ -49,7 +49,8 @@ from envs.common.errors import ConfigError
 
 ROUND_FILE = "done.json"
 LOG_FIELDS = ("round", "real_steps", "eval_reaches_per_1000", "eval_reaches", "eval_steps", "collect_reaches_per_1000",
-              "dream_frames", "dream_return", "dream_episodes", "reward_starts", "reward_threshold", "collect_s",
+              "dream_frames", "dream_return", "dream_episodes", "dream_sightings", "reward_starts", "reward_threshold",
+              "collect_s",
               "world_s", "dream_s", "eval_s")
 
 
@@ -97,6 +98,10 @@ class RLConfig:
     first_policy: str = "random_walk"   # who collects round 0: random_walk | uniform
     learn_real: bool = False        # rounds >= 1: PPO also learns from the real steps the policy collects (their
                                     # real rewards), before the dream (Dyna, MBPO); the real budget is unchanged
+    sight_reward: float = 0.0       # a search signal: this bonus on the step the goal first comes into view in an
+                                    # episode (dream, and real steps PPO learns from), 0 = off (agents.sighting)
+    sight_probe: str = ""           # the probe that tells it from a frame (`python -m agents.sighting`); "" = one
+                                    # learnt each round from the loop's own real frames so far (rNN/sight/)
 
     CHECKS: ClassVar[dict[str, Check]] = {
         "rounds": at_least(1), "collect_steps": at_least(1), "episode_steps": at_least(1),
@@ -108,7 +113,7 @@ class RLConfig:
         "act_temperature": above(0), "n_steps": at_least(2), "batch_size": at_least(2),
         "epochs": at_least(1), "lr": above(0), "ent_coef": at_least(0), "gamma": above(0),
         "eval_episodes": at_least(1), "eval_seed": SEED, "seed": SEED, "threads": THREADS,
-        "first_policy": one_of("random_walk", "uniform"),
+        "first_policy": one_of("random_walk", "uniform"), "sight_reward": at_least(0, "0 = off"),
     }
 
     def actor(self, policy):
@@ -128,6 +133,10 @@ class RLConfig:
         if self.dream_envs * self.n_steps < self.batch_size:
             raise ConfigError(f"batch_size={self.batch_size} exceeds one PPO rollout of dream_envs x n_steps = "
                               f"{self.dream_envs * self.n_steps}")
+        if self.sight_reward > 0 and self.sight_probe and not (Path(self.sight_probe) / "sight.json").is_file():
+            raise ConfigError(f"sight_probe={self.sight_probe!r} is not a sighting probe (no sight.json; train one "
+                              "with `python -m agents.sighting`, or leave it empty to learn one from the loop's real "
+                              "steps)")
         starts = [self.dream_starts] if self.dream_starts else []
         for key, paths in (("wm_data", self.wm_data), ("dream_starts", starts)):
             for d in paths:
@@ -237,11 +246,12 @@ class EpisodeRecorder(gym.Wrapper):
                                               ep["attrs"]))
 
 
-def learn_real(cfg: RLConfig, meta: dict, policy_dir: str, seed: int, out: Path, policy_out: Path) -> dict[str, Any]:
+def learn_real(cfg: RLConfig, meta: dict, policy_dir: str, seed: int, out: Path, policy_out: Path,
+               probe: str | None = None) -> dict[str, Any]:
     """PPO continues from ``policy_dir`` on ``cfg.collect_steps`` real steps in training mazes (``cfg``'s PPO
     settings, rollouts from :func:`real_rollouts`), and those very steps, which the policy collected as it learnt,
-    are written to ``out`` as :func:`collect_real` writes its own; the policy goes to ``policy_out``. Returns the
-    steps, reaches and episodes."""
+    are written to ``out`` as :func:`collect_real` writes its own; the policy goes to ``policy_out``; with the
+    sighting bonus on, ``probe`` pays it here as in the dream. Returns the steps, reaches and episodes."""
     from agents.policy import save_policy
 
     n_envs, n_steps, updates = real_rollouts(cfg.collect_steps)
@@ -252,7 +262,8 @@ def learn_real(cfg: RLConfig, meta: dict, policy_dir: str, seed: int, out: Path,
         recorders.append(EpisodeRecorder(env, episodes))
         return recorders[-1]
 
-    venv = real_vec_env(meta["env_id"], meta["env_kwargs"], cfg.episode_steps, n_envs, seed, record)
+    venv = with_sight_bonus(real_vec_env(meta["env_id"], meta["env_kwargs"], cfg.episode_steps, n_envs, seed, record),
+                            cfg, probe)
     try:
         c = dataclasses.replace(cfg, n_steps=n_steps, batch_size=min(cfg.batch_size, n_envs * n_steps), seed=seed)
         model = make_ppo(venv, c, policy_dir)
@@ -287,6 +298,36 @@ def world_meta(checkpoint: str) -> dict[str, Any]:
             "env_kwargs": dict(meta.get("env_kwargs") or {}), "meanings": tuple(meta["action_space"]["meanings"]),
             "tokenizer": str(path / SHIPPED_TOKENIZER),
             "reward_threshold": calibrated_threshold(cal)}
+
+
+def with_sight_bonus(venv, cfg: RLConfig, probe: str | None):
+    """``venv`` paying ``cfg.sight_reward`` when the goal first comes into view (as ``probe`` sees it), or ``venv``
+    itself when the bonus is off."""
+    if cfg.sight_reward <= 0 or probe is None:
+        return venv
+    from agents.sighting import sight_bonus
+
+    return sight_bonus(venv, probe, cfg.sight_reward)
+
+
+def round_probe(cfg: RLConfig, out: Path, r: int) -> str | None:
+    """The sighting probe of round ``r`` (None when the bonus is off): ``cfg.sight_probe``, or one learnt from the
+    real frames of rounds 0..r (their poses, goals and layouts say where the goal was in view), kept in
+    ``rounds/rNN/sight/`` and reused when the round resumes; None while those frames never show the goal."""
+    if cfg.sight_reward <= 0:
+        return None
+    if cfg.sight_probe:
+        return cfg.sight_probe
+    from agents.sighting import NothingInView, train_sight_probe
+
+    probe = out / "rounds" / f"r{r:02d}" / "sight"
+    if not (probe / "sight.json").is_file():
+        try:
+            train_sight_probe([str(out / "rounds" / f"r{i:02d}" / "frames") for i in range(r + 1)], str(probe),
+                              seed=cfg.seed * 1000 + r, threads=None, progress=False)
+        except NothingInView:
+            return None
+    return str(probe)
 
 
 def make_ppo(env, cfg: RLConfig, init_policy: str | None, device: str = "cpu"):
@@ -329,10 +370,10 @@ def count_rewards(data: str, split: str) -> int:
 
 
 def train_in_dream(cfg: RLConfig, world: str, context_tokens: str, init_policy: str | None,
-                   reward_threshold: float) -> tuple[Any, dict]:
+                   reward_threshold: float, probe: str | None = None) -> tuple[Any, dict]:
     """PPO for ``cfg.dream_steps`` imagined frames in the batched dream of ``world``, dreams started from
-    windows of ``context_tokens``, a reward where the head's probability exceeds ``reward_threshold``;
-    returns (the SB3 model, stats)."""
+    windows of ``context_tokens``, a reward where the head's probability exceeds ``reward_threshold`` (and the
+    sighting bonus where ``probe`` first sees the goal, if on); returns (the SB3 model, stats)."""
     from agents.ppo_dream import make_dream_vec_env
 
     reward_starts = cfg.reward_starts if count_rewards(context_tokens, "train") else 0.0
@@ -341,6 +382,7 @@ def train_in_dream(cfg: RLConfig, world: str, context_tokens: str, init_policy: 
                              end_on_reward=cfg.end_on_reward, reward_starts=reward_starts,
                              reward_threshold=reward_threshold,
                              reward_lead=cfg.reward_lead, threads=None)
+    env = with_sight_bonus(env, cfg, probe)
     try:
         model = make_ppo(env, cfg, init_policy)
         t0 = time.perf_counter()
@@ -350,7 +392,8 @@ def train_in_dream(cfg: RLConfig, world: str, context_tokens: str, init_policy: 
         return model, {"dream_frames": int(model.num_timesteps), "dream_seconds": round(seconds, 1),
                        "reward_starts": reward_starts, "reward_threshold": reward_threshold,
                        "dream_return": float(np.mean([e["r"] for e in eps])) if eps else 0.0,
-                       "dream_episodes": len(eps)}
+                       "dream_episodes": len(eps),
+                       **({"dream_sightings": int(env.sightings)} if hasattr(env, "sightings") else {})}
     finally:
         env.close()
 
@@ -383,7 +426,8 @@ def run_round(cfg: RLConfig, r: int, out: Path, world: str, policy_dir: str | No
     rdir = out / "rounds" / f"r{r:02d}"
     t0 = time.perf_counter()
     if policy_dir is not None and cfg.learn_real:
-        collected = learn_real(cfg, meta, policy_dir, cfg.seed * 1000 + r, rdir / "frames", rdir / "policy_real")
+        collected = learn_real(cfg, meta, policy_dir, cfg.seed * 1000 + r, rdir / "frames", rdir / "policy_real",
+                               round_probe(cfg, out, r - 1))
         policy_dir = str(rdir / "policy_real")      # the dream continues from what the real steps taught
     else:
         actor: Any = (make_policy(cfg.first_policy, meta["meanings"], seed=cfg.seed) if policy_dir is None
@@ -398,7 +442,8 @@ def run_round(cfg: RLConfig, r: int, out: Path, world: str, policy_dir: str | No
     t2 = time.perf_counter()
     # a fine-tune's weights carry no calibration of their own: the start checkpoint's threshold holds throughout
     threshold = cfg.reward_threshold if cfg.reward_threshold is not None else meta["reward_threshold"]
-    model, dream = train_in_dream(cfg, world, cfg.dream_starts or str(rdir / "tokens"), policy_dir, threshold)
+    model, dream = train_in_dream(cfg, world, cfg.dream_starts or str(rdir / "tokens"), policy_dir, threshold,
+                                  round_probe(cfg, out, r))
     t3 = time.perf_counter()
     real = goal_rate(cfg.actor(model.policy), meta["env_id"], meta["env_kwargs"], cfg.eval_episodes, cfg.eval_seed,
                      cfg.episode_steps, actor_seed=cfg.seed)

@@ -73,7 +73,7 @@ class SightingProbe:
         if self.cells:
             self._visited.add(tuple(int(c) for c in info["cell"]))
             self.cells[-1] = len(self._visited)
-        action = self.oracle._seek(info) if (self.see_and_go and seen) else action
+        action = self.oracle.seek(info) if (self.see_and_go and seen) else action
         self.turns += action in self._turn_ids
         return action
 

@@ -159,7 +159,8 @@ class GoalSeekingPolicy:
             self._distances[key] = dist
         return self._distances[key]
 
-    def _seek(self, info: dict) -> int:
+    def seek(self, info: dict) -> int:
+        """The action that heads along the map's shortest path to the goal (``info``: pose, goal, layout)."""
         x, z, heading = (float(v) for v in np.asarray(info["pose"])[:3])
         gx, gz = (float(v) for v in np.asarray(info["goal"])[:2])
         cell, goal_cell = (int(z), int(x)), (int(gz), int(gx))
@@ -187,7 +188,7 @@ class GoalSeekingPolicy:
             self._left = int(self.rng.integers(self.stretch[0], self.stretch[1] + 1))
         self._left -= 1
         if self._seeking and knows:
-            return self._seek(info)
+            return self.seek(info)
         return self.walk.act(obs, info)
 
 

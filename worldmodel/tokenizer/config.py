@@ -40,6 +40,9 @@ class TokenizerTrainConfig:
             learning rate and width.
         ema_decay: decay of the exported EMA weights.
         flip: random horizontal flips (maze frames are mirror-symmetric).
+        stability_weight, stability_tol: pull the (FSQ-bounded) latents of consecutive frames together where
+            the picture barely moved, so that their ids stay put (half of each batch is pairs of consecutive
+            frames; a latent cell's pull is exp(-d / stability_tol), d its patch's mean absolute pixel change).
         spike_factor, guard_patience, guard_every, max_restores, collapse_ratio: divergence guard.
         eval_every, eval_frames, final_eval_frames, log_every, ckpt_every, keep_checkpoints: bookkeeping.
         seed, device, max_minutes: randomness, "cpu" | "cuda" | "auto", optional wall-clock budget.
@@ -78,6 +81,10 @@ class TokenizerTrainConfig:
     disc_width: int = 32
     ema_decay: float = 0.999        # the exported tokenizer is the EMA of the weights
     flip: bool = True               # random horizontal flips
+    stability_weight: float = 0.0   # pull latents of consecutive frames together where the picture barely moved
+                                    # (stabler token ids for the world model); 0 = off
+    stability_tol: float = 0.02     # pixel change (mean |diff| of a latent cell's patch, frames in [-1, 1]) at which
+                                    # that pull falls to 1/e
     spike_factor: float = 5.0
     guard_patience: int = 3
     guard_every: int = 100
@@ -115,6 +122,7 @@ class TokenizerTrainConfig:
         "norm": one_of("pixel", "group"), "steps": at_least(1), "batch_size": at_least(1), "lr": above(0),
         "warmup": at_least(0), "min_lr_ratio": within(0, 1), "weight_decay": at_least(0), "grad_clip": above(0),
         "l1_weight": at_least(0), "l2_weight": at_least(0), "quant_weight": at_least(0),
+        "stability_weight": at_least(0, "0 = off"), "stability_tol": above(0),
         "disc_start": at_least(-1, "-1 = never"), "disc_weight": at_least(0), "disc_ramp": at_least(0),
         "disc_lr": above(0), "disc_width": at_least(1), "ema_decay": within(0, 1, hi_open=True),
         "spike_factor": above(1), "guard_patience": at_least(1), "guard_every": at_least(1),
@@ -136,6 +144,12 @@ class TokenizerTrainConfig:
         check_config(self)
         if self.freeze_encoder and not self.init:
             raise ConfigError("freeze_encoder=true needs init=default|DIR: the tokenizer whose encoder to keep")
+        if self.freeze_encoder and self.stability_weight > 0:
+            raise ConfigError("stability_weight > 0 trains the encoder; freeze_encoder=true keeps it fixed: set one "
+                              "off")
+        if self.stability_weight > 0 and self.batch_size % 2:
+            raise ConfigError(f"stability_weight > 0 trains on pairs of consecutive frames: batch_size="
+                              f"{self.batch_size} must be even")
 
     def model_config(self) -> TokenizerConfig:
         """The architecture this run trains (with ``init``: the init's encoder side)."""

@@ -55,12 +55,22 @@ def load_frames_for_training(root: str | os.PathLike, max_train_frames: int = 0,
 
 
 def sample_batch(frames: np.ndarray, batch: int, rng: np.random.Generator, flip: bool,
-                 device: torch.device) -> torch.Tensor:
-    """Random uint8 frames (n, y, x, 3) -> float batch (b, 3, y, x) in [-1, 1], channels-last."""
-    idx = np.sort(rng.integers(0, len(frames), size=batch))
+                 device: torch.device, pairs: bool = False) -> torch.Tensor:
+    """Random uint8 frames (n, y, x, 3) -> float batch (b, 3, y, x) in [-1, 1], channels-last.
+
+    ``pairs``: the batch is b // 2 frames i and then their successors i + 1, in the same order (frame i + 1 of
+    the concatenated episodes; the few pairs across an episode boundary differ everywhere, which the stability
+    term's pixel weighting ignores), each pair flipped alike; b must be even."""
+    if pairs:
+        first = np.sort(rng.integers(0, len(frames) - 1, size=batch // 2))
+        idx = np.concatenate([first, first + 1])
+    else:
+        idx = np.sort(rng.integers(0, len(frames), size=batch))
     x = np.ascontiguousarray(frames[idx])
     if flip:
-        m = rng.random(batch) < 0.5
+        m = rng.random(batch // 2 if pairs else batch) < 0.5
+        if pairs:
+            m = np.concatenate([m, m])
         x[m] = x[m, :, ::-1]
     t = rearrange(torch.from_numpy(x).to(device), "b y x c -> b c y x")
     return t.float().div(127.5).sub(1.0)

@@ -264,12 +264,21 @@ class Quantizer(nn.Module):
                                      kmeans_init=True, threshold_ema_dead_code=cfg.vq_dead_code_threshold,
                                      commitment_weight=1.0)
 
-    def _fsq_centre_loss(self, z: torch.Tensor) -> torch.Tensor:
-        # same bounding as FSQ.bound (eps=1e-3), in units of one quantisation step
+    def _fsq_bound(self, z: torch.Tensor) -> torch.Tensor:
+        # same bounding as FSQ.bound (eps=1e-3), in units of one quantisation step; z (..., d)
         half_l = (self.levels - 1) * (1 + 1e-3) / 2
         offset = torch.where(self.levels % 2 == 0, 0.5, 0.0)
-        bounded = torch.tanh(z + torch.atanh(offset / half_l)) * half_l - offset
+        return torch.tanh(z + torch.atanh(offset / half_l)) * half_l - offset
+
+    def _fsq_centre_loss(self, z: torch.Tensor) -> torch.Tensor:
+        bounded = self._fsq_bound(z)
         return (bounded - bounded.detach().round()).pow(2).mean()
+
+    def bounded(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (b, d, h, w) as the quantizer rounds them: FSQ-bounded, in quantisation steps (VQ: as they are)."""
+        if self.kind != "fsq":
+            return z
+        return rearrange(self._fsq_bound(rearrange(z.float(), "b d h w -> b h w d")), "b h w d -> b d h w")
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, _, h, w = z.shape

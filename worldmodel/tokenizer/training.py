@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from envs.common.errors import ConfigError, MaskFlowError
@@ -64,6 +65,18 @@ def lr_at(cfg: TokenizerTrainConfig, step: int) -> float:
 def recon_loss(cfg: TokenizerTrainConfig, recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """L1 + L2 reconstruction loss of (b, 3, y, x) frames in [-1, 1]."""
     return cfg.l1_weight * (recon - x).abs().mean() + cfg.l2_weight * (recon - x).pow(2).mean()
+
+
+def stability_loss(bounded: torch.Tensor, x: torch.Tensor, tol: float) -> torch.Tensor:
+    """Squared distance of the bounded latents (b, d, h, w) of frames i (first half of the batch) and i + 1
+    (second half), per latent cell weighted by exp(-d / tol), d the mean absolute pixel change of the cell's
+    patch in x (b, 3, y, x): where the picture barely moved the ids should not move either."""
+    n = bounded.shape[0] // 2
+    cell = x.shape[-1] // bounded.shape[-1]                     # pixels per latent cell along each side
+    change = F.avg_pool2d((x[:n] - x[n:2 * n]).abs().mean(1, keepdim=True), cell).squeeze(1)    # n h w
+    w = torch.exp(-change / tol).detach()
+    dist = (bounded[:n] - bounded[n:2 * n]).pow(2).sum(1)      # n h w
+    return (w * dist).sum() / w.sum().clamp_min(1e-6)
 
 
 class Trainer:
@@ -133,14 +146,17 @@ class Trainer:
         self.lr_scale *= 0.5
         return f"step {self.step}: {reason}; restored last good state, lr scale now {self.lr_scale:g}"
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Frames (b, 3, y, x) -> (reconstruction, ids (b, h, w), quantizer aux loss); a frozen encoder
-        runs in eval mode without gradients."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Frames (b, 3, y, x) -> (reconstruction, ids (b, h, w), quantizer aux loss, latents (b, d, h, w)); a
+        frozen encoder runs in eval mode without gradients."""
         if not self.cfg.freeze_encoder:
-            return self.model(x)
+            z = self.model.encoder(x)
+            q, ids, aux = self.model.quantizer(z)
+            return self.model.decoder(q), ids, aux, z
         with torch.no_grad():
-            q, ids, aux = self.model.quantizer.eval()(self.model.encoder.eval()(x))
-        return self.model.decoder(q), ids, aux
+            z = self.model.encoder.eval()(x)
+            q, ids, aux = self.model.quantizer.eval()(z)
+        return self.model.decoder(q), ids, aux, z
 
     def train_step(self, x: torch.Tensor) -> tuple[str | None, dict[str, float]]:
         """One generator (+ discriminator) update on a batch (b, 3, y, x). Returns (problem or None, logs)."""
@@ -149,11 +165,17 @@ class Trainer:
         for g in self.opt_g.param_groups:
             g["lr"] = lr
         disc_on = 0 <= cfg.disc_start <= step
-        recon, ids, aux = self.forward(x)
+        recon, ids, aux, z = self.forward(x)
         rec = recon_loss(cfg, recon, x)
         loss = rec + cfg.quant_weight * aux
         logs = {"tokenizer/train/recon": rec.item(), "tokenizer/train/quant": aux.item(), "tokenizer/train/lr": lr,
                 "tokenizer/train/psnr": float(peak_signal_noise_ratio(recon.detach().clamp(-1, 1), x, data_range=2.0))}
+        if cfg.stability_weight > 0:                # the batch is pairs of consecutive frames (sample_batch)
+            stab = stability_loss(self.model.quantizer.bounded(z), x, cfg.stability_tol)
+            loss = loss + cfg.stability_weight * stab
+            n = ids.shape[0] // 2
+            logs.update({"tokenizer/train/stab": stab.item(),
+                         "tokenizer/train/same_ids": float((ids[:n] == ids[n:2 * n]).float().mean())})
         if disc_on:
             self.disc.requires_grad_(False)
             gen = -self.disc(recon).mean()
@@ -225,7 +247,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, train_source: np.ndarray, val_fra
                 bar.write(f"max_minutes={cfg.max_minutes} reached at step {tr.step}; stopping (resumable)")
                 break
             t0 = time.perf_counter()
-            problem, logs = tr.train_step(sample_batch(train_source, cfg.batch_size, rng, cfg.flip, device))
+            problem, logs = tr.train_step(sample_batch(train_source, cfg.batch_size, rng, cfg.flip, device,
+                                                       pairs=cfg.stability_weight > 0))
             tr.train_seconds += time.perf_counter() - t0
             if problem is not None:
                 tr.consecutive_bad += 1

@@ -315,3 +315,57 @@ def test_cli_entry_points(tmp_path, tiny_frames_dataset):
     tokens = run("tokenize", [f"data={tiny_frames_dataset}", f"checkpoint={out}", f"out={tmp_path / 'tok'}"])
     src, dst = EpisodeDataset(tiny_frames_dataset, "test"), EpisodeDataset(tokens, "test")
     assert len(src) == len(dst) and dst.episode(0)["tokens"].shape[0] == src.episode(0)["frames"].shape[0]
+
+
+def test_pairs_of_consecutive_frames_and_the_stability_term():
+    from worldmodel.tokenizer.data import sample_batch
+    from worldmodel.tokenizer.training import stability_loss
+
+    frames = np.stack([np.full((64, 64, 3), i, np.uint8) for i in range(50)])
+    frames[:, :, :32] = 0                               # an asymmetric picture, so that a flip shows
+    x = sample_batch(frames, 8, np.random.default_rng(0), True, torch.device("cpu"), pairs=True)
+    first, second = x[:4], x[4:]
+    # frame i + 1 after frame i, both flipped alike (the right half carries the frame's index)
+    assert torch.allclose(second.amax((1, 2, 3)) - first.amax((1, 2, 3)), torch.full((4,), 1 / 127.5), atol=1e-6)
+    assert torch.equal(first.argmax(-1), second.argmax(-1))
+    # the pull is on where the picture barely moved, off where it changed
+    z = torch.zeros(4, 4, 16, 16)
+    z[2:] = 1.0                                         # every latent of the second frames moved by 1 in 4 dims
+    still = torch.zeros(4, 3, 64, 64)
+    assert stability_loss(z, still, 0.02).item() == pytest.approx(4.0)
+    moved = still.clone()
+    moved[2:] = 1.0                                     # every pixel changed by 1 (half the range)
+    assert stability_loss(z, moved, 0.02).item() == pytest.approx(0.0, abs=1e-6)   # nothing barely moved: no pull
+    moved[2:, :, :32] = 0.0                             # the top half still, the bottom half changed
+    z[2:, :, 8:] = 5.0
+    assert stability_loss(z, moved, 0.02).item() == pytest.approx(4.0, rel=1e-3)  # the changed half barely counts
+    with pytest.raises(ConfigError, match="batch_size"):
+        tiny_train_config(stability_weight=1.0, batch_size=5)
+    with pytest.raises(ConfigError, match="freeze_encoder"):
+        TokenizerTrainConfig(init="default", freeze_encoder=True, stability_weight=1.0)
+
+
+@pytest.mark.slow
+def test_the_stability_term_pulls_consecutive_latents_together(tmp_path, episodes):
+    from worldmodel.tokenizer.training import Trainer
+
+    train = np.concatenate([e["frames"] for e in episodes[:3]])
+    val = episodes[3]["frames"]
+
+    def latent_gap(stability_weight: float) -> tuple[float, list[str]]:
+        torch.manual_seed(0)
+        cfg = tiny_train_config(steps=30, batch_size=8, stability_weight=stability_weight, stability_tol=1.0)
+        out = tmp_path / f"w{stability_weight}"
+        train_tokenizer(cfg, train, episodes[3:], out)
+        tr = Trainer(cfg, torch.device("cpu"))
+        tr.resume(out, np.random.default_rng(0))
+        with torch.no_grad():
+            x = tr.model.frames_to_input(val)
+            b = tr.model.quantizer.bounded(tr.model.encoder(x))
+        columns = (out / "train_log.csv").read_text().splitlines()[0].split(",")
+        return float((b[1:] - b[:-1]).pow(2).sum(1).mean()), columns
+
+    off, cols_off = latent_gap(0.0)
+    on, cols_on = latent_gap(10.0)
+    assert on < 0.8 * off, (on, off)
+    assert "tokenizer/train/same_ids" in cols_on and "tokenizer/train/same_ids" not in cols_off

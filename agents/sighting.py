@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from stable_baselines3.common.vec_env import VecEnvWrapper
 from torch import nn
 
 from envs.common.errors import CheckpointError, ConfigError, DatasetError
@@ -218,51 +219,52 @@ def load_sight_probe(path: str | Path) -> tuple[SightNet, dict[str, Any]]:
 
 
 # -- the bonus ----------------------------------------------------------------------------------------
-def sight_bonus(venv, probe: str, bonus: float):
-    """``venv`` (an SB3 VecEnv of (b y x c) uint8 frames) with :class:`SightBonus` around it."""
-    from stable_baselines3.common.vec_env import VecEnvWrapper
+class SightBonus(VecEnvWrapper):
+    """An SB3 VecEnv of (b y x c) uint8 frames that adds ``bonus`` on the step ``net`` first sees the goal in an
+    episode that did not start with it in view; ``info['sighting'] = True`` on that step, and ``sightings``
+    counts them."""
 
+    def __init__(self, venv, net: SightNet, threshold: float, bonus: float):
+        super().__init__(venv)
+        self.net, self.threshold, self.bonus = net, float(threshold), float(bonus)
+        self.seen = np.zeros(self.num_envs, bool)
+        self.sightings = 0
+
+    def _in_view(self, frames: np.ndarray) -> np.ndarray:
+        return predict(self.net, np.ascontiguousarray(frames)) > self.threshold
+
+    def reset(self):
+        obs = self.venv.reset()
+        self.seen = self._in_view(obs)
+        return obs
+
+    def step_wait(self):
+        obs, rewards, dones, infos = self.venv.step_wait()
+        last = np.array(obs, copy=True)             # the step's own frame: an ended episode's is its last
+        for i in np.flatnonzero(dones):
+            last[i] = infos[i]["terminal_observation"]
+        view = self._in_view(last)
+        pay = view & ~self.seen
+        self.sightings += int(pay.sum())
+        rewards = rewards + np.float32(self.bonus) * pay
+        for i in np.flatnonzero(pay):
+            infos[i]["sighting"] = True
+        self.seen |= view
+        ended = np.flatnonzero(dones)
+        if len(ended):                              # a new episode starts from obs: seen if it shows the goal
+            self.seen[ended] = self._in_view(obs[ended])
+        return obs, rewards, dones, infos
+
+
+def sight_bonus(venv, probe: str, bonus: float) -> SightBonus:
+    """``venv`` (an SB3 VecEnv of (b y x c) uint8 frames) with :class:`SightBonus` around it, seeing through the
+    probe folder ``probe``."""
     net, meta = load_sight_probe(probe)
     shape = venv.observation_space.shape
     if len(shape) != 3 or shape[0] != meta["resolution"] or shape[2] != 3:
         raise ConfigError(f"sight_probe {probe} reads ({meta['resolution']}, {meta['resolution']}, 3) frames; the env "
                           f"shows {tuple(shape)} (obs_type must be rgb, at the probe's resolution)")
-
-    class SightBonus(VecEnvWrapper):
-        """Adds ``bonus`` on the step the goal first comes into view in an episode that did not start with it
-        in view; ``info['sighting'] = True`` on that step, and ``sightings`` counts them."""
-
-        def __init__(self):
-            super().__init__(venv)
-            self.seen = np.zeros(self.num_envs, bool)
-            self.sightings = 0
-
-        def _in_view(self, frames: np.ndarray) -> np.ndarray:
-            return predict(net, np.ascontiguousarray(frames)) > float(meta["threshold"])
-
-        def reset(self):
-            obs = self.venv.reset()
-            self.seen = self._in_view(obs)
-            return obs
-
-        def step_wait(self):
-            obs, rewards, dones, infos = self.venv.step_wait()
-            last = np.array(obs, copy=True)         # the step's own frame: an ended episode's is its last
-            for i in np.flatnonzero(dones):
-                last[i] = infos[i]["terminal_observation"]
-            view = self._in_view(last)
-            pay = view & ~self.seen
-            self.sightings += int(pay.sum())
-            rewards = rewards + np.float32(bonus) * pay
-            for i in np.flatnonzero(pay):
-                infos[i]["sighting"] = True
-            self.seen |= view
-            ended = np.flatnonzero(dones)
-            if len(ended):                          # a new episode starts from obs: seen if it shows the goal
-                self.seen[ended] = self._in_view(obs[ended])
-            return obs, rewards, dones, infos
-
-    return SightBonus()
+    return SightBonus(venv, net, float(meta["threshold"]), bonus)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import torch
 from stable_baselines3.common.vec_env import VecEnvWrapper
 from torch import nn
 
+from envs.common.config_check import at_least, check_value
 from envs.common.errors import CheckpointError, ConfigError, DatasetError
 
 SIGHT_FORMAT = "maskflow-sight-probe"
@@ -62,22 +63,26 @@ class SightNet(nn.Module):
 
 
 # -- labels -------------------------------------------------------------------------------------------
-def episode_goal(attrs: dict, env_id: str, env_kwargs: dict | None = None) -> np.ndarray:
+def episode_goal(attrs: dict, env_id: str, env_kwargs: dict | None = None, env=None) -> np.ndarray:
     """The goal (x, z) of a maze episode: ``attrs['goal']``, or for a dataset collected before it was recorded,
-    the goal the env draws on the episode's reset (``seed`` with ``maze_seed`` pinned, as collection resets)."""
+    the goal the env draws on the episode's reset (``seed`` with ``maze_seed`` pinned, as collection resets);
+    ``env``: an open env of ``env_id`` to reset (else one is made and closed here)."""
     if "goal" in attrs:
         return np.asarray(attrs["goal"], np.float32)
     if "seed" not in attrs or "maze_seed" not in attrs:
         raise DatasetError("a maze episode without attrs 'goal' needs 'seed' and 'maze_seed' to recover it")
-    import gymnasium as gym
+    own = env is None
+    if own:
+        import gymnasium as gym
 
-    import envs  # noqa: F401  (registers the env ids)
+        import envs  # noqa: F401  (registers the env ids)
 
-    env = gym.make(env_id, **dict(env_kwargs or {}))
+        env = gym.make(env_id, **dict(env_kwargs or {}))
     try:
         _, info = env.reset(seed=int(attrs["seed"]), options={"maze_seed": int(attrs["maze_seed"])})
     finally:
-        env.close()
+        if own:
+            env.close()
     return np.asarray(info["goal"], np.float32)
 
 
@@ -100,17 +105,26 @@ def labelled_frames(data: list[str], split: str, every: int = 1) -> tuple[np.nda
             raise DatasetError(f"{d} holds {manifest['kind']}; the sighting probe learns from a frames dataset")
         ds = EpisodeDataset(d, split=split)
         env_kwargs = (manifest.get("config") or {}).get("env_kwargs") or {}
+        env = None                                  # made once, only for episodes without a recorded goal
         try:
             for i in range(len(ds)):
                 ep = ds.episode(i)
                 if "poses" not in ep or not ep["attrs"].get("layout"):
                     raise DatasetError(f"{d}: episode {ep['id']} has no poses or layout (a maze env's dataset has "
                                        "both)")
-                goal = episode_goal(ep["attrs"], ds.env_id, env_kwargs)
+                if env is None and "goal" not in ep["attrs"]:
+                    import gymnasium as gym
+
+                    import envs  # noqa: F401  (registers the env ids)
+
+                    env = gym.make(ds.env_id, **env_kwargs)
+                goal = episode_goal(ep["attrs"], ds.env_id, env_kwargs, env)
                 frames.append(ep["frames"][::every])
                 labels.append(sight_labels(ep["poses"][::every], goal, ep["attrs"]["layout"]))
         finally:
             ds.close()
+            if env is not None:
+                env.close()
     return np.concatenate(frames), np.concatenate(labels)
 
 
@@ -144,8 +158,7 @@ def train_sight_probe(data: list[str], out: str, steps: int = 1500, batch: int =
     from envs.dataset import load_manifest
 
     for key, value in (("steps", steps), ("batch", batch), ("every", every)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key}={value!r} must be an integer >= 1")
+        check_value(key, value, int, at_least(1))
     if not data:
         raise ConfigError("data: give at least one frames dataset of a maze env")
     if threads is not None:

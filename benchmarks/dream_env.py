@@ -181,5 +181,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         write_json(a.out, result)
     return result
 
+
 if __name__ == "__main__":
     main()

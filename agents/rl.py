@@ -375,6 +375,7 @@ def train_in_dream(cfg: RLConfig, world: str, context_tokens: str, init_policy: 
     windows of ``context_tokens``, a reward where the head's probability exceeds ``reward_threshold`` (and the
     sighting bonus where ``probe`` first sees the goal, if on); returns (the SB3 model, stats)."""
     from agents.ppo_dream import make_dream_vec_env
+    from agents.sighting import SightBonus
 
     reward_starts = cfg.reward_starts if count_rewards(context_tokens, "train") else 0.0
     env = make_dream_vec_env(world, cfg.dream_envs, vector=True, data=context_tokens, split="train",
@@ -393,7 +394,7 @@ def train_in_dream(cfg: RLConfig, world: str, context_tokens: str, init_policy: 
                        "reward_starts": reward_starts, "reward_threshold": reward_threshold,
                        "dream_return": float(np.mean([e["r"] for e in eps])) if eps else 0.0,
                        "dream_episodes": len(eps),
-                       **({"dream_sightings": int(env.sightings)} if hasattr(env, "sightings") else {})}
+                       **({"dream_sightings": int(env.sightings)} if isinstance(env, SightBonus) else {})}
     finally:
         env.close()
 

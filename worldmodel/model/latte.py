@@ -199,6 +199,18 @@ class Latte(nn.Module):
         self.final.zero_init()
         self.frame_heads.zero_init()
 
+    def reset_token_io(self) -> None:
+        """Forget what the token ids meant, keep the dynamics: re-draw the ids' embedding rows (the [M] row, whose
+        meaning no tokenizer changes, stays) and zero the output linear, as at initialisation. For carrying a
+        model over to another encoder's tokens of the same vocabulary."""
+        with torch.no_grad():
+            m = self.cfg.mask_id
+            keep = self.tok_embed.weight[m].clone()
+            nn.init.normal_(self.tok_embed.weight, std=0.02)
+            self.tok_embed.weight[m] = keep
+            nn.init.zeros_(self.final.linear.weight)
+            nn.init.zeros_(self.final.linear.bias)
+
     def num_parameters(self) -> int:
         """Total trainable parameters."""
         return sum(p.numel() for p in self.parameters())

@@ -131,6 +131,9 @@ class TrainConfig:
     init: str = ""                  # fine-tune: start from this checkpoint's weights (default | memory | DIR)
     heads_only: bool = False        # with init: train only the reward / termination heads; every other weight
                                     # (hence every dreamed frame) stays the init's, bit for bit
+    new_tokenizer: bool = False     # with init: the data's tokens come from another encoder than the init's (same
+                                    # vocabulary and grid); the token embedding and output layer start afresh, the
+                                    # rest (attention, actions, time) is fine-tuned from the init
 
     # allowed ranges and choices (types come from the annotations above; see envs.common.config_check)
     CHECKS: ClassVar[dict[str, Check]] = {
@@ -168,6 +171,9 @@ class TrainConfig:
                               f"and return_dream < return_gap={self.return_gap} (the view returned to stays real)")
         if self.heads_only and not self.init:
             raise ConfigError("heads_only=true needs init=default|memory|DIR: the model whose heads to re-train")
+        if self.new_tokenizer and (not self.init or self.heads_only):
+            raise ConfigError("new_tokenizer=true needs init=default|memory|DIR (the model to carry over to the new "
+                              "tokens) and heads_only=false (the token embedding and output layer must learn)")
         if self.self_context > 0 and self.clip_len < 3:
             raise ConfigError(f"self_context={self.self_context} needs clip_len >= 3 (a real frame, a dreamed one, "
                               f"a real one), got clip_len={self.clip_len}")
@@ -221,7 +227,8 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
         test = None
     tok_dir = tokenizer_dir(cfg.tokenizer, clips.manifest)
     over = {k: getattr(cfg, k) for k in ("dim", "depth", "heads", "patch") if getattr(cfg, k) > 0}
-    model = (model_from_init(cfg.init, clips, data, cfg.clip_len, cfg.temporal, over, cfg.heading_pairs) if cfg.init
+    model = (model_from_init(cfg.init, clips, data, cfg.clip_len, cfg.temporal, over, cfg.heading_pairs,
+                             cfg.new_tokenizer) if cfg.init
              else new_model(clips, cfg.size, cfg.vocab_size, cfg.clip_len, cfg.temporal, over,
                             cfg.heading_pairs)).to(device)
     started_from = init_record(cfg.init, tok_dir)

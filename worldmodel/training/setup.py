@@ -96,12 +96,14 @@ def new_model(clips: TokenClips, size: str, vocab_size: int, clip_len: int, temp
 
 
 def model_from_init(init: str, clips: TokenClips, data: str, clip_len: int, temporal: str,
-                    overrides: Mapping[str, int], heading_pairs: int = 0) -> Latte:
+                    overrides: Mapping[str, int], heading_pairs: int = 0, new_tokenizer: bool = False) -> Latte:
     """The model of checkpoint ``init`` (its architecture and weights), checked against the dataset.
 
     The weights only make sense on tokens of the same tokenizer and actions of the same action space,
     so every mismatch is an error that names it; the architecture is the checkpoint's, except what no
     weight depends on: a longer window and ``heading_pairs`` > 0 (heading rotary; 0 keeps the checkpoint's).
+    ``new_tokenizer``: the dataset's ids come from another encoder (same vocabulary and grid) on purpose;
+    the ids' embedding and the output layer restart (:meth:`Latte.reset_token_io`), the rest carries over.
     """
     if overrides:
         raise ConfigError(f"init={init} fixes the architecture; drop {', '.join(f'{k}=' for k in overrides)} "
@@ -123,11 +125,17 @@ def model_from_init(init: str, clips: TokenClips, data: str, clip_len: int, temp
         problems.append(f"actions {meta.get('action_space', {}).get('meanings')} vs the dataset's "
                         f"{list(clips.action_meanings)}")
     tok = meta.get("tokenizer") or {}      # load_world_model fills in its encoder identity
-    if tok.get("weights_sha256") and rec.get("weights_sha256") and not same_encoder(tok, rec):
+    same = not (tok.get("weights_sha256") and rec.get("weights_sha256")) or same_encoder(tok, rec)
+    if not same and not new_tokenizer:
         problems.append("its tokenizer's encoder is not the one that made this dataset, so the token ids mean "
-                        "different things")
+                        "different things (new_tokenizer=true carries the model over to the new ids)")
+    if same and new_tokenizer:
+        problems.append("new_tokenizer=true, but the dataset's tokens come from the init's own encoder (or carry no "
+                        "tokenizer record); drop new_tokenizer")
     if problems:
         raise ConfigError(f"init={init} ({src}) does not fit data={data}: " + "; ".join(problems))
+    if new_tokenizer:
+        model.reset_token_io()
     heading = heading_settings(clips, heading_pairs)
     if clip_len != mcfg.max_frames or heading:
         # no weight depends on the window or the heading (rotary), so the same weights serve both

@@ -332,6 +332,23 @@ def test_init_fine_tunes_from_a_checkpoint_and_checks_that_it_fits(painted_data,
     other, _ = _with_tokenizer(painted_data, tmp_path, seed=1)
     with pytest.raises(ConfigError, match="not the one that made this dataset"):
         train(tiny_cfg(steps=1, init=str(base)), other, tmp_path / "e3")
+    # carried over to the other encoder's ids on purpose: the ids' embedding (but the [M] row) and the output
+    # linear restart as at initialisation, every other weight is the init's
+    moved = tmp_path / "moved"
+    train(tiny_cfg(steps=1, init=str(base), new_tokenizer=True, lr=1e-12), other, moved)
+    wm = load_weights(moved / "model.safetensors")
+    mask = json.loads((base / "model.json").read_text())["mask_id"]
+    io = {"tok_embed.weight", "final.linear.weight", "final.linear.bias"}
+    assert all(torch.allclose(wa[k], wm[k], atol=1e-6) for k in wa if k not in io)
+    assert torch.allclose(wa["tok_embed.weight"][mask], wm["tok_embed.weight"][mask], atol=1e-6)
+    assert not torch.allclose(wa["tok_embed.weight"][:mask], wm["tok_embed.weight"][:mask], atol=1e-3)
+    assert wm["final.linear.weight"].abs().max() < 1e-6 < wa["final.linear.weight"].abs().max()
+    assert json.loads((moved / "model.json").read_text())["tokenizer"]["weights_sha256"] == \
+        json.loads((other / "manifest.json").read_text())["tokenizer"]["weights_sha256"]
+    with pytest.raises(ConfigError, match="drop new_tokenizer"):
+        train(tiny_cfg(steps=1, init=str(base), new_tokenizer=True), data, tmp_path / "e6")
+    with pytest.raises(ConfigError, match="new_tokenizer=true needs init"):
+        train(tiny_cfg(steps=1, new_tokenizer=True), other, tmp_path / "e7")
     renamed = tmp_path / "renamed"
     write_dataset(renamed, painted_episodes(4, 8, 0), "train", "tokens", "synthetic", ["noop", "a", "b", "c"])
     with pytest.raises(ConfigError, match="actions"):

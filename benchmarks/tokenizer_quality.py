@@ -25,14 +25,6 @@ import torch
 METRICS = ("psnr", "ssim", "stability", "stability_moved", "stability_static")
 
 
-def tokenizer_dir(name: str) -> Path:
-    """A tokenizer directory, or the shipped model's for ``default``."""
-    if name == "default":
-        from worldmodel.model.checkpoint import resolve_checkpoint
-        return resolve_checkpoint("default") / "tokenizer"
-    return Path(name)
-
-
 def episodes(data: list[str], split: str, limit: int) -> list[dict[str, np.ndarray]]:
     """Every ``split`` episode of each dataset (up to ``limit`` per dataset, 0 = all), frames and actions."""
     from envs.dataset import EpisodeDataset
@@ -56,6 +48,8 @@ def save_samples(tokenizers: dict[str, object], eps: list[dict[str, np.ndarray]]
     reconstruction, each row labelled; written atomically."""
     from PIL import Image, ImageDraw
 
+    from envs.common.files import atomic_write
+
     picks = np.linspace(0, len(eps) - 1, min(n, len(eps))).astype(int)
     real = np.stack([eps[i]["frames"][len(eps[i]["frames"]) // 2] for i in picks])       # (n, y, x, c)
     rows = [("real", real)] + [(name, tok.decode(tok.encode(torch.from_numpy(real))).cpu().numpy())
@@ -68,9 +62,8 @@ def save_samples(tokenizers: dict[str, object], eps: list[dict[str, np.ndarray]]
         ImageDraw.Draw(head).text((2, 1), name, fill="black")
         tiles += [np.asarray(head), strip]
     sheet = np.concatenate(tiles, axis=0)
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(sheet).save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        Image.fromarray(sheet).save(tmp, format="PNG")
 
 
 def main() -> None:
@@ -86,14 +79,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    from envs.common.files import write_json
     from worldmodel.evaluation.stats import paired_margin
     from worldmodel.tokenizer.evaluation import evaluate_tokenizer
-    from worldmodel.tokenizer.files import load_tokenizer
+    from worldmodel.tokenizer.files import load_tokenizer, named_tokenizer
 
     eps = episodes(args.data, args.split, args.episodes)
     if not eps:
         raise SystemExit(f"--data {args.data}: no {args.split} episodes")
-    toks = {name: load_tokenizer(tokenizer_dir(name)) for name in args.tokenizers}
+    toks = {name: load_tokenizer(named_tokenizer(name)) for name in args.tokenizers}
     if args.samples:
         save_samples(toks, eps, Path(args.samples))
     per: dict[str, dict[str, list[float]]] = {}
@@ -112,11 +106,8 @@ def main() -> None:
               for name in args.tokenizers[1:]}
     result = {"data": args.data, "split": args.split, "episodes": [e["name"] for e in eps], "reference": ref,
               "summary": summary, "paired_vs_reference": paired, "per_episode": per}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, result)
     for name, p in paired.items():
         print(name, "-", ref, {m: f"{v['mean']:+.4f} [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}]" for m, v in p.items()})
 

@@ -63,6 +63,15 @@ class SightNet(nn.Module):
 
 
 # -- labels -------------------------------------------------------------------------------------------
+def _make_env(env_id: str, env_kwargs: dict | None):
+    """A registered env, made only to replay an episode's reset (gymnasium imported here: only old datasets need it)."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers the env ids)
+
+    return gym.make(env_id, **dict(env_kwargs or {}))
+
+
 def episode_goal(attrs: dict, env_id: str, env_kwargs: dict | None = None, env=None) -> np.ndarray:
     """The goal (x, z) of a maze episode: ``attrs['goal']``, or for a dataset collected before it was recorded,
     the goal the env draws on the episode's reset (``seed`` with ``maze_seed`` pinned, as collection resets);
@@ -73,11 +82,7 @@ def episode_goal(attrs: dict, env_id: str, env_kwargs: dict | None = None, env=N
         raise DatasetError("a maze episode without attrs 'goal' needs 'seed' and 'maze_seed' to recover it")
     own = env is None
     if own:
-        import gymnasium as gym
-
-        import envs  # noqa: F401  (registers the env ids)
-
-        env = gym.make(env_id, **dict(env_kwargs or {}))
+        env = _make_env(env_id, env_kwargs)
     try:
         _, info = env.reset(seed=int(attrs["seed"]), options={"maze_seed": int(attrs["maze_seed"])})
     finally:
@@ -113,11 +118,7 @@ def labelled_frames(data: list[str], split: str, every: int = 1) -> tuple[np.nda
                     raise DatasetError(f"{d}: episode {ep['id']} has no poses or layout (a maze env's dataset has "
                                        "both)")
                 if env is None and "goal" not in ep["attrs"]:
-                    import gymnasium as gym
-
-                    import envs  # noqa: F401  (registers the env ids)
-
-                    env = gym.make(ds.env_id, **env_kwargs)
+                    env = _make_env(ds.env_id, env_kwargs)
                 goal = episode_goal(ep["attrs"], ds.env_id, env_kwargs, env)
                 frames.append(ep["frames"][::every])
                 labels.append(sight_labels(ep["poses"][::every], goal, ep["attrs"]["layout"]))

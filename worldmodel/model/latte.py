@@ -35,6 +35,8 @@ from envs.common.errors import ConfigError, MaskFlowError
 from worldmodel.model.cache import LatteCache
 from worldmodel.model.layers import FinalLayer, FrameHeads, SpatialBlock, TemporalBlock, TimestepEmbedder, rotate
 
+EMBED_STD = 0.02  # N(0, EMBED_STD) for the token, action and time embeddings (initialize_weights, reset_token_io)
+
 
 @dataclass
 class ModelConfig:
@@ -188,11 +190,11 @@ class Latte(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-        nn.init.normal_(self.tok_embed.weight, std=0.02)
-        nn.init.normal_(self.act_embed.weight, std=0.02)
+        nn.init.normal_(self.tok_embed.weight, std=EMBED_STD)
+        nn.init.normal_(self.act_embed.weight, std=EMBED_STD)
         for lin in self.t_embed.mlp:
             if isinstance(lin, nn.Linear):
-                nn.init.normal_(lin.weight, std=0.02)
+                nn.init.normal_(lin.weight, std=EMBED_STD)
         for blk in [*self.spatial, *self.temporal]:
             nn.init.zeros_(blk.ada[-1].weight)
             nn.init.zeros_(blk.ada[-1].bias)
@@ -206,9 +208,9 @@ class Latte(nn.Module):
         with torch.no_grad():
             m = self.cfg.mask_id
             keep = self.tok_embed.weight[m].clone()
-            nn.init.normal_(self.tok_embed.weight, std=0.02)
+            nn.init.normal_(self.tok_embed.weight, std=EMBED_STD)
             self.tok_embed.weight[m] = keep
-            nn.init.zeros_(self.final.linear.weight)
+            nn.init.zeros_(self.final.linear.weight)       # the output linear only: its modulation is dynamics
             nn.init.zeros_(self.final.linear.bias)
 
     def num_parameters(self) -> int:

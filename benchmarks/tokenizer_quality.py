@@ -10,6 +10,8 @@ the first, episode by episode: mean difference with a percentile-bootstrap 95 % 
 pairs its videos. Episodes, not frames, are the unit: frames of one episode are far from independent.
 ``default`` names the shipped model's tokenizer. ``--samples PNG`` draws 8 frames (one per episode, spread over
 the set) real on top, then each tokenizer's reconstruction below, at 3x so brick joints and floor tiles show.
+``--tradeoff PNG`` draws each tokenizer as a point, tokens kept from frame to frame against PSNR, with the
+paired intervals against the first as error bars: the choice between stable ids and sharp frames at a glance.
 """
 
 from __future__ import annotations
@@ -66,6 +68,45 @@ def save_samples(tokenizers: dict[str, object], eps: list[dict[str, np.ndarray]]
         Image.fromarray(sheet).save(tmp, format="PNG")
 
 
+def short_name(name: str) -> str:
+    """A plot label: a run's folder name for RUN/tokenizer, else the name as given."""
+    p = Path(name)
+    return p.parent.name if p.name == "tokenizer" and p.parent.name else name
+
+
+def save_tradeoff(result: dict, path: Path) -> None:
+    """PNG: stability (x) against PSNR (y), one point per tokenizer; the error bars are the paired 95 % intervals
+    against the reference, placed around the point (the reference itself has none). Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from envs.common.files import atomic_write
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ref = result["reference"]
+    for name, s in result["summary"].items():
+        x, y = 100 * s["stability"], s["psnr"]
+        p = result["paired_vs_reference"].get(name)
+        if p is None:
+            ax.plot(x, y, "s", color="black")
+        else:
+            xe = [[100 * (p["stability"]["mean"] - p["stability"]["ci_low"])],
+                  [100 * (p["stability"]["ci_high"] - p["stability"]["mean"])]]
+            ye = [[p["psnr"]["mean"] - p["psnr"]["ci_low"]], [p["psnr"]["ci_high"] - p["psnr"]["mean"]]]
+            ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", capsize=3)
+        ax.annotate(short_name(name), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("token ids kept from frame to frame (%)")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(f"{len(result['episodes'])} held-out episodes; bars: paired 95 % vs {short_name(ref)}", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokenizers", nargs="+", required=True, help="tokenizer dirs (or default); the first is the "
@@ -76,6 +117,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True, help="results JSON")
     ap.add_argument("--samples", default="", help="also draw real frames above each reconstruction to this PNG")
+    ap.add_argument("--tradeoff", default="", help="also plot stability against PSNR to this PNG")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -108,6 +150,8 @@ def main() -> None:
               "summary": summary, "paired_vs_reference": paired, "per_episode": per}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, result)
+    if args.tradeoff:
+        save_tradeoff(result, Path(args.tradeoff))
     for name, p in paired.items():
         print(name, "-", ref, {m: f"{v['mean']:+.4f} [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}]" for m, v in p.items()})
 

@@ -92,7 +92,7 @@ class TokenizerTrainConfig:
     collapse_ratio: float = 0.2
     eval_every: int = 1000          # (>= 1) held-out eval (PSNR, SSIM, code usage, token stability) + samples.png +
                                     # curves.png
-    eval_frames: int = 512
+    eval_frames: int = 512          # held-out frames per eval, an equal share from the start of every test episode
     final_eval_frames: int = 8192
     log_every: int = 50
     ckpt_every: int = 1000          # resumable full-state checkpoint (also written at the end and on Ctrl-C)

@@ -35,6 +35,16 @@ def as_episodes(val: np.ndarray | Episodes) -> list[dict[str, np.ndarray]]:
     return [dict(ep) for ep in val]
 
 
+def spread(episodes: list[dict[str, np.ndarray]], max_frames: int | None) -> list[dict[str, np.ndarray]]:
+    """At most ``max_frames`` frames drawn evenly from the episodes: the first max_frames // n frames of each
+    (at least 2, so consecutive pairs remain for stability), from as many episodes as that allows. Taking the
+    first ``max_frames`` frames in order would score only the first one or two episodes, one maze's style."""
+    if max_frames is None or not episodes:
+        return episodes
+    quota = min(max_frames, max(2, max_frames // len(episodes)))
+    return [dict(ep, frames=ep["frames"][:quota]) for ep in episodes[: max(1, max_frames // quota)]]
+
+
 def code_stats(counts: np.ndarray) -> dict[str, float]:
     """Perplexity (exp of the entropy of code frequencies) and fraction of the vocabulary used."""
     total = counts.sum()
@@ -75,12 +85,10 @@ def evaluate_tokenizer(model: FrameTokenizer, val: np.ndarray | Episodes, batch_
     by_action: dict[int, list[np.ndarray]] = {}
     enc_s = dec_s = 0.0
     n_done = 0
-    for ep in as_episodes(val):
+    for ep in spread(as_episodes(val), max_frames):
         frames = ep["frames"]
-        if max_frames is not None:
-            frames = frames[: max(0, max_frames - n_done)]
         if len(frames) == 0:
-            break
+            continue
         ids_list = []
         for i in range(0, len(frames), batch_size):
             real = torch.as_tensor(np.ascontiguousarray(frames[i: i + batch_size]))

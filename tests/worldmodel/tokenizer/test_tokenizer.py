@@ -13,7 +13,7 @@ from einops import rearrange
 
 from envs.common.errors import CheckpointError, ConfigError, DatasetError, MaskFlowError
 from worldmodel.tokenizer.config import TokenizerTrainConfig
-from worldmodel.tokenizer.evaluation import code_stats, evaluate_tokenizer, static_cells
+from worldmodel.tokenizer.evaluation import code_stats, evaluate_tokenizer, spread, static_cells
 from worldmodel.tokenizer.files import CONFIG_NAME, WEIGHTS_NAME, load_tokenizer, save_tokenizer
 from worldmodel.tokenizer.model import build_tokenizer, tokenizer_config
 from worldmodel.tokenizer.training import train_tokenizer
@@ -121,6 +121,17 @@ def test_code_stats_and_stability_metric(episodes):
     m = evaluate_tokenizer(model, [episodes[0]], action_names=ACTIONS)
     assert 0.0 <= m["stability"] <= 1.0 and set(m["stability_by_action"]) <= set(ACTIONS)
     assert m["frames"] == len(episodes[0]["frames"]) and 0 < m["code_usage"] <= 1
+
+
+def test_max_frames_spreads_over_every_episode(episodes):
+    eps = [{"frames": np.full((50, 64, 64, 3), 40 * i, np.uint8)} for i in range(4)]
+    picked = spread(eps, 40)
+    assert [len(e["frames"]) for e in picked] == [10, 10, 10, 10]
+    assert [int(e["frames"][0, 0, 0, 0]) for e in picked] == [0, 40, 80, 120]   # one share from each episode
+    assert [len(e["frames"]) for e in spread(eps, 5)] == [2, 2]    # pairs kept: two episodes, not five single frames
+    assert spread(eps, None) is eps and sum(len(e["frames"]) for e in spread(eps, 10_000)) == 200
+    model = build_tokenizer(tokenizer_config("tiny", 4)).eval()
+    assert evaluate_tokenizer(model, episodes[:2], max_frames=20)["frames"] == 20
 
 
 @pytest.mark.parametrize("grid", [(16, 16), (8, 8)])

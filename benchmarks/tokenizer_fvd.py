@@ -20,12 +20,12 @@ from envs.common.files import write_json
 from envs.dataset import EpisodeDataset
 from worldmodel.metrics.quality import frechet_video_distance
 from worldmodel.tokenizer.codec import decode_tokens, encode_frames
-from worldmodel.tokenizer.files import load_tokenizer
+from worldmodel.tokenizer.files import load_tokenizer, named_tokenizer
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("tokenizer", help="tokenizer dir, train-tokenizer run dir or world-model dir")
+    ap.add_argument("tokenizer", help="tokenizer dir, train-tokenizer run dir, world-model dir, default or memory")
     ap.add_argument("--data", required=True, help="frames dataset (its test split is used)")
     ap.add_argument("--clips", type=int, default=64)
     ap.add_argument("--clip-len", type=int, default=16)
@@ -34,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    tok = load_tokenizer(args.tokenizer)
+    tok = load_tokenizer(named_tokenizer(args.tokenizer))
     ds = EpisodeDataset(args.data, "test")
     real = []
     for i in range(len(ds)):

@@ -101,7 +101,7 @@ def sight_labels(poses: np.ndarray, goal: np.ndarray, layout: str) -> np.ndarray
 def labelled_frames(data: list[str], split: str, every: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Frames (n y x c) uint8 and their in-view labels (n,) from frames datasets of a maze env (every
     ``every``-th frame); raises :class:`DatasetError` for a dataset without poses or layouts."""
-    from envs.dataset import EpisodeDataset, load_manifest
+    from envs.dataset import EpisodeDataset, load_manifest, recorded_env
 
     frames, labels = [], []
     for d in data:
@@ -109,7 +109,7 @@ def labelled_frames(data: list[str], split: str, every: int = 1) -> tuple[np.nda
         if manifest["kind"] != "frames":
             raise DatasetError(f"{d} holds {manifest['kind']}; the sighting probe learns from a frames dataset")
         ds = EpisodeDataset(d, split=split)
-        env_kwargs = (manifest.get("config") or {}).get("env_kwargs") or {}
+        env_kwargs = recorded_env(manifest)[1]
         env = None                                  # made once, only for episodes without a recorded goal
         try:
             for i in range(len(ds)):

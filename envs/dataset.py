@@ -184,6 +184,13 @@ def is_dataset(root: str | os.PathLike, kind: str) -> bool:
         return False
 
 
+def recorded_env(manifest: dict) -> tuple[str, dict]:
+    """The env a dataset's episodes were played in: (env id, ``gym.make`` kwargs), from a frames dataset's
+    collection config or a token dataset's source ("" and {} where the manifest does not say)."""
+    where = manifest.get("config") if manifest.get("kind") == "frames" else manifest.get("source")
+    return str(manifest.get("env_id") or ""), dict((where or {}).get("env_kwargs") or {})
+
+
 def load_manifest(root: str | os.PathLike) -> dict:
     """Read and check ``ROOT/manifest.json``; raise :class:`DatasetError` naming what is wrong."""
     root = Path(root)

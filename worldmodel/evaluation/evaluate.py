@@ -113,8 +113,9 @@ class EvalConfig:
                                     # window come back by heading while the camera only turns; loops beyond it)
     schedule: str = "arccos"        # MGM unmask-count schedule: arccos | cosine | linear | square | root
     fvd: bool = True                # false = skip FVD (PSNR/SSIM only; much faster)
-    loops: list[str] = field(default_factory=list)  # loop-closure trials in live held-out mazes: turnL (left L, right
-                                                    # L) | circleN (left N; 30 = 360 deg), e.g. [turn15,circle30]
+    loops: list[str] = field(default_factory=list)  # loop-closure trials in live held-out mazes of data='s env: turnL
+                                                    # (left L, right L) | circleN (left N; 30 = 360 deg), e.g.
+                                                    # [turn15,circle30]
     loop_trials: int = 8            # mazes per loop (the same mazes for every loop)
     loop_real_turns: int = 0        # diagnostic: the first n turns of every loop are real (given as context), the
                                     # rest dreamed (0 = the whole loop dreamed)
@@ -392,13 +393,15 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                      "reconstruction row is a decode -> encode -> decode round trip, not the tokenizer's ceiling")
     loops = None
     if cfg.loops:
+        from envs.dataset import load_manifest, recorded_env
         from worldmodel.evaluation.loops import loop_closure, loop_sheet, pair_loops
 
+        env_id, env_kwargs = recorded_env(load_manifest(cfg.data))     # loops play fresh mazes of data='s env
         loops = loop_closure(cfg.checkpoint, cfg.loops, cfg.loop_trials, cfg.seed, cfg.steps_frame, cfg.precision,
                              str(device), threads=None, temperature=cfg.temperature, gumbel=cfg.gumbel_frame,
                              action_guidance=cfg.action_guidance, history_guidance=cfg.history_guidance,
                              history_guidance_recent=cfg.history_guidance_recent, real_turns=cfg.loop_real_turns,
-                             heading_recall=cfg.heading_recall)
+                             heading_recall=cfg.heading_recall, env_id=env_id, env_kwargs=env_kwargs)
         out.mkdir(parents=True, exist_ok=True)
         loop_sheet(out / "loops.png", loops)
         for r in loops["loops"].values():

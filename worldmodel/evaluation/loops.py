@@ -47,13 +47,15 @@ def loop_closure(checkpoint: str = "default", loops: tuple[str, ...] | list[str]
                  seed: int = 0, steps_per_frame: int | None = None, precision: str = "auto", device: str = "cpu",
                  threads: int | None = 0, temperature: float = 1.0, gumbel: float | None = None,
                  action_guidance: float = 0.0, history_guidance: float = 0.0,
-                 history_guidance_recent: int = 0, real_turns: int = 0, heading_recall: bool = False
-                 ) -> dict[str, Any]:
+                 history_guidance_recent: int = 0, real_turns: int = 0, heading_recall: bool = False,
+                 env_id: str = "", env_kwargs: dict | None = None) -> dict[str, Any]:
     """Score ``trials`` fresh held-out mazes per loop (trial i uses seed ``seed + i``, so every loop sees the
     same mazes and context). ``temperature``, ``gumbel`` and the guidance weights are the dream's sampling
     settings (defaults: the dream env's); ``real_turns`` (see the module notes) gives the first turns real;
     ``heading_recall`` dreams with the dream env's heading recall (loops longer than the window).
-    Returns per-loop means with every trial's scores, and the settings."""
+    ``env_id`` / ``env_kwargs``: the live mazes to play ("" = those the checkpoint was trained on; a model
+    trained on several datasets that disagree records none, so pass them to compare it with another).
+    Returns per-loop means with every trial's scores, the env played, and the settings."""
     from worldmodel.dream.env import MaskFlowDreamEnv
     from worldmodel.metrics.quality import psnr_per_frame
     from worldmodel.tokenizer.codec import decode_tokens, encode_frames
@@ -71,8 +73,11 @@ def loop_closure(checkpoint: str = "default", loops: tuple[str, ...] | list[str]
                            history_guidance_recent=history_guidance_recent, heading_recall=heading_recall)
     try:
         core, m = env.core, env.core.context_length
-        env_id, env_kwargs = core.meta.get("env_id") or "DMLabMaze-v0", core.meta.get("env_kwargs")
-        out: dict[str, Any] = {"loops": {}, "trials": trials, "seed": seed, "context_length": m,
+        if not env_id:
+            env_id, env_kwargs = core.meta.get("env_id") or "DMLabMaze-v0", core.meta.get("env_kwargs")
+        env_kwargs = dict(env_kwargs or {})
+        out: dict[str, Any] = {"env_id": env_id, "env_kwargs": env_kwargs,
+                               "loops": {}, "trials": trials, "seed": seed, "context_length": m,
                                "steps_per_frame": core.sampler.num_steps, "temperature": core.sampler.temperature,
                                "gumbel": core.sampler.gumbel, "action_guidance": action_guidance,
                                "history_guidance": history_guidance,
@@ -122,8 +127,12 @@ def pair_loops(a: dict[str, Any] | list[dict[str, Any]], b: dict[str, Any] | lis
     mazes pooled in order, e.g. ``loop_trials=24`` then ``seed=24 loop_trials=40``), for every loop both hold:
     ``return_psnr`` (return PSNR, a − b per maze) and ``return_minus_far``, each a
     :func:`~worldmodel.evaluation.stats.paired_margin` dict (mean, ci_low, ci_high, wins, n). Raises
-    :class:`ConfigError` unless both scored the same mazes in the same order."""
+    :class:`ConfigError` unless both scored the same mazes in the same order (the same seeds in the same env)."""
     sets = [[x] if isinstance(x, dict) else list(x) for x in (a, b)]
+    envs = {(r["env_id"], repr(sorted(r["env_kwargs"].items()))) for s in sets for r in s if "env_id" in r}
+    if len(envs) > 1:               # same maze seeds in another env (say, other styles) are other mazes
+        raise ConfigError("the loop results played different envs (" + "; ".join(f"{e} {k}" for e, k in sorted(envs))
+                          + "); run both with the same data= (its env is the one played)")
     out: dict[str, dict[str, Any]] = {}
     for name in [n for n in sets[0][0]["loops"] if all(n in r["loops"] for s in sets for r in s)]:
         trials = [[t for r in s for t in r["loops"][name]["per_trial"]] for s in sets]

@@ -284,6 +284,11 @@ def test_eval_loops_and_rewards_add_their_sections(tiny_world_checkpoint, tiny_f
     res = evaluate(make_cfg(tiny_world_checkpoint, tiny_frames_dataset, tmp_path / "l", **kw))
     assert list(res["loops"]["loops"]) == ["turn2", "circle30"] and res["loops"]["trials"] == 1
     assert all(r["real_return_psnr"] == 100.0 for r in res["loops"]["loops"].values())
+    # the loops play fresh mazes of data='s env (not the checkpoint's training data's, which may differ)
+    from envs.dataset import load_manifest, recorded_env
+
+    assert (res["loops"]["env_id"], res["loops"]["env_kwargs"]) == recorded_env(load_manifest(tiny_frames_dataset))
+    assert res["loops"]["env_id"] == "DMLabMaze-v0"
     # the loops dream with the eval's sampling settings (far-history guidance here)
     assert (res["loops"]["temperature"], res["loops"]["history_guidance"], res["loops"]["history_guidance_recent"]) \
         == (0.5, 1.0, 1)

@@ -41,6 +41,7 @@ def test_loop_closure_scores_a_tiny_dream(tiny_world_checkpoint):
     ckpt = str(tiny_world_checkpoint)
     res = loop_closure(ckpt, ["turn2", "circle30"], trials=2, seed=0, steps_per_frame=2, threads=1)
     assert set(res["loops"]) == {"turn2", "circle30"} and res["trials"] == 2
+    assert res["env_id"] == "DMLabMaze-v0" and isinstance(res["env_kwargs"], dict)   # the env it played, recorded
     for name, r in res["loops"].items():
         assert r["frames"] == parse_loop(name).frames and len(r["per_trial"]) == 2
         assert r["real_return_psnr"] == 100.0                            # the premise held in every trial
@@ -99,6 +100,12 @@ def test_pair_loops_pools_the_same_mazes_and_refuses_others(tmp_path):
     assert m["return_minus_far"]["mean"] == pytest.approx(np.mean([7, 7, 5, 11, -2]))
     with pytest.raises(ConfigError, match="loop turn15: the two results scored different mazes"):
         pair_loops(a[0], b[1])
+    # the same maze seeds in another env (other wall styles) are other mazes
+    style1, every = (dict(_loop_result([20, 22], [10, 12]), env_id="DMLabMaze-v0", env_kwargs=kw)
+                     for kw in ({"styles": [1]}, {}))
+    assert pair_loops(style1, dict(style1))["turn15"]["return_psnr"]["n"] == 2
+    with pytest.raises(ConfigError, match="played different envs.*styles.*same data="):
+        pair_loops(style1, every)
     # the pooling script reads eval folders (results.json) and loop-results JSON alike
     (tmp_path / "eval_a").mkdir()
     (tmp_path / "eval_a" / "results.json").write_text(json.dumps({"settings": {}, "loops": a[0]}))

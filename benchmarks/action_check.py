@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="auto", help="auto (bf16 where native) | fp32 | bf16")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = adapt to the load)")
+    p.add_argument("--env-kwargs", default=None,
+                   help="live probes' maze settings as JSON, e.g. '{\"styles\": [1]}' (default: the checkpoint's)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     a = p.parse_args(argv)
     if a.threads > 0:
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      steps_per_frame=a.steps_per_frame, temperature=a.temperature, sampler=a.sampler,
                      device=a.device, gumbel=a.gumbel, schedule=a.schedule, context_length=a.context_length,
                      action_guidance=a.action_guidance, history_guidance=a.history_guidance,
-                     precision=a.precision)
+                     precision=a.precision, env_kwargs=json.loads(a.env_kwargs) if a.env_kwargs else None)
     if a.json:
         print(json.dumps(r, indent=1))
     else:

@@ -144,13 +144,16 @@ def action_check(checkpoint: str, data: str | None = None, split: str = "test", 
                  frames: int = 48, seed: int = 0, steps_per_frame: int | None = None, temperature: float = 1.0,
                  sampler: str = "mgm", device: str = "cpu", hold: int = 6, gumbel: float | None = None,
                  schedule: str = "arccos", context_length: int | None = None, action_guidance: float = 0.0,
-                 history_guidance: float = 0.0, precision: str = "auto") -> dict[str, Any]:
+                 history_guidance: float = 0.0, precision: str = "auto",
+                 env_kwargs: dict | None = None) -> dict[str, Any]:
     """Turn agreement of real frames, their tokenizer reconstructions and the dream, on the same turn steps.
 
     Each sequence's first ``context_length`` (window − 1) frames are the dream's context; the rest of
     its actions drive the dream. With ``data`` the sequences are the first ``frames`` frames of
     ``episodes`` held-out episodes; without, ``episodes`` live turn probes (held turns of ``hold`` steps).
     ``gumbel``, ``schedule``, ``context_length``, the guidance weights and ``precision`` are the dream env's.
+    ``env_kwargs``: the live probes' maze settings (None = those the checkpoint records; a model trained on
+    datasets that disagree records none, so pass them to compare it with another on the same mazes).
     Returns ``{"real", "recon", "dream"}`` agreement rates, ``turns`` counted and the settings."""
     from worldmodel.dream.context import dataset_episode
     from worldmodel.dream.env import MaskFlowDreamEnv
@@ -172,7 +175,8 @@ def action_check(checkpoint: str, data: str | None = None, split: str = "test", 
             else:
                 env_id = core.meta.get("env_id") or "DMLabMaze-v0"
                 cycles = max(1, (frames - m) // (2 * hold))
-                f, a, real_meanings = turn_probe(env_id, core.meta.get("env_kwargs"), seed=seed + e,
+                probe_kwargs = core.meta.get("env_kwargs") if env_kwargs is None else env_kwargs
+                f, a, real_meanings = turn_probe(env_id, probe_kwargs, seed=seed + e,
                                                  warmup=m, hold=hold, cycles=cycles)
                 if tuple(real_meanings) != tuple(meanings):
                     from envs.common.errors import CheckpointError

@@ -438,6 +438,18 @@ def test_action_check_reports_real_and_dream_agreement(ckpt, data):
     assert d["turns"] >= 1 and d["source"].startswith(data) and 0.0 <= d["dream"] <= 1.0
 
 
+
+def test_action_check_probes_the_mazes_asked_for(ckpt, monkeypatch):
+    """env_kwargs picks the live probes' mazes (a model trained on mixed styles records none of its own)."""
+    import worldmodel.evaluation.action_check as ac
+
+    seen, real_probe = [], ac.turn_probe
+    monkeypatch.setattr(ac, "turn_probe", lambda env_id, kw, **k: seen.append(kw) or real_probe(env_id, kw, **k))
+    action_check(ckpt, episodes=1, frames=19, steps_per_frame=1, hold=4, env_kwargs={"styles": [2]})
+    action_check(ckpt, episodes=1, frames=19, steps_per_frame=1, hold=4)
+    assert seen[0] == {"styles": [2]} and seen[1] != {"styles": [2]}
+
+
 # -- RL pipelines and the benchmark ----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_ppo_trains_inside_the_dream(ckpt, data, tmp_path):

@@ -3,16 +3,20 @@
     PYTHONPATH=. python benchmarks/tokenizer.py                       # untrained presets, random frames
     PYTHONPATH=. python benchmarks/tokenizer.py --checkpoint runs/tokenizer --data runs/data
     PYTHONPATH=. python benchmarks/tokenizer.py --sizes small --downsample 4 8 --batch 1 64 --threads 2
+    PYTHONPATH=. python benchmarks/tokenizer.py --checkpoint default --data runs/data_speed --compile --threads 2
 
 Speed does not depend on the weights, so untrained presets measure the architecture; a checkpoint
 measures the tokenizer you ship. Reports the median of ``--repeats`` timed runs after a warm-up,
 with batch size, thread count and device, as JSON lines (``--json FILE`` also writes them there); decoding
-also in bf16 autocast (as the dream env decodes where the hardware has bf16), with the per-repeat ratio to fp32.
+also in bf16 autocast (as the dream env decodes where the hardware has bf16), with the per-repeat ratio to fp32;
+the round trip (encode + decode of a frame); with ``--compile``, the compiled tokenizer beside the eager one in
+the same process, taking turns, with per-repeat ratios and the share of token ids they agree on.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -21,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from worldmodel.tokenizer.files import load_tokenizer
+from worldmodel.tokenizer.files import load_tokenizer, named_tokenizer
 from worldmodel.tokenizer.model import FrameTokenizer, build_tokenizer, tokenizer_config
 
 
@@ -30,36 +34,60 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_tokenizer(model: FrameTokenizer, frames: np.ndarray, batch: int, repeats: int) -> dict[str, float]:
-    """Median encode and decode frames/s of ``model`` on uint8 frames (n, y, x, 3) in batches of ``batch``."""
-    device = model.device
+def time_tokenizers(models: dict[str, FrameTokenizer], frames: np.ndarray, batch: int,
+                    repeats: int) -> dict[str, dict[str, float]]:
+    """Median encode / decode frames/s of each model on uint8 frames (n, y, x, 3) in batches of ``batch``.
+
+    The models take turns within every repeat, so they see the same machine load; each timing covers at least
+    64 frames (batch 1: 64 calls). Also per model: the per-repeat ratio to the first model, and the round trip
+    (encode then decode one frame: 1 / (1/encode + 1/decode)), with decoding in fp32 and in bf16 autocast (as the
+    dream env decodes where the hardware has bf16)."""
+    first = next(iter(models.values()))
+    device = first.device
     x = torch.from_numpy(frames[:batch]).to(device)
-    for _ in range(2):  # warm-up: oneDNN / cuDNN pick and cache their kernels on the first calls
-        model.decode(model.encode(x))
-    enc, dec, dec16 = [], [], []
+    calls = max(1, 64 // batch)
     bf16 = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+    kinds = ["encode", "decode"] + (["decode_bf16"] if bf16 else [])
+    for model in models.values():   # warm-up: oneDNN / cuDNN pick kernels, torch.compile compiles this shape
+        for _ in range(2):
+            ids = model.encode(x)
+            model.decode(ids)
+            if bf16:
+                model.decode(ids, dtype=torch.bfloat16)
+    ids = first.encode(x)
+    runs = {
+        "encode": lambda m: m.encode(x),
+        "decode": lambda m: m.decode(ids),
+        "decode_bf16": lambda m: m.decode(ids, dtype=torch.bfloat16),
+    }
+    fps: dict[str, dict[str, list[float]]] = {name: {k: [] for k in kinds} for name in models}
     for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        ids = model.encode(x)
-        _sync(device)
-        t1 = time.perf_counter()
-        model.decode(ids)
-        _sync(device)
-        t2 = time.perf_counter()
-        enc.append(batch / (t1 - t0))
-        dec.append(batch / (t2 - t1))
-        if bf16:                    # the dream env decodes in bf16 where the hardware has it (precision="auto")
-            model.decode(ids, dtype=torch.bfloat16)         # (alternating with fp32: both see the same load)
-            _sync(device)
-            t3 = time.perf_counter()
-            model.decode(ids, dtype=torch.bfloat16)
-            _sync(device)
-            dec16.append(batch / (time.perf_counter() - t3))
-    out = {"encode_fps": statistics.median(enc), "decode_fps": statistics.median(dec)}
-    if dec16:
-        out["decode_bf16_fps"] = statistics.median(dec16)
-        out["decode_bf16_vs_fp32"] = statistics.median(b / a for a, b in zip(dec, dec16, strict=True))
+        for kind in kinds:
+            for name, model in models.items():
+                _sync(device)
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    runs[kind](model)
+                _sync(device)
+                fps[name][kind].append(calls * batch / (time.perf_counter() - t0))
+    out: dict[str, dict[str, float]] = {}
+    base = fps[next(iter(models))]
+    for name, model in models.items():
+        row = {f"{k}_fps": statistics.median(v) for k, v in fps[name].items()}
+        for dec in ("decode", "decode_bf16"):
+            if dec in fps[name]:
+                row[f"roundtrip_{dec.replace('decode', 'fp32') if dec == 'decode' else 'bf16'}_fps"] = \
+                    statistics.median(1 / (1 / e + 1 / d) for e, d in zip(fps[name]["encode"], fps[name][dec],
+                                                                            strict=True))
+        if bf16:
+            row["decode_bf16_vs_fp32"] = statistics.median(
+                b / a for a, b in zip(fps[name]["decode"], fps[name]["decode_bf16"], strict=True))
+        if model is not first:
+            for k in kinds:
+                row[f"{k}_vs_{next(iter(models))}"] = statistics.median(
+                    b / a for a, b in zip(base[k], fps[name][k], strict=True))
+            row["ids_equal"] = float((model.encode(x) == ids).float().mean())
+        out[name] = row
     return out
 
 
@@ -75,7 +103,8 @@ def cpu_name() -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run the benchmark grid and print one JSON line per configuration."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", help="a tokenizer dir (or train-tokenizer run dir); default: untrained presets")
+    ap.add_argument("--checkpoint", help="a tokenizer dir, train-tokenizer run dir or shipped model name (default, "
+                                         "memory); default: untrained presets")
     ap.add_argument("--data", help="a frames dataset to take frames from (default: random frames)")
     ap.add_argument("--sizes", nargs="+", default=["tiny", "small", "base"])
     ap.add_argument("--downsample", nargs="+", type=int, default=[4, 8])
@@ -84,6 +113,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--compile", action="store_true",
+                    help="also time each tokenizer torch.compile'd (FrameTokenizer.compile_nets), in turns with eager")
     ap.add_argument("--json", help="also append the results to this file")
     args = ap.parse_args(argv)
     if args.threads:
@@ -98,7 +129,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     else:
         frames = np.random.default_rng(0).integers(0, 256, size=(n, 64, 64, 3), dtype=np.uint8)
     if args.checkpoint:
-        models = [("checkpoint", lambda: load_tokenizer(args.checkpoint))]
+        models = [(args.checkpoint, lambda: load_tokenizer(named_tokenizer(args.checkpoint)))]
     else:
         models = [(f"{s}/ds{d}/{args.quantizer}",
                    (lambda s=s, d=d: build_tokenizer(tokenizer_config(s, d, quantizer=args.quantizer)).eval()))
@@ -109,14 +140,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
             continue
         for name, make in models:
             model = make().to(device)
+            variants = {"eager": model}
+            if args.compile:
+                variants["compiled"] = copy.deepcopy(model).compile_nets()     # the same weights
             for batch in args.batch:
-                r = time_tokenizer(model, frames, batch, args.repeats)
-                row = {"model": name, "params": sum(p.numel() for p in model.parameters()),
-                       "token_grid": list(model.token_grid), "vocab_size": model.vocab_size, "device": device,
-                       "batch": batch, "threads": torch.get_num_threads(), "cpu": cpu_name(),
-                       **{k: round(v, 1) for k, v in r.items()}}
-                print(json.dumps(row), flush=True)
-                results.append(row)
+                timed = time_tokenizers(variants, frames, batch, args.repeats)
+                for variant, r in timed.items():
+                    row = {"model": name, "variant": variant, "params": sum(p.numel() for p in model.parameters()),
+                           "token_grid": list(model.token_grid), "vocab_size": model.vocab_size, "device": device,
+                           "batch": batch, "threads": torch.get_num_threads(), "cpu": cpu_name(),
+                           **{k: round(v, 3 if "_vs_" in k or k == "ids_equal" else 1) for k, v in r.items()}}
+                    print(json.dumps(row), flush=True)
+                    results.append(row)
     if args.json:
         with open(args.json, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in results)

@@ -38,7 +38,7 @@ BAD = [
     ("train-tokenizer", ["lr=-1"], "lr", "-1"),
     ("train", ["batch_size=0"], "batch_size", "0"),
     ("train-tokenizer", ["batch_size=0"], "batch_size", "0"),
-    ("tokenize", ["batch_size=0"], "batch_size", "0"),
+    ("tokenize", ["batch_size=-1"], "batch_size", "-1"),
     ("eval", ["batch_size=0"], "batch_size", "0"),
     ("collect", ["test_fraction=1.5"], "test_fraction", "1.5"),
     ("collect", ["test_fraction=-0.1"], "test_fraction", "-0.1"),
@@ -178,8 +178,8 @@ def test_python_entry_points_run_the_same_checks(tmp_path):
         TokenizerTrainConfig(eval_every=0)
     with pytest.raises(ConfigError, match="num_videos must be an integer"):
         EvalConfig(data="x", num_videos="many")
-    with pytest.raises(ConfigError, match="batch_size must be >= 1, got 0"):
-        tokenize_dataset(tmp_path / "frames", tmp_path / "tok", out, batch_size=0)
+    with pytest.raises(ConfigError, match="batch_size must be >= 0.*got -1"):
+        tokenize_dataset(tmp_path / "frames", tmp_path / "tok", out, batch_size=-1)
     assert not out.exists()
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 import sys
 
 import torch
@@ -25,6 +27,17 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
         return torch.device("cuda", local_rank)
     return torch.device(name)
 
+
+def require_compiler(device: torch.device | str, what: str = "compile=true") -> None:
+    """Refuse ``torch.compile`` on a CPU with no C++ compiler, before any work: inductor builds C++ kernels there
+    and would otherwise fail at the first pass, minutes into a run."""
+    if torch.device(device).type != "cpu":
+        return
+    cxx = os.environ.get("CXX")
+    if not any(shutil.which(c) for c in ([cxx] if cxx else []) + ["g++", "c++", "clang++"]):
+        raise ConfigError(f"{what} needs a C++ compiler on the CPU (torch.compile builds C++ kernels there) and "
+                          f"none was found (CXX, g++, c++, clang++); install one (Debian: apt install g++) "
+                          f"or leave compile off")
 
 
 @functools.cache

@@ -108,6 +108,8 @@ class DreamCore:
         stays = recall_stays(self.model, self.meanings, heading_recall, str(self.meta["path"]))
         self.rollout = CachedRollout(self.model, self.sampler, batch_size, device=self.device, compile=compile,
                                      precision=precision, stays=stays)
+        if compile:     # every step decodes its frames; the encoder runs only on a reset's context
+            self.tokenizer.compile_nets(encoder=False)
         self.batch_size = batch_size
         self.source_name = ("dataset" if data else "live") if context == "auto" else context
         self.source: DatasetContext | LiveContext | None = None

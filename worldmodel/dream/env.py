@@ -87,7 +87,8 @@ class MaskFlowDreamEnv(gym.Env):
     kept view instead of the oldest frame (loops longer than the window; ``worldmodel.model.cache``).
     ``max_episode_steps`` (default 300, None = never truncate), ``device``, ``render_mode`` (None |
     "rgb_array"), ``timing_info`` (add the step's wall clock to ``info``), ``compile`` (torch.compile the
-    rollout; it did not pay on the CPU), ``precision`` (see "Speed"), ``threads`` (torch CPU threads:
+    rollout and the tokenizer's decoder; needs a C++ compiler on a CPU, where the rollout's did not pay),
+    ``precision`` (see "Speed"), ``threads`` (torch CPU threads:
     0 = adapt to the cores other processes leave free, so a dream beside another job is not stalled;
     N = fixed; None = leave the process's setting alone).
 

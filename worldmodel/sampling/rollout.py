@@ -42,7 +42,7 @@ import torch
 from envs.common.errors import ConfigError, SamplerSettingsError
 from envs.loops import action_stays
 from worldmodel.common import threads
-from worldmodel.common.device import inference_dtype
+from worldmodel.common.device import inference_dtype, require_compiler
 from worldmodel.sampling import Sampler, SamplerConfig, make_sampler
 from worldmodel.sampling.rolling import RollingSampler
 
@@ -224,6 +224,8 @@ class CachedRollout(_RolloutBase):
         # precision: "auto" computes in bf16 where the hardware has it natively (a copy of the model; the
         # caller's stays as it is), "fp32" / "bf16" force one (benchmarks/dream_speed.py: gain and cost)
         self.dtype, self.compile, self._stamp = inference_dtype(precision, self.device), compile, None
+        if compile:
+            require_compiler(self.device)
         self._sync()
         with torch.inference_mode():
             self.cache = self.net.new_cache(batch_size, self.device, stays=self.stays)

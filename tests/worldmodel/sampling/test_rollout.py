@@ -357,3 +357,15 @@ def test_a_longer_window_keeps_a_constant_cache_of_window_minus_one_frames():
         assert int(ro.cache.num_frames[0]) == window - 1
         sizes[window] = first
     assert sizes[32] / sizes[16] == pytest.approx(31 / 15, rel=0.05)
+
+
+def test_compiled_rollout_without_a_compiler_is_refused_at_construction(monkeypatch):
+    import shutil
+
+    from envs.common.errors import ConfigError
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match=r"C\+\+ compiler"):     # not at the first frame, minutes later
+        CachedRollout(tiny_model(), SamplerConfig("mgm", steps=2), 1, compile=True)
+    assert CachedRollout(tiny_model(), SamplerConfig("mgm", steps=2), 1).compile is False

@@ -134,6 +134,8 @@ class TrainConfig:
     new_tokenizer: bool = False     # with init: the data's tokens come from another encoder than the init's (same
                                     # vocabulary and grid); the token embedding and output layer start afresh, the
                                     # rest (attention, actions, time) is fine-tuned from the init
+    keep_token_io: bool = False     # with new_tokenizer: keep the embedding and output layer too, for an encoder
+                                    # trained on from the init's (an FSQ id names the same code in both; most agree)
 
     # allowed ranges and choices (types come from the annotations above; see envs.common.config_check)
     CHECKS: ClassVar[dict[str, Check]] = {
@@ -174,6 +176,9 @@ class TrainConfig:
         if self.new_tokenizer and (not self.init or self.heads_only):
             raise ConfigError("new_tokenizer=true needs init=default|memory|DIR (the model to carry over to the new "
                               "tokens) and heads_only=false (the token embedding and output layer must learn)")
+        if self.keep_token_io and not self.new_tokenizer:
+            raise ConfigError("keep_token_io=true needs new_tokenizer=true (it says what to keep of the init when "
+                              "the data's encoder is another one)")
         if self.self_context > 0 and self.clip_len < 3:
             raise ConfigError(f"self_context={self.self_context} needs clip_len >= 3 (a real frame, a dreamed one, "
                               f"a real one), got clip_len={self.clip_len}")
@@ -228,7 +233,7 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
     tok_dir = tokenizer_dir(cfg.tokenizer, clips.manifest)
     over = {k: getattr(cfg, k) for k in ("dim", "depth", "heads", "patch") if getattr(cfg, k) > 0}
     model = (model_from_init(cfg.init, clips, data, cfg.clip_len, cfg.temporal, over, cfg.heading_pairs,
-                             cfg.new_tokenizer) if cfg.init
+                             cfg.new_tokenizer, cfg.keep_token_io) if cfg.init
              else new_model(clips, cfg.size, cfg.vocab_size, cfg.clip_len, cfg.temporal, over,
                             cfg.heading_pairs)).to(device)
     started_from = init_record(cfg.init, tok_dir)

@@ -96,14 +96,17 @@ def new_model(clips: TokenClips, size: str, vocab_size: int, clip_len: int, temp
 
 
 def model_from_init(init: str, clips: TokenClips, data: str, clip_len: int, temporal: str,
-                    overrides: Mapping[str, int], heading_pairs: int = 0, new_tokenizer: bool = False) -> Latte:
+                    overrides: Mapping[str, int], heading_pairs: int = 0, new_tokenizer: bool = False,
+                    keep_token_io: bool = False) -> Latte:
     """The model of checkpoint ``init`` (its architecture and weights), checked against the dataset.
 
     The weights only make sense on tokens of the same tokenizer and actions of the same action space,
     so every mismatch is an error that names it; the architecture is the checkpoint's, except what no
     weight depends on: a longer window and ``heading_pairs`` > 0 (heading rotary; 0 keeps the checkpoint's).
     ``new_tokenizer``: the dataset's ids come from another encoder (same vocabulary and grid) on purpose;
-    the ids' embedding and the output layer restart (:meth:`Latte.reset_token_io`), the rest carries over.
+    the ids' embedding and the output layer restart (:meth:`Latte.reset_token_io`), the rest carries over;
+    with ``keep_token_io`` they carry over too (an encoder trained on from the init's: an FSQ id names the same code
+    in both, and most ids of a frame agree).
     """
     if overrides:
         raise ConfigError(f"init={init} fixes the architecture; drop {', '.join(f'{k}=' for k in overrides)} "
@@ -134,7 +137,7 @@ def model_from_init(init: str, clips: TokenClips, data: str, clip_len: int, temp
                         "tokenizer record); drop new_tokenizer")
     if problems:
         raise ConfigError(f"init={init} ({src}) does not fit data={data}: " + "; ".join(problems))
-    if new_tokenizer:
+    if new_tokenizer and not keep_token_io:
         model.reset_token_io()
     heading = heading_settings(clips, heading_pairs)
     if clip_len != mcfg.max_frames or heading:

@@ -345,6 +345,13 @@ def test_init_fine_tunes_from_a_checkpoint_and_checks_that_it_fits(painted_data,
     assert wm["final.linear.weight"].abs().max() < 1e-6 < wa["final.linear.weight"].abs().max()
     assert json.loads((moved / "model.json").read_text())["tokenizer"]["weights_sha256"] == \
         json.loads((other / "manifest.json").read_text())["tokenizer"]["weights_sha256"]
+    # keep_token_io: an encoder trained on from the init's; every weight carries over
+    kept = tmp_path / "kept"
+    train(tiny_cfg(steps=1, init=str(base), new_tokenizer=True, keep_token_io=True, lr=1e-12), other, kept)
+    wk = load_weights(kept / "model.safetensors")
+    assert all(torch.allclose(wa[k], wk[k], atol=1e-6) for k in wa)
+    with pytest.raises(ConfigError, match="keep_token_io=true needs new_tokenizer=true"):
+        train(tiny_cfg(steps=1, init=str(base), keep_token_io=True), other, tmp_path / "e8")
     with pytest.raises(ConfigError, match="drop new_tokenizer"):
         train(tiny_cfg(steps=1, init=str(base), new_tokenizer=True), data, tmp_path / "e6")
     with pytest.raises(ConfigError, match="new_tokenizer=true needs init"):

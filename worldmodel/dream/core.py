@@ -127,6 +127,15 @@ class DreamCore:
             kwargs = {**dict(self.meta.get("env_kwargs") or {}), **dict(env_kwargs or {})}
             self.source = LiveContext(env_id, kwargs, self.context_length, self.meanings, policy, self.tokenizer)
 
+    def probe_env(self, env_id: str = "", env_kwargs: dict | None = None) -> tuple[str, dict]:
+        """The live mazes an evaluation plays: (env id, ``gym.make`` kwargs). Those given replace the checkpoint's
+        (not merged: a dataset's {} means the env's defaults); where none are given, those the checkpoint was
+        trained in. A model trained on datasets that disagree records none, so compare it with another by
+        passing them."""
+        if env_kwargs is None:
+            env_kwargs = {} if env_id else self.meta.get("env_kwargs")
+        return env_id or self.meta.get("env_id") or "DMLabMaze-v0", dict(env_kwargs or {})
+
     # -- spaces -----------------------------------------------------------------------------------
     def observation_space(self) -> spaces.Box:
         """Observation space of one dream: RGB frames or token grids."""

@@ -145,15 +145,14 @@ def action_check(checkpoint: str, data: str | None = None, split: str = "test", 
                  sampler: str = "mgm", device: str = "cpu", hold: int = 6, gumbel: float | None = None,
                  schedule: str = "arccos", context_length: int | None = None, action_guidance: float = 0.0,
                  history_guidance: float = 0.0, precision: str = "auto",
-                 env_kwargs: dict | None = None) -> dict[str, Any]:
+                 env_id: str = "", env_kwargs: dict | None = None) -> dict[str, Any]:
     """Turn agreement of real frames, their tokenizer reconstructions and the dream, on the same turn steps.
 
     Each sequence's first ``context_length`` (window − 1) frames are the dream's context; the rest of
     its actions drive the dream. With ``data`` the sequences are the first ``frames`` frames of
     ``episodes`` held-out episodes; without, ``episodes`` live turn probes (held turns of ``hold`` steps).
     ``gumbel``, ``schedule``, ``context_length``, the guidance weights and ``precision`` are the dream env's.
-    ``env_kwargs``: the live probes' maze settings (None = those the checkpoint records; a model trained on
-    datasets that disagree records none, so pass them to compare it with another on the same mazes).
+    ``env_id`` / ``env_kwargs``: the live probes' mazes (:meth:`DreamCore.probe_env`; default: the checkpoint's).
     Returns ``{"real", "recon", "dream"}`` agreement rates, ``turns`` counted and the settings."""
     from worldmodel.dream.context import dataset_episode
     from worldmodel.dream.env import MaskFlowDreamEnv
@@ -167,16 +166,15 @@ def action_check(checkpoint: str, data: str | None = None, split: str = "test", 
     try:
         core, m = env.core, env.core.context_length
         meanings = core.meanings
+        env_id, env_kwargs = core.probe_env(env_id, env_kwargs)
         seqs = []
         for e in range(episodes):
             if data:
                 ep = dataset_episode(data, split, e, core.tokenizer)
                 seqs.append((ep.frames[:frames], ep.actions[:frames]))
             else:
-                env_id = core.meta.get("env_id") or "DMLabMaze-v0"
                 cycles = max(1, (frames - m) // (2 * hold))
-                probe_kwargs = core.meta.get("env_kwargs") if env_kwargs is None else env_kwargs
-                f, a, real_meanings = turn_probe(env_id, probe_kwargs, seed=seed + e,
+                f, a, real_meanings = turn_probe(env_id, env_kwargs, seed=seed + e,
                                                  warmup=m, hold=hold, cycles=cycles)
                 if tuple(real_meanings) != tuple(meanings):
                     from envs.common.errors import CheckpointError
@@ -201,6 +199,7 @@ def action_check(checkpoint: str, data: str | None = None, split: str = "test", 
         out = {k: v.rate for k, v in totals.items()}
         out.update(turns=totals["real"].turns, sequences=len(seqs), context_length=m,
                    source=f"{data} {split}" if data else "live turn probes",
+                   **({} if data else {"env_id": env_id, "env_kwargs": env_kwargs}),
                    action_guidance=action_guidance, history_guidance=history_guidance,
                    steps_per_frame=core.sampler.num_steps, precision=str(core.rollout.dtype).removeprefix("torch."),
                    median_abs_shift_px={k: float(np.median(np.abs(v.shifts))) if v.shifts else float("nan")

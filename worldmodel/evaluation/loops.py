@@ -53,8 +53,7 @@ def loop_closure(checkpoint: str = "default", loops: tuple[str, ...] | list[str]
     same mazes and context). ``temperature``, ``gumbel`` and the guidance weights are the dream's sampling
     settings (defaults: the dream env's); ``real_turns`` (see the module notes) gives the first turns real;
     ``heading_recall`` dreams with the dream env's heading recall (loops longer than the window).
-    ``env_id`` / ``env_kwargs``: the live mazes to play ("" = those the checkpoint was trained on; a model
-    trained on several datasets that disagree records none, so pass them to compare it with another).
+    ``env_id`` / ``env_kwargs``: the live mazes to play (:meth:`DreamCore.probe_env`; default: the checkpoint's).
     Returns per-loop means with every trial's scores, the env played, and the settings."""
     from worldmodel.dream.env import MaskFlowDreamEnv
     from worldmodel.metrics.quality import psnr_per_frame
@@ -73,9 +72,7 @@ def loop_closure(checkpoint: str = "default", loops: tuple[str, ...] | list[str]
                            history_guidance_recent=history_guidance_recent, heading_recall=heading_recall)
     try:
         core, m = env.core, env.core.context_length
-        if not env_id:
-            env_id, env_kwargs = core.meta.get("env_id") or "DMLabMaze-v0", core.meta.get("env_kwargs")
-        env_kwargs = dict(env_kwargs or {})
+        env_id, env_kwargs = core.probe_env(env_id, env_kwargs)
         out: dict[str, Any] = {"env_id": env_id, "env_kwargs": env_kwargs,
                                "loops": {}, "trials": trials, "seed": seed, "context_length": m,
                                "steps_per_frame": core.sampler.num_steps, "temperature": core.sampler.temperature,

@@ -439,15 +439,30 @@ def test_action_check_reports_real_and_dream_agreement(ckpt, data):
 
 
 
+def test_probe_env_replaces_the_checkpoints_mazes(ckpt):
+    env = MaskFlowDreamEnv(ckpt, context="given", steps_per_frame=1)
+    try:
+        core = env.core
+        core.meta.update(env_id="DMLabMaze-v0", env_kwargs={"styles": [1]})
+        assert core.probe_env() == ("DMLabMaze-v0", {"styles": [1]})                 # the checkpoint's
+        assert core.probe_env("", {"styles": [2]}) == ("DMLabMaze-v0", {"styles": [2]})
+        assert core.probe_env("", {}) == ("DMLabMaze-v0", {})       # a dataset's {}: the defaults, not styles [1]
+        assert core.probe_env("DMLabMaze-v0") == ("DMLabMaze-v0", {})
+    finally:
+        env.close()
+
+
 def test_action_check_probes_the_mazes_asked_for(ckpt, monkeypatch):
     """env_kwargs picks the live probes' mazes (a model trained on mixed styles records none of its own)."""
     import worldmodel.evaluation.action_check as ac
 
     seen, real_probe = [], ac.turn_probe
     monkeypatch.setattr(ac, "turn_probe", lambda env_id, kw, **k: seen.append(kw) or real_probe(env_id, kw, **k))
-    action_check(ckpt, episodes=1, frames=19, steps_per_frame=1, hold=4, env_kwargs={"styles": [2]})
+    r = action_check(ckpt, episodes=2, frames=19, steps_per_frame=1, hold=4, env_kwargs={"styles": [2]})
     action_check(ckpt, episodes=1, frames=19, steps_per_frame=1, hold=4)
-    assert seen[0] == {"styles": [2]} and seen[1] != {"styles": [2]}
+    # every probe of the first check plays the mazes asked for, and the result records them
+    assert seen[:2] == [{"styles": [2]}] * 2 and seen[2] != {"styles": [2]}
+    assert r["env_kwargs"] == {"styles": [2]} and r["env_id"] == "DMLabMaze-v0"
 
 
 # -- RL pipelines and the benchmark ----------------------------------------------------------------------------

@@ -393,10 +393,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                      "reconstruction row is a decode -> encode -> decode round trip, not the tokenizer's ceiling")
     loops = None
     if cfg.loops:
-        from envs.dataset import load_manifest, recorded_env
         from worldmodel.evaluation.loops import loop_closure, loop_sheet, pair_loops
 
-        env_id, env_kwargs = recorded_env(load_manifest(cfg.data))     # loops play fresh mazes of data='s env
+        env_id, env_kwargs = real.env                   # loops play fresh mazes of data='s env
         loops = loop_closure(cfg.checkpoint, cfg.loops, cfg.loop_trials, cfg.seed, cfg.steps_frame, cfg.precision,
                              str(device), threads=None, temperature=cfg.temperature, gumbel=cfg.gumbel_frame,
                              action_guidance=cfg.action_guidance, history_guidance=cfg.history_guidance,

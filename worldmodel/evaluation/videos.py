@@ -6,7 +6,7 @@ Axis letters: n videos, f frames, y x pixels, c colour.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -80,6 +80,8 @@ class RealVideos:
     dream_start: int         # local index of the first dreamed frame (= the largest context)
     picks: list[dict]
     kind: str
+    # the env the episodes were played in: (env id, gym.make kwargs), from envs.dataset.recorded_env
+    env: tuple[str, dict] = field(default_factory=lambda: ("", {}))
 
 
 def choose_videos(lengths: list[int], need: int, n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
@@ -104,7 +106,7 @@ def load_videos(data: str, split: str, num_videos: int, seed: int, plan: list[Ex
                 tokenizer: Any) -> RealVideos:
     """Cut ``num_videos`` videos long enough for every experiment of ``plan`` from the ``split`` episodes of
     dataset ``data``; a clear :class:`ConfigError` naming the horizon key when episodes are too short."""
-    from envs.dataset import EpisodeDataset
+    from envs.dataset import EpisodeDataset, recorded_env
 
     m_max = max(e.context for e in plan)
     h_max = max(h for e in plan for h in e.horizons)
@@ -130,4 +132,4 @@ def load_videos(data: str, split: str, num_videos: int, seed: int, plan: list[Ex
                          "first_dreamed_frame": s + m_max})
     finally:
         ds.close()
-    return RealVideos(np.stack(frames), np.stack(actions), m_max, info, ds.kind)
+    return RealVideos(np.stack(frames), np.stack(actions), m_max, info, ds.kind, recorded_env(ds.manifest))

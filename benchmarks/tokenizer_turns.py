@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
 import torch
 
 
@@ -31,7 +30,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from envs.common.files import write_json
-    from worldmodel.evaluation.action_check import turn_agreement, turn_probe
+    from worldmodel.evaluation.action_check import TurnAgreement, turn_agreement, turn_probe
     from worldmodel.tokenizer.codec import decode_tokens, encode_frames
     from worldmodel.tokenizer.files import load_tokenizer, named_tokenizer
 
@@ -43,10 +42,9 @@ def main() -> None:
         rows[name] = [turn_agreement(decode_tokens(tok, encode_frames(tok, f)), a, m) for f, a, m in probes]
     summary = {}
     for name, per in rows.items():
-        turns, agree = sum(r.turns for r in per), sum(r.agree for r in per)
-        summary[name] = {"turns": turns, "agree": agree, "rate": agree / turns if turns else float("nan"),
-                         "median_abs_shift": float(np.median(np.abs([s for r in per for s in r.shifts])))}
-        print(f"{name:50s} {100 * summary[name]['rate']:5.1f} % of {turns} turns", flush=True)
+        t = TurnAgreement.pooled(per)
+        summary[name] = {"turns": t.turns, "agree": t.agree, "rate": t.rate, "median_abs_shift": t.median_abs_shift}
+        print(f"{name:50s} {100 * t.rate:5.1f} % of {t.turns} turns", flush=True)
     write_json(args.out, {"env": args.env, "env_kwargs": env_kwargs, "probes": args.probes, "summary": summary,
                           "per_probe": {n: [r.agree / r.turns if r.turns else None for r in per]
                                         for n, per in rows.items()}})

@@ -18,6 +18,7 @@ Axis letters: f frames, y x pixels, c colour.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +67,19 @@ class TurnAgreement:
     @property
     def rate(self) -> float:
         return self.agree / self.turns if self.turns else float("nan")
+
+    @property
+    def median_abs_shift(self) -> float:
+        """Median |horizontal shift| (px) over the turns (nan without turns)."""
+        return float(np.median(np.abs(self.shifts))) if self.shifts else float("nan")
+
+    @classmethod
+    def pooled(cls, parts: Iterable[TurnAgreement]) -> TurnAgreement:
+        """The agreement over several sequences' turns together."""
+        out = cls(0, 0)
+        for p in parts:
+            out.turns, out.agree, out.shifts = out.turns + p.turns, out.agree + p.agree, out.shifts + p.shifts
+        return out
 
 
 def turn_agreement(frames: np.ndarray, actions: np.ndarray, meanings: tuple[str, ...] | list[str],
@@ -182,7 +196,7 @@ def action_check(checkpoint: str, data: str | None = None, split: str = "test", 
                     raise CheckpointError(f"the checkpoint's actions {list(meanings)} differ from {env_id}'s "
                                           f"{list(real_meanings)}")
                 seqs.append((f, a))
-        totals = {k: TurnAgreement(0, 0) for k in ("real", "recon", "dream")}
+        parts: dict[str, list[TurnAgreement]] = {k: [] for k in ("real", "recon", "dream")}
         for e, (f, a) in enumerate(seqs):
             if len(f) <= m:
                 continue
@@ -192,18 +206,15 @@ def action_check(checkpoint: str, data: str | None = None, split: str = "test", 
                 dreamed.append(env.step(int(act))[0])
             recon = decode_tokens(core.tokenizer, encode_frames(core.tokenizer, f[m - 1:]))
             for k, seq in (("real", f[m - 1:]), ("recon", recon), ("dream", np.stack(dreamed))):
-                r = turn_agreement(seq, a[m - 1:], meanings)
-                totals[k].turns += r.turns
-                totals[k].agree += r.agree
-                totals[k].shifts += r.shifts
+                parts[k].append(turn_agreement(seq, a[m - 1:], meanings))
+        totals = {k: TurnAgreement.pooled(v) for k, v in parts.items()}
         out = {k: v.rate for k, v in totals.items()}
         out.update(turns=totals["real"].turns, sequences=len(seqs), context_length=m,
                    source=f"{data} {split}" if data else "live turn probes",
                    **({} if data else {"env_id": env_id, "env_kwargs": env_kwargs}),
                    action_guidance=action_guidance, history_guidance=history_guidance,
                    steps_per_frame=core.sampler.num_steps, precision=str(core.rollout.dtype).removeprefix("torch."),
-                   median_abs_shift_px={k: float(np.median(np.abs(v.shifts))) if v.shifts else float("nan")
-                                        for k, v in totals.items()})
+                   median_abs_shift_px={k: v.median_abs_shift for k, v in totals.items()})
         return out
     finally:
         env.close()

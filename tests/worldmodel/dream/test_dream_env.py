@@ -23,6 +23,7 @@ from worldmodel.dream.env import DreamEnvError, MaskFlowDreamEnv
 from worldmodel.dream.vector_env import MaskFlowDreamVectorEnv
 from worldmodel.evaluation.action_check import (
     TURN_LEFT_SHIFT_SIGN,
+    TurnAgreement,
     action_check,
     horizontal_shift,
     measure_turn_sign,
@@ -425,8 +426,10 @@ def test_real_maze_turns_agree_with_the_measured_sign(tiny_frames_dataset):
     ds = EpisodeDataset(tiny_frames_dataset, "train")              # random-walk episodes as collected
     walks = [turn_agreement(ds.episode(i)["frames"], ds.episode(i)["actions"], ds.action_meanings)
              for i in range(len(ds))]
-    turns = sum(w.turns for w in walks)
-    assert turns >= 10 and sum(w.agree for w in walks) / turns >= 0.8
+    pooled = TurnAgreement.pooled(walks)
+    assert pooled.turns == sum(w.turns for w in walks) >= 10 and pooled.agree == sum(w.agree for w in walks)
+    assert pooled.rate >= 0.8 and len(pooled.shifts) == pooled.turns and pooled.median_abs_shift > 5
+    assert np.isnan(TurnAgreement.pooled([]).rate) and np.isnan(TurnAgreement(0, 0).median_abs_shift)
 
 
 @pytest.mark.slow

@@ -384,6 +384,23 @@ def test_pair_with_an_earlier_eval_of_the_same_videos(tiny_world_checkpoint, tin
         with pytest.raises(ConfigError, match=match):
             evaluate(make_cfg(tiny_world_checkpoint, tiny_frames_dataset, tmp_path / "bad", **settings))
         assert not (tmp_path / "bad" / "report.md").exists()
+    # two finished evals paired afterwards (benchmarks/pair_evals.py) give the margins pair_with gives while running
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "pair_evals", Path(__file__).resolve().parents[3] / "benchmarks" / "pair_evals.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    after = bench.pair(str(tmp_path / "other"), str(first / "results.json"))["margins"]
+    during = [m for m in other["paired"] if m["against"] == "pair_with:fbf_mgm"]
+    assert [{**m, "against": "-"} for m in after] == [{**m, "against": "-"} for m in during]
+    moved = json.loads((first / "results.json").read_text())
+    moved["videos"][0]["first_dreamed_frame"] += 1
+    (tmp_path / "moved.json").write_text(json.dumps(moved))
+    with pytest.raises(ConfigError, match="scored different videos .* first difference at video 0"):
+        bench.pair(str(tmp_path / "other"), str(tmp_path / "moved.json"))
+    with pytest.raises(ConfigError, match="B: .*old.json carries no per-video scores"):
+        bench.pair(str(first), str(tmp_path / "old.json"))
 
 
 def test_main_vs_compare_is_paper_table_3_only_for_frame_vs_constant_masking():

@@ -1,18 +1,22 @@
 """Action check: do turns in the dream move the image the way they do in the real maze?
 
-    PYTHONPATH=. python benchmarks/action_check.py CHECKPOINT [--data DIR]
+    PYTHONPATH=. python benchmarks/action_check.py CHECKPOINT [--data DIR] [--out A.json] [--pair-with B.json]
 
 Prints the turn agreement (fraction of turn steps whose horizontal image motion has the sign of the
 action; see ``worldmodel/action_check.py``) of (a) real frames, (b) their tokenizer reconstructions
 and (c) the dream driven by the same actions from the same real context. Without ``--data`` the
-sequences are live turn probes in held-out mazes (held turn_left, then held turn_right).
+sequences are live turn probes in held-out mazes (held turn_left, then held turn_right). ``--pair-with`` an
+earlier ``--out`` of the same probes pairs two models (or two decoders of one model) sequence by sequence.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
+
+from envs.common.files import write_json
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -39,7 +43,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--env-kwargs", default=None,
                    help="live probes' maze settings as JSON, e.g. '{\"styles\": [1]}' (default: the checkpoint's)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.add_argument("--out", default="", help="also write the full result here as JSON")
+    p.add_argument("--pair-with", default="",
+                   help="an earlier --out of the same probes (same seed, episodes, mazes): the dream's agreement "
+                        "A - B, paired sequence by sequence, with a bootstrap 95 %% interval")
     a = p.parse_args(argv)
+    earlier = json.loads(Path(a.pair_with).read_text()) if a.pair_with else None
     if a.threads > 0:
         import torch
 
@@ -51,6 +60,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      device=a.device, gumbel=a.gumbel, schedule=a.schedule, context_length=a.context_length,
                      action_guidance=a.action_guidance, history_guidance=a.history_guidance,
                      precision=a.precision, env_kwargs=json.loads(a.env_kwargs) if a.env_kwargs else None)
+    if earlier is not None:
+        r["paired"] = pair_dreams(r, earlier, a.pair_with)
+    if a.out:
+        write_json(a.out, r)
     if a.json:
         print(json.dumps(r, indent=1))
     else:
@@ -58,7 +71,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"context {r['context_length']} frames)")
         for k, label in (("real", "real frames"), ("recon", "tokenizer reconstruction"), ("dream", "dream")):
             print(f"  {label:<26} {100 * r[k]:6.1f} %   median |shift| {r['median_abs_shift_px'][k]:.1f} px")
+        if earlier is not None:
+            m = r["paired"]
+            print(f"  dream - {a.pair_with}: {100 * m['mean']:+.2f} points [{100 * m['ci_low']:+.2f}, "
+                  f"{100 * m['ci_high']:+.2f}] over {m['n']} sequences")
     return r
+
+
+def pair_dreams(now: dict, earlier: dict, name: str) -> dict:
+    """The dream's turn agreement of ``now`` minus ``earlier`` on the same probes, paired per sequence (each
+    sequence's agreement rate; probes hold the same number of turns, so the mean is the pooled difference)."""
+    from envs.common.errors import ConfigError
+    from worldmodel.evaluation.stats import paired_margin
+
+    a, b = (r.get("per_sequence", {}).get("real") for r in (now, earlier))
+    if b is None:
+        raise ConfigError(f"--pair-with {name}: holds no per_sequence results (write one with --out)")
+    same = ("source", "env_kwargs", "seed", "sequences", "context_length")
+    if a != b or any(now.get(k) != earlier.get(k) for k in same):
+        raise ConfigError(f"--pair-with {name}: other sequences than this check's (the real frames' turns differ); "
+                          "use the same --seed, --episodes, --frames, --data and --env-kwargs")
+    rate = [[g / t if t else None for g, t in r["per_sequence"]["dream"]] for r in (now, earlier)]
+    return paired_margin(*rate)
 
 
 if __name__ == "__main__":

@@ -167,7 +167,8 @@ def action_check(checkpoint: str, data: str | None = None, split: str = "test", 
     ``episodes`` held-out episodes; without, ``episodes`` live turn probes (held turns of ``hold`` steps).
     ``gumbel``, ``schedule``, ``context_length``, the guidance weights and ``precision`` are the dream env's.
     ``env_id`` / ``env_kwargs``: the live probes' mazes (:meth:`DreamCore.probe_env`; default: the checkpoint's).
-    Returns ``{"real", "recon", "dream"}`` agreement rates, ``turns`` counted and the settings."""
+    Returns ``{"real", "recon", "dream"}`` agreement rates, ``turns`` counted, ``per_sequence`` (``[agree, turns]``
+    of each sequence, per kind) and the settings."""
     from worldmodel.dream.context import dataset_episode
     from worldmodel.dream.env import MaskFlowDreamEnv
     from worldmodel.tokenizer.codec import decode_tokens, encode_frames
@@ -209,12 +210,14 @@ def action_check(checkpoint: str, data: str | None = None, split: str = "test", 
                 parts[k].append(turn_agreement(seq, a[m - 1:], meanings))
         totals = {k: TurnAgreement.pooled(v) for k, v in parts.items()}
         out = {k: v.rate for k, v in totals.items()}
-        out.update(turns=totals["real"].turns, sequences=len(seqs), context_length=m,
+        out.update(turns=totals["real"].turns, sequences=len(seqs), seed=seed, context_length=m,
                    source=f"{data} {split}" if data else "live turn probes",
                    **({} if data else {"env_id": env_id, "env_kwargs": env_kwargs}),
                    action_guidance=action_guidance, history_guidance=history_guidance,
                    steps_per_frame=core.sampler.num_steps, precision=str(core.rollout.dtype).removeprefix("torch."),
-                   median_abs_shift_px={k: v.median_abs_shift for k, v in totals.items()})
+                   median_abs_shift_px={k: v.median_abs_shift for k, v in totals.items()},
+                   # [agree, turns] per sequence, in order: two checks of the same probes pair sequence by sequence
+                   per_sequence={k: [[p.agree, p.turns] for p in v] for k, v in parts.items()})
         return out
     finally:
         env.close()

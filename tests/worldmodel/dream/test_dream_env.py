@@ -439,6 +439,26 @@ def test_action_check_reports_real_and_dream_agreement(ckpt, data):
     assert 0.0 <= r["dream"] <= 1.0 and 0.0 <= r["recon"] <= 1.0
     d = action_check(ckpt, data=data, episodes=1, frames=25, steps_per_frame=1)
     assert d["turns"] >= 1 and d["source"].startswith(data) and 0.0 <= d["dream"] <= 1.0
+    assert d["per_sequence"]["real"] == [[round(d["real"] * d["turns"]), d["turns"]]]
+
+
+@pytest.mark.slow
+def test_action_check_benchmark_pairs_two_checks_of_the_same_probes(ckpt, tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "action_check_bench", Path(__file__).resolve().parents[3] / "benchmarks" / "action_check.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    base = [ckpt, "--episodes", "2", "--frames", "15", "--threads", "1", "--precision", "fp32"]
+    a = bench.main([*base, "--steps-per-frame", "1", "--out", str(tmp_path / "a.json")])
+    assert [t for _, t in a["per_sequence"]["dream"]] == [12, 12]          # 2 probes of 12 turns (hold 6)
+    b = bench.main([*base, "--steps-per-frame", "3", "--pair-with", str(tmp_path / "a.json")])
+    assert b["paired"]["n"] == 2 and b["paired"]["mean"] == pytest.approx(b["dream"] - a["dream"])
+    with pytest.raises(ConfigError, match="other sequences than this check's"):
+        bench.main([*base, "--seed", "5", "--pair-with", str(tmp_path / "a.json")])
+    # the margin is now minus earlier, per sequence: +0.5 and 0 -> +0.25
+    now = {**a, "per_sequence": {"real": a["per_sequence"]["real"], "dream": [[12, 12], [6, 12]]}}
+    was = {**a, "per_sequence": {"real": a["per_sequence"]["real"], "dream": [[6, 12], [6, 12]]}}
+    assert bench.pair_dreams(now, was, "was")["mean"] == pytest.approx(0.25)
 
 
 

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="an earlier --out of the same probes (same seed, episodes, mazes): the dream's agreement "
                         "A - B, paired sequence by sequence, with a bootstrap 95 %% interval")
     a = p.parse_args(argv)
-    earlier = json.loads(Path(a.pair_with).read_text()) if a.pair_with else None
+    earlier = read_earlier(a.pair_with) if a.pair_with else None     # refused before the check runs
     if a.threads > 0:
         import torch
 
@@ -78,15 +78,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return r
 
 
+def read_earlier(path: str) -> dict:
+    """An earlier ``--out`` to pair with; a ConfigError naming ``path`` unless it holds per-probe counts."""
+    from envs.common.errors import ConfigError
+
+    try:
+        earlier = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--pair-with {path}: not a readable action-check JSON ({e})") from None
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("per_sequence"), dict):
+        raise ConfigError(f"--pair-with {path}: holds no per_sequence results (write one with --out)")
+    return earlier
+
+
 def pair_dreams(now: dict, earlier: dict, name: str) -> dict:
     """The dream's turn agreement of ``now`` minus ``earlier`` on the same probes, paired per sequence (each
     sequence's agreement rate; probes hold the same number of turns, so the mean is the pooled difference)."""
     from envs.common.errors import ConfigError
     from worldmodel.evaluation.stats import paired_margin
 
-    a, b = (r.get("per_sequence", {}).get("real") for r in (now, earlier))
-    if b is None:
-        raise ConfigError(f"--pair-with {name}: holds no per_sequence results (write one with --out)")
+    a, b = (r["per_sequence"].get("real") for r in (now, earlier))
     same = ("source", "env_kwargs", "seed", "sequences", "context_length")
     if a != b or any(now.get(k) != earlier.get(k) for k in same):
         raise ConfigError(f"--pair-with {name}: other sequences than this check's (the real frames' turns differ); "

@@ -14,28 +14,17 @@ paired by ``benchmarks/loop_compare.py``.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any
 
 from envs.common.errors import ConfigError
-from worldmodel.evaluation.evaluate import read_results
+from envs.common.files import write_json
+from worldmodel.evaluation.evaluate import read_pairable
 from worldmodel.evaluation.stats import format_margin, longest_rows, pair_rows, same_videos
-
-
-def read_eval(path: str, name: str) -> dict[str, Any]:
-    """An eval's results with per-video scores, or a ConfigError naming ``path``."""
-    res = read_results(path, f"{name}: ")
-    if not isinstance(res, dict) or not {"settings", "videos", "rows"} <= res.keys():
-        raise ConfigError(f"{name}: {path} is not a `maskflow eval` results.json (no settings / videos / rows)")
-    if not any("psnr_bands_new_view" in r for r in res["rows"]):
-        raise ConfigError(f"{name}: {path} carries no per-video scores (written by an older version); re-run it")
-    return res
 
 
 def pair(a: str, b: str, seed: int = 0) -> dict[str, Any]:
     """Paired margins A − B of every dreamed row (at its longest horizon) both evals hold."""
-    ra, rb = read_eval(a, "A"), read_eval(b, "B")
+    ra, rb = read_pairable(a, "A: "), read_pairable(b, "B: ")
     same_videos(ra, rb, ("A", "B"))
     rows_a, rows_b = longest_rows(ra["rows"]), longest_rows(rb["rows"])
     shared = [k for k, r in rows_a.items() if r["mode"] != "baseline" and k in rows_b]
@@ -58,7 +47,7 @@ def main() -> None:
         print(f"  {m['row']:<12} frames {m['band']:<8} {format_margin(m)}  wins {m['wins']:.0%}   "
               f"new views {format_margin(m['new_view'])}")
     if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+        write_json(args.out, res)
 
 
 if __name__ == "__main__":

@@ -309,17 +309,21 @@ def read_results(path: str, name: str = "") -> Any:
         raise ConfigError(f"{name}{path}: {f} is not a readable results.json ({e})") from None
 
 
+def read_pairable(path: str, name: str) -> dict:
+    """An eval's results that can be paired video by video (settings, videos, per-video scores): its results.json
+    or the folder holding it; ``name`` (e.g. "pair_with=") prefixes the errors."""
+    res = read_results(path, name)
+    if not isinstance(res, dict) or not {"settings", "videos", "rows"} <= res.keys():
+        raise ConfigError(f"{name}{path}: {results_file(path)} is not a `maskflow eval` results.json")
+    if not any("psnr_bands_new_view" in r for r in res["rows"]):
+        raise ConfigError(f"{name}{path}: {results_file(path)} carries no per-video scores (written by an older "
+                          "version); re-run that eval to pair with it")
+    return res
+
+
 def load_earlier(path: str) -> dict | None:
     """The results of an earlier eval to pair with (``pair_with``): its results.json, or the folder holding it."""
-    if not path:
-        return None
-    earlier = read_results(path, "pair_with=")
-    if not isinstance(earlier, dict) or not {"settings", "videos", "rows"} <= earlier.keys():
-        raise ConfigError(f"pair_with={path}: {results_file(path)} is not a `maskflow eval` results.json")
-    if not any("psnr_bands_new_view" in r for r in earlier["rows"]):
-        raise ConfigError(f"pair_with={path}: its rows carry no per-video scores (written by an older version); "
-                          "re-run that eval to pair with it")
-    return earlier
+    return read_pairable(path, "pair_with=") if path else None
 
 
 def resolve_device(name: str) -> torch.device:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from envs.common.files import atomic_write
+
 BUSY = "while True: pass"
 
 
@@ -142,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
               flush=True)
         results["workloads"][name] = {"unit": unit, **fig}
     if a.out:
-        Path(a.out).write_text(json.dumps(results, indent=2) + "\n")
+        with atomic_write(a.out) as tmp:
+            tmp.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

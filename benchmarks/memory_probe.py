@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from envs.common.files import atomic_write
 from envs.loops import return_frames
 
 SHORT = 16                      # release 1's window: 15 frames of history
@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     text = json.dumps(rows, indent=1)
     print(text)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        with atomic_write(args.out) as tmp:
+            tmp.write_text(text + "\n")
     return rows
 
 

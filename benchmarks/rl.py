@@ -15,6 +15,10 @@ every row and seed), as the mean over seeds with a 95 % t interval:
 
 Every part resumes: RL runs round by round, baselines seed by seed (``OUT/baselines/seedS.json``, one file a
 seed, so seeds may run in parallel; one made with other settings or trained short of N is redone).
+``--earlier FILE`` (repeatable) takes from an earlier ``results.json`` what OUT lacks: the (a) curve of a seed with
+no run folder, where that file's settings are these (seed, out, threads and progress aside), and the baselines of a
+seed with no baselines file, where they were made for these. So seeds whose folders are gone (a machine replaced)
+still count, and are never re-run.
 Writes
 ``OUT/results.json`` (also copied to ``--results``) and ``OUT/curves.png`` (real goal reaches against real
 steps per seed, with the baselines' means; copied beside ``--results`` as ``curves*.png``, the name's
@@ -60,6 +64,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--results", default="benchmarks/results/rl/results.json")
     p.add_argument("--only", choices=("all", "a", "baselines"), default="all")
+    p.add_argument("--earlier", action="append", default=[], metavar="RESULTS.json",
+                   help="an earlier results file: what --out lacks of a seed (its run, its baselines) is taken from it")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="an RLConfig setting of (a) (PPO's also apply to (b)); repeat for more")
     a = p.parse_args(argv)
@@ -79,16 +85,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base_cfg = RLConfig(checkpoint=a.checkpoint, progress=False, **kw)
     base_cfg.validate()
     n_real = base_cfg.rounds * base_cfg.collect_steps
+    made_for = {"checkpoint": a.checkpoint} | {k: getattr(base_cfg, k) for k in BASELINE_KEYS}
+    old_curves, old_baselines, taken = earlier_parts(
+        a.earlier, dataclasses.asdict(base_cfg), made_for, n_real,
+        [s for s in a.seeds if not (out / f"a_seed{s}").exists()],
+        [s for s in a.seeds if not (out / "baselines" / f"seed{s}.json").exists()])
     runs = {}
     if a.only in ("all", "a"):
         for s in a.seeds:
+            if s in old_curves:                 # its run folder is gone; its curve is in an earlier results file
+                runs[s] = old_curves[s]
+                continue
             runs[s] = run_rl(dataclasses.replace(base_cfg, seed=s, out=str(out / f"a_seed{s}")))["rounds"]
     marks = tuple(base_cfg.collect_steps * (r + 1) for r in range(base_cfg.rounds))
-    made_for = {"checkpoint": a.checkpoint} | {k: getattr(base_cfg, k) for k in BASELINE_KEYS}
     done = {}
     for s in a.seeds:                           # one file per seed: seeds may run in parallel processes
         bpath = out / "baselines" / f"seed{s}.json"
-        have = read_json(bpath, "baselines") if bpath.exists() else None
+        have = read_json(bpath, "baselines") if bpath.exists() else old_baselines.get(s)
         if have is None or have.get("made_for") != made_for or b_at(have, n_real) is None:
             if a.only not in ("all", "baselines"):  # none yet, other settings, or trained short of N: (re)do
                 continue
@@ -126,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "curves": {str(s): [{k: r[k] for k in ("real_steps", "eval_reaches_per_1000", "dream_return")}
                             for r in runs[s]] for s in a.seeds},
         "baselines_per_seed": done,
+        "earlier": taken,
     }
     write_json(out / "results.json", result)
     plot(out / "curves.png", result)
@@ -137,6 +151,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(json.dumps({k: {"mean": round(v["mean"], 2), "ci95": [round(x, 2) for x in v["ci95"]]}
                       for k, v in rows.items()} | {"goals": result["goals"]}, indent=1))
     return result
+
+
+# settings that do not change what a run learns or how it is scored
+NOT_SETTINGS = ("seed", "out", "threads", "progress")
+
+
+def earlier_parts(paths: list[str], settings: dict[str, Any], made_for: dict[str, Any], n_real: int,
+                  seeds_a: list[int], seeds_b: list[int]
+                  ) -> tuple[dict[int, list], dict[int, dict], dict[str, dict[str, str]]]:
+    """From earlier results files: (a)'s curves to ``n_real`` real steps for ``seeds_a``, where a file's settings
+    equal ``settings`` (``NOT_SETTINGS`` aside); baselines made for ``made_for`` for ``seeds_b``; and which file gave
+    what. The first file that has a part gives it. A file that gives none names the settings that differ."""
+    from envs.common.files import read_json
+
+    curves: dict[int, list] = {}
+    base: dict[int, dict] = {}
+    taken: dict[str, dict[str, str]] = {"a": {}, "baselines": {}}
+    for path in paths if seeds_a or seeds_b else ():
+        r = read_json(path, "earlier RL results")
+        missing = [k for k in ("settings", "curves", "baselines_per_seed") if k not in r]
+        if missing:
+            raise SystemExit(f"{path}: not a results file of benchmarks/rl.py (no {', '.join(missing)})")
+        differ = sorted(k for k in set(settings) | set(r["settings"])
+                        if k not in NOT_SETTINGS and settings.get(k) != r["settings"].get(k))
+        gave = False
+        for s in seeds_a:
+            curve = r["curves"].get(str(s))
+            if not differ and s not in curves and curve and curve[-1]["real_steps"] == n_real:
+                curves[s], taken["a"][str(s)], gave = curve, str(path), True
+        for s in seeds_b:
+            b = r["baselines_per_seed"].get(str(s))
+            if s not in base and b is not None and b.get("made_for") == made_for:
+                base[s], taken["baselines"][str(s)], gave = b, str(path), True
+        if not gave:
+            why = ("settings differ: " + ", ".join(f"{k} {r['settings'].get(k)!r} there, {settings.get(k)!r} here"
+                                                   for k in differ)) if differ else "none of these seeds"
+            raise SystemExit(f"{path} gives nothing for seeds {sorted(set(seeds_a) | set(seeds_b))}: {why}")
+    return curves, base, taken
 
 
 def b_at(entry: dict[str, Any], n: int) -> float | None:

@@ -21,11 +21,11 @@ import argparse
 import json
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from envs.common.files import atomic_write
 from worldmodel.model.cache import LatteCache
 from worldmodel.model.latte import Latte, model_config
 from worldmodel.sampling import SamplerConfig
@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> dict:
         print("quality sweep needs both --checkpoint and --data")
 
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        with atomic_write(args.out) as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
     return result
 
 

@@ -48,6 +48,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from envs.common.files import atomic_write
+
 
 def random_token_dataset(root: Path, vocab: int = 1000, grid: int = 16, episodes: int = 8, length: int = 120) -> Path:
     """A token dataset of random ids with the default shapes (speed does not depend on content)."""
@@ -153,8 +155,8 @@ def main() -> None:
                 results["attention"].append(row)
                 print(json.dumps(row), flush=True)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        with atomic_write(args.out) as tmp:
+            tmp.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,17 @@ def test_rl_benchmark_pairs_a_with_b_at_every_round_and_resumes(tiny_world_check
     assert [c["real_steps"] for c in redone["ppo_real"][0]["curve"]] == [40]
     with pytest.raises(SystemExit, match="unknown RL setting 'nope'"):
         bench.main(args + ["--set", "nope=1"])
+    # the run folders gone (a machine replaced): the seed comes from the earlier results file, nothing re-runs
+    elsewhere = tmp_path / "elsewhere"
+    moved = ["--checkpoint", str(tiny_world_checkpoint), "--out", str(elsewhere), "--seeds", "0",
+             "--results", str(tmp_path / "res" / "results_moved.json"), "--earlier", str(results)]
+    kept = bench.main(moved + sets(**TINY))
+    assert kept["by_real_steps"] == r["by_real_steps"] and kept["rows"] == r["rows"]
+    assert kept["earlier"] == {"a": {"0": str(results)}, "baselines": {"0": str(results)}}
+    assert not (elsewhere / "a_seed0").exists() and not (elsewhere / "baselines").exists()
+    # an earlier file of other settings gives nothing, and says which settings differ
+    with pytest.raises(SystemExit, match="settings differ: gamma 0.97 there, 0.9 here"):
+        bench.main(moved + sets(**(TINY | {"gamma": 0.9})))
 
 
 def test_goal_sightings_probe_counts_a_sighting_turned_into_a_reach_and_hands_over_in_view():

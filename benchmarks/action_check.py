@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from envs.common.files import write_json
@@ -80,12 +79,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def read_earlier(path: str) -> dict:
     """An earlier ``--out`` to pair with; a ConfigError naming ``path`` unless it holds per-probe counts."""
-    from envs.common.errors import ConfigError
+    from envs.common.errors import CheckpointError, ConfigError
+    from envs.common.files import read_json
 
     try:
-        earlier = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"--pair-with {path}: not a readable action-check JSON ({e})") from None
+        earlier = read_json(path, "action-check JSON")
+    except CheckpointError as e:
+        raise ConfigError(f"--pair-with {path}: {e}") from None
     if not isinstance(earlier, dict) or not isinstance(earlier.get("per_sequence"), dict):
         raise ConfigError(f"--pair-with {path}: holds no per_sequence results (write one with --out)")
     return earlier

@@ -17,7 +17,6 @@ busy/quiet at the default (goal >= 0.40) and quiet default / quiet release-1 set
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.common.files import atomic_write
+from envs.common.files import write_json
 
 BUSY = "while True: pass"
 
@@ -144,8 +143,7 @@ def main(argv: list[str] | None = None) -> None:
               flush=True)
         results["workloads"][name] = {"unit": unit, **fig}
     if a.out:
-        with atomic_write(a.out) as tmp:
-            tmp.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(a.out, results)
 
 
 if __name__ == "__main__":

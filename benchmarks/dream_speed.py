@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from envs.common.files import atomic_write
+from envs.common.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE_1 = "09055c9"          # the last commit before the speed work (release 1's dream)
@@ -238,8 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     table = args.table or ("env" if args.device == "cpu" else "rollout")
     result = cpu_table(args) if table == "env" else gpu_table(args)
     if args.out:
-        with atomic_write(args.out) as tmp:
-            tmp.write_text(json.dumps(result, indent=2))
+        write_json(args.out, result)
     return result
 
 

@@ -14,13 +14,12 @@ margins A − B of return PSNR and of return − far per maze, with percentile-b
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 import numpy as np
 
 from envs.common.errors import ConfigError
-from envs.common.files import atomic_write
+from envs.common.files import write_json
 from worldmodel.evaluation.evaluate import read_results
 from worldmodel.evaluation.loops import pair_loops
 from worldmodel.evaluation.stats import format_margin
@@ -61,8 +60,7 @@ def main() -> None:
               f"{r['a']['ceiling_psnr']:.2f}); A − B return {format_margin(r['return_psnr'])}, wins "
               f"{r['return_psnr']['wins']:.0%}; return − far {format_margin(r['return_minus_far'])}")
     if args.out:
-        with atomic_write(args.out) as tmp:
-            tmp.write_text(json.dumps(res, indent=1) + "\n")
+        write_json(args.out, res)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.common.files import atomic_write
+from envs.common.files import write_json
 from envs.loops import return_frames
 
 SHORT = 16                      # release 1's window: 15 frames of history
@@ -191,8 +191,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     text = json.dumps(rows, indent=1)
     print(text)
     if args.out:
-        with atomic_write(args.out) as tmp:
-            tmp.write_text(text + "\n")
+        write_json(args.out, rows)
     return rows
 
 

@@ -18,14 +18,13 @@ Results are printed and, with ``--out``, written as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
 
 import numpy as np
 import torch
 
-from envs.common.files import atomic_write
+from envs.common.files import write_json
 from worldmodel.model.cache import LatteCache
 from worldmodel.model.latte import Latte, model_config
 from worldmodel.sampling import SamplerConfig
@@ -264,8 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("quality sweep needs both --checkpoint and --data")
 
     if args.out:
-        with atomic_write(args.out) as tmp:
-            tmp.write_text(json.dumps(result, indent=2))
+        write_json(args.out, result)
     return result
 
 

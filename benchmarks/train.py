@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from envs.common.files import atomic_write
+from envs.common.files import write_json
 
 
 def random_token_dataset(root: Path, vocab: int = 1000, grid: int = 16, episodes: int = 8, length: int = 120) -> Path:
@@ -155,8 +155,7 @@ def main() -> None:
                 results["attention"].append(row)
                 print(json.dumps(row), flush=True)
     if args.out:
-        with atomic_write(args.out) as tmp:
-            tmp.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.out, results)
 
 
 if __name__ == "__main__":

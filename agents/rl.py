@@ -10,7 +10,8 @@ Each round r (``OUT/rounds/rNN/``):
 2. **update the world model**: fine-tune the previous round's model for ``wm_steps`` on every round's tokens
    plus ``wm_data`` (optional earlier token datasets, so the model does not forget) → ``world/``;
 3. **train the policy in the dream**: SB3 PPO (``CnnPolicy``; ``recurrent``: sb3-contrib's ``RecurrentPPO``)
-   continues from the last round's weights in the batched
+   continues from the last round's weights (round 0: a fresh policy, or with ``imitate_steps`` a clone of
+   the walk's real steps, :mod:`agents.imitation`) in the batched
    :class:`~worldmodel.dream.vector_env.MaskFlowDreamVectorEnv`, ``dream_envs`` dreams started from
    real states (windows of this round's real tokens, or of ``dream_starts``; a share ``reward_starts`` of
    them end 1..``reward_lead`` frames before a real reward, where the data holds any), ``horizon`` imagined
@@ -96,6 +97,8 @@ class RLConfig:
     threads: int = 0                # torch CPU threads (0 = adapt to the cores other processes leave free)
     progress: bool = True
     first_policy: str = "random_walk"   # who collects round 0: random_walk | uniform
+    imitate_steps: int = 0          # round 0: clone round 0's collector into the fresh policy for this many steps
+                                    # (agents.imitation), so PPO starts from the walk's search; 0 = off
     learn_real: bool = False        # rounds >= 1: PPO also learns from the real steps the policy collects (their
                                     # real rewards), before the dream (Dyna, MBPO); the real budget is unchanged
     sight_reward: float = 0.0       # a search signal: this bonus on the step the goal first comes into view in an
@@ -113,7 +116,8 @@ class RLConfig:
         "act_temperature": above(0), "n_steps": at_least(2), "batch_size": at_least(2),
         "epochs": at_least(1), "lr": above(0), "ent_coef": at_least(0), "gamma": above(0),
         "eval_episodes": at_least(1), "eval_seed": SEED, "seed": SEED, "threads": THREADS,
-        "first_policy": one_of("random_walk", "uniform"), "sight_reward": at_least(0, "0 = off"),
+        "first_policy": one_of("random_walk", "uniform"),
+        "imitate_steps": at_least(0, "0 = off"), "sight_reward": at_least(0, "0 = off"),
     }
 
     def actor(self, policy):
@@ -130,6 +134,9 @@ class RLConfig:
         if self.learn_real and self.act_temperature != 1:
             raise ConfigError(f"learn_real=true collects as PPO samples (temperature 1); act_temperature="
                               f"{self.act_temperature} would collect differently: set one of them back")
+        if self.imitate_steps and self.recurrent:
+            raise ConfigError("imitate_steps clones the walk into a feed-forward policy; recurrent=true has an LSTM it "
+                              "would not fit: set one of them back")
         if self.dream_envs * self.n_steps < self.batch_size:
             raise ConfigError(f"batch_size={self.batch_size} exceeds one PPO rollout of dream_envs x n_steps = "
                               f"{self.dream_envs * self.n_steps}")
@@ -420,6 +427,7 @@ def finetune_world(cfg: RLConfig, init: str, data: list[str], out: Path, seed: i
 
 def run_round(cfg: RLConfig, r: int, out: Path, world: str, policy_dir: str | None, meta: dict) -> dict[str, Any]:
     """Round ``r``: collect, fine-tune, train in the dream, evaluate; returns its log row."""
+    from agents.imitation import imitate
     from agents.policy import goal_rate, policy_actor, save_policy
     from envs.policies import make_policy
     from worldmodel.tokenizer.tokenize import tokenize_dataset
@@ -443,6 +451,11 @@ def run_round(cfg: RLConfig, r: int, out: Path, world: str, policy_dir: str | No
     t2 = time.perf_counter()
     # a fine-tune's weights carry no calibration of their own: the start checkpoint's threshold holds throughout
     threshold = cfg.reward_threshold if cfg.reward_threshold is not None else meta["reward_threshold"]
+    if policy_dir is None and cfg.imitate_steps > 0:  # the exploration prior: PPO starts from a clone of the walk
+        if not (rdir / "policy_imitated" / "policy.json").is_file():
+            imitate(rdir / "frames", rdir / "policy_imitated", meta, cfg.imitate_steps, cfg.frame_stack,
+                    seed=cfg.seed * 1000 + r)
+        policy_dir = str(rdir / "policy_imitated")
     model, dream = train_in_dream(cfg, world, cfg.dream_starts or str(rdir / "tokens"), policy_dir, threshold,
                                   round_probe(cfg, out, r))
     t3 = time.perf_counter()

@@ -99,6 +99,8 @@ class RLConfig:
     first_policy: str = "random_walk"   # who collects round 0: random_walk | uniform
     imitate_steps: int = 0          # round 0: clone round 0's collector into the fresh policy for this many steps
                                     # (agents.imitation), so PPO starts from the walk's search; 0 = off
+    prior_kl: float = 0.0           # with imitate_steps: PPO's loss also pays this x KL(policy || that clone) in
+                                    # every update, dream and real, so the walk's search survives; 0 = off
     learn_real: bool = False        # rounds >= 1: PPO also learns from the real steps the policy collects (their
                                     # real rewards), before the dream (Dyna, MBPO); the real budget is unchanged
     sight_reward: float = 0.0       # a search signal: this bonus on the step the goal first comes into view in an
@@ -117,7 +119,8 @@ class RLConfig:
         "epochs": at_least(1), "lr": above(0), "ent_coef": at_least(0), "gamma": above(0),
         "eval_episodes": at_least(1), "eval_seed": SEED, "seed": SEED, "threads": THREADS,
         "first_policy": one_of("random_walk", "uniform"),
-        "imitate_steps": at_least(0, "0 = off"), "sight_reward": at_least(0, "0 = off"),
+        "imitate_steps": at_least(0, "0 = off"), "prior_kl": at_least(0, "0 = off"),
+        "sight_reward": at_least(0, "0 = off"),
     }
 
     def actor(self, policy):
@@ -137,6 +140,9 @@ class RLConfig:
         if self.imitate_steps and self.recurrent:
             raise ConfigError("imitate_steps clones the walk into a feed-forward policy; recurrent=true has an LSTM it "
                               "would not fit: set one of them back")
+        if self.prior_kl > 0 and not (self.imitate_steps > 0 and self.ent_coef > 0):
+            raise ConfigError(f"prior_kl={self.prior_kl} holds the policy near round 0's clone of the walk: it needs "
+                              f"imitate_steps > 0 (got {self.imitate_steps}) and ent_coef > 0 (got {self.ent_coef})")
         if self.dream_envs * self.n_steps < self.batch_size:
             raise ConfigError(f"batch_size={self.batch_size} exceeds one PPO rollout of dream_envs x n_steps = "
                               f"{self.dream_envs * self.n_steps}")
@@ -254,11 +260,12 @@ class EpisodeRecorder(gym.Wrapper):
 
 
 def learn_real(cfg: RLConfig, meta: dict, policy_dir: str, seed: int, out: Path, policy_out: Path,
-               probe: str | None = None) -> dict[str, Any]:
+               probe: str | None = None, prior: str | None = None) -> dict[str, Any]:
     """PPO continues from ``policy_dir`` on ``cfg.collect_steps`` real steps in training mazes (``cfg``'s PPO
     settings, rollouts from :func:`real_rollouts`), and those very steps, which the policy collected as it learnt,
     are written to ``out`` as :func:`collect_real` writes its own; the policy goes to ``policy_out``; with the
-    sighting bonus on, ``probe`` pays it here as in the dream. Returns the steps, reaches and episodes."""
+    sighting bonus on, ``probe`` pays it here as in the dream; ``prior``: :func:`make_ppo`'s. Returns the steps,
+    reaches and episodes."""
     from agents.policy import save_policy
 
     n_envs, n_steps, updates = real_rollouts(cfg.collect_steps)
@@ -273,7 +280,7 @@ def learn_real(cfg: RLConfig, meta: dict, policy_dir: str, seed: int, out: Path,
                             cfg, probe)
     try:
         c = dataclasses.replace(cfg, n_steps=n_steps, batch_size=min(cfg.batch_size, n_envs * n_steps), seed=seed)
-        model = make_ppo(venv, c, policy_dir)
+        model = make_ppo(venv, c, policy_dir, prior=prior)
         model.learn(total_timesteps=n_envs * n_steps * updates)
         for rec in recorders:
             rec.flush()
@@ -337,9 +344,10 @@ def round_probe(cfg: RLConfig, out: Path, r: int) -> str | None:
     return str(probe)
 
 
-def make_ppo(env, cfg: RLConfig, init_policy: str | None, device: str = "cpu"):
+def make_ppo(env, cfg: RLConfig, init_policy: str | None, device: str = "cpu", prior: str | None = None):
     """SB3 PPO over ``env`` (its frames stacked ``cfg.frame_stack`` deep) with ``cfg``'s settings, starting from
-    the policy folder ``init_policy`` if any; ``cfg.recurrent``: sb3-contrib's RecurrentPPO (CnnLstmPolicy)."""
+    the policy folder ``init_policy`` if any; ``cfg.recurrent``: sb3-contrib's RecurrentPPO (CnnLstmPolicy);
+    ``prior`` (a policy folder): its loss also pays ``cfg.prior_kl`` x KL(policy || prior)."""
     from stable_baselines3.common.vec_env import VecFrameStack
 
     from envs.common.files import load_state_dict_strict
@@ -353,7 +361,9 @@ def make_ppo(env, cfg: RLConfig, init_policy: str | None, device: str = "cpu"):
     else:
         from stable_baselines3 import PPO
 
-        kind = "CnnPolicy"
+        from agents.imitation import PriorKLPolicy
+
+        kind = PriorKLPolicy if prior is not None else "CnnPolicy"
     model = PPO(kind, env, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.epochs,
                 learning_rate=cfg.lr, ent_coef=cfg.ent_coef, gamma=cfg.gamma, seed=cfg.seed, device=device,
                 verbose=0)
@@ -362,6 +372,10 @@ def make_ppo(env, cfg: RLConfig, init_policy: str | None, device: str = "cpu"):
 
         policy, _ = load_policy(init_policy)
         load_state_dict_strict(model.policy, policy.state_dict(), f"{init_policy}/policy.safetensors")
+    if prior is not None:
+        from agents.imitation import with_prior
+
+        with_prior(model, prior, cfg.prior_kl, cfg.ent_coef)
     return model
 
 
@@ -377,10 +391,11 @@ def count_rewards(data: str, split: str) -> int:
 
 
 def train_in_dream(cfg: RLConfig, world: str, context_tokens: str, init_policy: str | None,
-                   reward_threshold: float, probe: str | None = None) -> tuple[Any, dict]:
+                   reward_threshold: float, probe: str | None = None, prior: str | None = None) -> tuple[Any, dict]:
     """PPO for ``cfg.dream_steps`` imagined frames in the batched dream of ``world``, dreams started from
     windows of ``context_tokens``, a reward where the head's probability exceeds ``reward_threshold`` (and the
-    sighting bonus where ``probe`` first sees the goal, if on); returns (the SB3 model, stats)."""
+    sighting bonus where ``probe`` first sees the goal, if on; ``prior``: :func:`make_ppo`'s); returns (the SB3
+    model, stats)."""
     from agents.ppo_dream import make_dream_vec_env
     from agents.sighting import SightBonus
 
@@ -392,7 +407,7 @@ def train_in_dream(cfg: RLConfig, world: str, context_tokens: str, init_policy: 
                              reward_lead=cfg.reward_lead, threads=None)
     env = with_sight_bonus(env, cfg, probe)
     try:
-        model = make_ppo(env, cfg, init_policy)
+        model = make_ppo(env, cfg, init_policy, prior=prior)
         t0 = time.perf_counter()
         model.learn(total_timesteps=cfg.dream_steps)
         seconds = time.perf_counter() - t0
@@ -433,10 +448,11 @@ def run_round(cfg: RLConfig, r: int, out: Path, world: str, policy_dir: str | No
     from worldmodel.tokenizer.tokenize import tokenize_dataset
 
     rdir = out / "rounds" / f"r{r:02d}"
+    prior = str(out / "rounds" / "r00" / "policy_imitated") if cfg.prior_kl > 0 else None
     t0 = time.perf_counter()
     if policy_dir is not None and cfg.learn_real:
         collected = learn_real(cfg, meta, policy_dir, cfg.seed * 1000 + r, rdir / "frames", rdir / "policy_real",
-                               round_probe(cfg, out, r - 1))
+                               round_probe(cfg, out, r - 1), prior)
         policy_dir = str(rdir / "policy_real")      # the dream continues from what the real steps taught
     else:
         actor: Any = (make_policy(cfg.first_policy, meta["meanings"], seed=cfg.seed) if policy_dir is None
@@ -457,7 +473,7 @@ def run_round(cfg: RLConfig, r: int, out: Path, world: str, policy_dir: str | No
                     seed=cfg.seed * 1000 + r)
         policy_dir = str(rdir / "policy_imitated")
     model, dream = train_in_dream(cfg, world, cfg.dream_starts or str(rdir / "tokens"), policy_dir, threshold,
-                                  round_probe(cfg, out, r))
+                                  round_probe(cfg, out, r), prior)
     t3 = time.perf_counter()
     real = goal_rate(cfg.actor(model.policy), meta["env_id"], meta["env_kwargs"], cfg.eval_episodes, cfg.eval_seed,
                      cfg.episode_steps, actor_seed=cfg.seed)

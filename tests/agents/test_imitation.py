@@ -102,3 +102,62 @@ def test_the_loops_first_dream_starts_from_the_clone(tiny_world_checkpoint, tmp_
     with pytest.raises(ConfigError, match="recurrent"):
         run_rl(RLConfig(out=str(tmp_path / "bad"), imitate_steps=10, recurrent=True))
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_the_prior_term_is_the_kl_to_the_clone_and_pulls_the_policy_to_it(tmp_path):
+    import types
+
+    import torch
+    from gymnasium import spaces
+    from stable_baselines3.common.policies import ActorCriticCnnPolicy
+    from torch.distributions import Categorical, kl_divergence
+
+    from agents.imitation import PriorKLPolicy, with_prior
+    from agents.policy import new_policy, save_policy
+
+    torch.manual_seed(0)
+    space = spaces.Box(0, 255, (3, 64, 64), np.uint8)
+    policy = PriorKLPolicy(space, spaces.Discrete(9), lambda _: 1e-3)
+    torch.manual_seed(1)
+    save_policy(new_policy([3, 64, 64], 9), tmp_path / "prior", "DMLabMaze-v0", {}, MEANINGS)
+    with_prior(types.SimpleNamespace(policy=policy), str(tmp_path / "prior"), prior_kl=0.02, ent_coef=0.01)
+    assert set(policy.state_dict()) == set(new_policy([3, 64, 64], 9).state_dict())     # the prior is not saved
+    obs = torch.as_tensor(np.random.default_rng(0).integers(0, 256, (16, 3, 64, 64))).float()
+    actions = torch.as_tensor(np.random.default_rng(1).integers(0, 9, 16))
+    plain = ActorCriticCnnPolicy.evaluate_actions(policy, obs, actions)
+    value, log_prob, entropy = policy.evaluate_actions(obs, actions)
+    assert torch.equal(value, plain[0]) and torch.equal(log_prob, plain[1])
+    prior = policy.__dict__["_prior"]
+    kl = kl_divergence(Categorical(logits=policy.get_distribution(obs).distribution.logits),
+                       Categorical(logits=prior.get_distribution(obs).distribution.logits))
+    assert torch.allclose(plain[2] - entropy, 2.0 * kl, atol=1e-5)       # kl_weight = prior_kl / ent_coef = 2
+    # PPO's entropy term, minimised, now pulls the policy to the prior
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    before = float(kl.mean().detach())
+    for _ in range(30):
+        loss = -0.01 * policy.evaluate_actions(obs, actions)[2].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = float(policy.kl_to_prior(obs, policy.get_distribution(obs).distribution.logits).mean().detach())
+    assert after < 0.5 * before
+    assert all(not p.requires_grad for p in prior.parameters())
+
+
+@pytest.mark.slow
+def test_the_loop_holds_its_policy_to_the_clone_in_the_dream_and_the_real_steps(tiny_world_checkpoint, tmp_path):
+    from agents.policy import load_policy
+    from agents.rl import RLConfig, run_rl
+    from tests.agents.test_rl import TINY
+
+    out = tmp_path / "rl"
+    res = run_rl(RLConfig(out=str(out), checkpoint=str(tiny_world_checkpoint), imitate_steps=2, prior_kl=0.05,
+                          learn_real=True, **{**TINY, "rounds": 2, "collect_steps": 48}))
+    assert [r["real_steps"] for r in res["rounds"]] == [48, 96]
+    _, meta = load_policy(out / "rounds" / "r01" / "policy_real")         # saved as a plain policy
+    assert meta["policy"] == "sb3 ActorCriticCnnPolicy"
+    with pytest.raises(ConfigError, match="imitate_steps"):
+        run_rl(RLConfig(out=str(tmp_path / "bad"), prior_kl=0.05))
+    with pytest.raises(ConfigError, match="ent_coef"):
+        run_rl(RLConfig(out=str(tmp_path / "bad"), prior_kl=0.05, imitate_steps=5, ent_coef=0.0))

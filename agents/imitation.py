@@ -79,26 +79,44 @@ def with_prior(model, prior_dir: str, prior_kl: float, ent_coef: float):
     return model
 
 
-def stacked_steps(data: str | Path, frame_stack: int, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """(frames b y x (k c) uint8, actions b int64): every step of ``data``'s episodes as the policy would see it
-    (the last ``frame_stack`` frames along c, oldest first, zeros before the episode's first, as SB3's
-    ``VecFrameStack`` shows them) with the action taken from it."""
+def read_steps(data: str | Path, frame_stack: int, split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frames n y x c uint8, index b k, actions b int64): every step of ``data``'s episodes, with the rows of
+    ``frames`` the policy sees at it (oldest first; row 0 is a zero frame, what SB3's ``VecFrameStack`` shows before
+    an episode's first) and the action taken from it. :func:`stack` assembles the observations from these, a
+    batch at a time, so the stacks are never all held at once."""
     from envs.dataset import EpisodeDataset
 
     ds = EpisodeDataset(data, split=split)
-    xs, acts = [], []
+    frames, index, acts, base = [], [], [], 1
     try:
         for i in range(len(ds)):
             ep = ds.episode(i)
             f = ep["frames"][:-1]                                                  # t y x c, the last has no action
-            pad = np.concatenate([np.zeros((frame_stack - 1, *f.shape[1:]), f.dtype), f])
-            xs.append(np.concatenate([pad[k:k + len(f)] for k in range(frame_stack)], axis=-1))
+            t = np.arange(len(f))[:, None] + np.arange(frame_stack) - (frame_stack - 1)      # t k, oldest first
+            index.append(np.where(t >= 0, base + t, 0))
+            frames.append(f)
             acts.append(np.asarray(ep["actions"][1:], np.int64))                   # actions[t + 1] left frame t
+            base += len(f)
     finally:
         ds.close()
-    if not xs or sum(len(a) for a in acts) == 0:
+    if not frames or base == 1:
         raise ConfigError(f"{data} holds no steps to imitate in its {split} split")
-    return np.concatenate(xs), np.concatenate(acts)
+    frames.insert(0, np.zeros_like(frames[0][:1]))
+    return np.concatenate(frames), np.concatenate(index), np.concatenate(acts)
+
+
+def stack(frames: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Observations b y x (k c) from :func:`read_steps`' frames and (a batch of) its index rows."""
+    b, k = index.shape
+    return frames[index].transpose(0, 2, 3, 1, 4).reshape(b, *frames.shape[1:3], k * frames.shape[3])
+
+
+def stacked_steps(data: str | Path, frame_stack: int, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """(frames b y x (k c) uint8, actions b int64): every step of ``data``'s episodes as the policy would see it
+    (the last ``frame_stack`` frames along c, oldest first, zeros before the episode's first, as SB3's
+    ``VecFrameStack`` shows them) with the action taken from it."""
+    frames, index, actions = read_steps(data, frame_stack, split)
+    return stack(frames, index), actions
 
 
 def imitate(data: str | Path, out: str | Path, meta: dict[str, Any], steps: int, frame_stack: int = 1,
@@ -110,20 +128,20 @@ def imitate(data: str | Path, out: str | Path, meta: dict[str, Any], steps: int,
 
     from agents.policy import new_policy, save_policy
 
-    x, a = stacked_steps(data, frame_stack)
+    frames, index, a = read_steps(data, frame_stack)
     n_actions = len(meta["meanings"])
     if a.min() < 0 or a.max() >= n_actions:
         raise ConfigError(f"{data}: actions {a.min()}..{a.max()} lie outside the env's {n_actions} actions")
     torch.manual_seed(seed)
-    policy = new_policy([x.shape[-1], *x.shape[1:3]], n_actions)
+    policy = new_policy([frames.shape[-1] * frame_stack, *frames.shape[1:3]], n_actions)
     actor = [p for name, p in policy.named_parameters() if not name.startswith("value_net")]
     opt = torch.optim.Adam(actor, lr=lr)
     rng = np.random.default_rng(seed)
     losses, t0 = [], time.perf_counter()
     policy.set_training_mode(True)
     for _ in range(steps):
-        idx = rng.integers(len(x), size=batch_size)
-        obs = torch.as_tensor(x[idx]).permute(0, 3, 1, 2)                                     # b (k c) y x
+        idx = rng.integers(len(a), size=batch_size)
+        obs = torch.as_tensor(stack(frames, index[idx])).permute(0, 3, 1, 2)                   # b (k c) y x
         loss = -policy.get_distribution(obs).log_prob(torch.as_tensor(a[idx])).mean()
         opt.zero_grad()
         loss.backward()

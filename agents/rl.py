@@ -361,9 +361,11 @@ def make_ppo(env, cfg: RLConfig, init_policy: str | None, device: str = "cpu", p
     else:
         from stable_baselines3 import PPO
 
-        from agents.imitation import PriorKLPolicy
+        kind = "CnnPolicy"
+        if prior is not None:
+            from agents.imitation import PriorKLPolicy
 
-        kind = PriorKLPolicy if prior is not None else "CnnPolicy"
+            kind = PriorKLPolicy
     model = PPO(kind, env, n_steps=cfg.n_steps, batch_size=cfg.batch_size, n_epochs=cfg.epochs,
                 learning_rate=cfg.lr, ent_coef=cfg.ent_coef, gamma=cfg.gamma, seed=cfg.seed, device=device,
                 verbose=0)

@@ -39,13 +39,18 @@ class PriorKLPolicy(ActorCriticCnnPolicy):
     less ``kl_weight`` × KL(this policy ‖ ``prior``) per observation. PPO's loss subtracts ``ent_coef`` × the mean
     entropy, so it then also pays ``ent_coef × kl_weight`` × the mean KL: :func:`with_prior` sets ``kl_weight`` to
     ``prior_kl / ent_coef``. The prior is frozen and kept out of the state dict: the saved weights are a plain
-    ``ActorCriticCnnPolicy``'s."""
+    ``ActorCriticCnnPolicy``'s. With ``sight`` (a sighting probe and its threshold) the KL is not paid on
+    observations whose newest frame shows the goal: the walk's search is worth keeping, its approach is not."""
 
-    def set_prior(self, prior, kl_weight: float) -> None:
+    def set_prior(self, prior, kl_weight: float, sight: tuple[Any, float] | None = None) -> None:
         prior.set_training_mode(False)
         for p in prior.parameters():
             p.requires_grad_(False)
-        self.__dict__["_prior"], self.__dict__["_kl_weight"] = prior, float(kl_weight)
+        if sight is not None:
+            sight[0].eval()
+            for p in sight[0].parameters():
+                p.requires_grad_(False)
+        self.__dict__.update(_prior=prior, _kl_weight=float(kl_weight), _sight=sight)
 
     def _get_action_dist_from_latent(self, latent_pi):
         self.__dict__["_last_dist"] = dist = super()._get_action_dist_from_latent(latent_pi)
@@ -66,16 +71,33 @@ class PriorKLPolicy(ActorCriticCnnPolicy):
         if prior is None:
             return values, log_prob, entropy
         kl = self.kl_to_prior(obs, self.__dict__["_last_dist"].distribution.logits)
+        if self.__dict__.get("_sight") is not None:
+            kl = kl * ~self.in_view(obs)
         return values, log_prob, entropy - self._kl_weight * kl
 
+    def in_view(self, obs):
+        """(b,) bool: the sighting probe sees the goal in the newest frame of observations b (k c) y x, the
+        frames stacked oldest first along c as SB3 shows them to the policy."""
+        import torch
 
-def with_prior(model, prior_dir: str, prior_kl: float, ent_coef: float):
+        net, threshold = self.__dict__["_sight"]
+        with torch.no_grad():
+            return torch.sigmoid(net(obs[:, -3:].permute(0, 2, 3, 1))) > threshold     # b y x c, values 0-255
+
+
+def with_prior(model, prior_dir: str, prior_kl: float, ent_coef: float, free_in_view: str | None = None):
     """``model`` (SB3 PPO built on :class:`PriorKLPolicy`) paying ``prior_kl`` × KL(policy ‖ the policy saved in
-    ``prior_dir``) in its loss."""
+    ``prior_dir``) in its loss; ``free_in_view`` (a sighting probe folder): not where the probe sees the goal."""
     from agents.policy import load_policy
 
     prior, _ = load_policy(prior_dir)
-    model.policy.set_prior(prior, prior_kl / ent_coef)
+    sight = None
+    if free_in_view is not None:
+        from agents.sighting import load_sight_probe
+
+        net, meta = load_sight_probe(free_in_view)
+        sight = (net, float(meta["threshold"]))
+    model.policy.set_prior(prior, prior_kl / ent_coef, sight)
     return model
 
 

@@ -101,6 +101,8 @@ class RLConfig:
                                     # (agents.imitation), so PPO starts from the walk's search; 0 = off
     prior_kl: float = 0.0           # with imitate_steps: PPO's loss also pays this x KL(policy || that clone) in
                                     # every update, dream and real, so the walk's search survives; 0 = off
+    prior_free_in_view: bool = False  # with prior_kl and sight_reward: not on frames where the sighting probe sees
+                                    # the goal, so the approach is the dream's to learn (the walk's is poor)
     learn_real: bool = False        # rounds >= 1: PPO also learns from the real steps the policy collects (their
                                     # real rewards), before the dream (Dyna, MBPO); the real budget is unchanged
     sight_reward: float = 0.0       # a search signal: this bonus on the step the goal first comes into view in an
@@ -143,6 +145,10 @@ class RLConfig:
         if self.prior_kl > 0 and not (self.imitate_steps > 0 and self.ent_coef > 0):
             raise ConfigError(f"prior_kl={self.prior_kl} holds the policy near round 0's clone of the walk: it needs "
                               f"imitate_steps > 0 (got {self.imitate_steps}) and ent_coef > 0 (got {self.ent_coef})")
+        if self.prior_free_in_view and not (self.prior_kl > 0 and self.sight_reward > 0):
+            raise ConfigError(f"prior_free_in_view=true lets the prior go where the sighting probe sees the goal: it "
+                              f"needs prior_kl > 0 (got {self.prior_kl}) and sight_reward > 0 for the probe (got "
+                              f"{self.sight_reward})")
         if self.dream_envs * self.n_steps < self.batch_size:
             raise ConfigError(f"batch_size={self.batch_size} exceeds one PPO rollout of dream_envs x n_steps = "
                               f"{self.dream_envs * self.n_steps}")
@@ -280,7 +286,7 @@ def learn_real(cfg: RLConfig, meta: dict, policy_dir: str, seed: int, out: Path,
                             cfg, probe)
     try:
         c = dataclasses.replace(cfg, n_steps=n_steps, batch_size=min(cfg.batch_size, n_envs * n_steps), seed=seed)
-        model = make_ppo(venv, c, policy_dir, prior=prior)
+        model = make_ppo(venv, c, policy_dir, prior=prior, probe=probe)
         model.learn(total_timesteps=n_envs * n_steps * updates)
         for rec in recorders:
             rec.flush()
@@ -344,10 +350,12 @@ def round_probe(cfg: RLConfig, out: Path, r: int) -> str | None:
     return str(probe)
 
 
-def make_ppo(env, cfg: RLConfig, init_policy: str | None, device: str = "cpu", prior: str | None = None):
+def make_ppo(env, cfg: RLConfig, init_policy: str | None, device: str = "cpu", prior: str | None = None,
+             probe: str | None = None):
     """SB3 PPO over ``env`` (its frames stacked ``cfg.frame_stack`` deep) with ``cfg``'s settings, starting from
     the policy folder ``init_policy`` if any; ``cfg.recurrent``: sb3-contrib's RecurrentPPO (CnnLstmPolicy);
-    ``prior`` (a policy folder): its loss also pays ``cfg.prior_kl`` x KL(policy || prior)."""
+    ``prior`` (a policy folder): its loss also pays ``cfg.prior_kl`` x KL(policy || prior), with
+    ``cfg.prior_free_in_view`` not where the sighting probe ``probe`` sees the goal."""
     from stable_baselines3.common.vec_env import VecFrameStack
 
     from envs.common.files import load_state_dict_strict
@@ -377,7 +385,7 @@ def make_ppo(env, cfg: RLConfig, init_policy: str | None, device: str = "cpu", p
     if prior is not None:
         from agents.imitation import with_prior
 
-        with_prior(model, prior, cfg.prior_kl, cfg.ent_coef)
+        with_prior(model, prior, cfg.prior_kl, cfg.ent_coef, probe if cfg.prior_free_in_view else None)
     return model
 
 
@@ -409,7 +417,7 @@ def train_in_dream(cfg: RLConfig, world: str, context_tokens: str, init_policy: 
                              reward_lead=cfg.reward_lead, threads=None)
     env = with_sight_bonus(env, cfg, probe)
     try:
-        model = make_ppo(env, cfg, init_policy, prior=prior)
+        model = make_ppo(env, cfg, init_policy, prior=prior, probe=probe)
         t0 = time.perf_counter()
         model.learn(total_timesteps=cfg.dream_steps)
         seconds = time.perf_counter() - t0

@@ -152,9 +152,10 @@ def test_the_rl_loop_refuses_a_probe_folder_that_is_not_one(tmp_path):
 
 
 def test_the_loop_learns_its_probe_from_its_own_real_frames_and_pays_the_bonus(seeking_dataset, tiny_world_checkpoint,
-                                                                              tmp_path):
+                                                                              tmp_path, monkeypatch):
     import shutil
 
+    import agents.imitation
     from agents.rl import RLConfig, round_probe, run_rl
     from agents.sighting import load_sight_probe
 
@@ -172,9 +173,62 @@ def test_the_loop_learns_its_probe_from_its_own_real_frames_and_pays_the_bonus(s
     # a round of the loop with a given probe: the bonus wraps the dream and its sightings are logged
     from tests.agents.test_rl import TINY
 
+    # ... and the exploration prior, let go where that probe sees the goal, in the dream and on the real steps
+    freed, with_prior = [], agents.imitation.with_prior
+    monkeypatch.setattr(agents.imitation, "with_prior", lambda *a, **k: (freed.append(a[4]), with_prior(*a, **k))[1])
     res = run_rl(RLConfig(out=str(tmp_path / "rl"), checkpoint=str(tiny_world_checkpoint), sight_reward=0.3,
-                          sight_probe=probe, **TINY))
+                          sight_probe=probe, imitate_steps=2, prior_kl=0.05, prior_free_in_view=True,
+                          **{**TINY, "rounds": 2, "learn_real": True}))
+    assert freed == [probe] * 3 and res["rounds"][1]["real_steps"] == 80
     row = res["rounds"][0]
     assert isinstance(row["dream_sightings"], int) and row["dream_sightings"] >= 0
     with open(tmp_path / "rl" / "rl_log.csv") as f:
         assert "dream_sightings" in f.readline()
+
+
+def test_the_prior_lets_go_where_the_probe_sees_the_goal(seeking_dataset, tmp_path):
+    import torch
+    from gymnasium import spaces
+    from stable_baselines3.common.policies import ActorCriticCnnPolicy
+    from torch.distributions import Categorical, kl_divergence
+
+    from agents.imitation import PriorKLPolicy, with_prior
+    from agents.policy import new_policy, save_policy
+    from agents.rl import RLConfig, run_rl
+    from agents.sighting import predict, train_sight_probe
+    from envs.dataset import EpisodeDataset
+
+    train_sight_probe([str(seeking_dataset)], str(tmp_path / "probe"), steps=200, batch=64, every=1, progress=False)
+    meanings = ("noop", "forward", "backward", "strafe_left", "strafe_right", "turn_left", "turn_right",
+                "forward_turn_left", "forward_turn_right")
+    torch.manual_seed(0)
+    policy = PriorKLPolicy(spaces.Box(0, 255, (6, 64, 64), np.uint8), spaces.Discrete(9), lambda _: 1e-3)
+    torch.manual_seed(1)
+    save_policy(new_policy([6, 64, 64], 9), tmp_path / "prior", "DMLabMaze-v0", {}, meanings, frame_stack=2)
+    model = type("Model", (), {"policy": policy})()
+    with_prior(model, str(tmp_path / "prior"), prior_kl=0.02, ent_coef=0.01, free_in_view=str(tmp_path / "probe"))
+    ds = EpisodeDataset(seeking_dataset, "train")
+    frames = np.concatenate([ds.episode(i)["frames"] for i in range(len(ds))])      # t y x c
+    ds.close()
+    p = predict(policy.__dict__["_sight"][0], frames)
+    seen, unseen = np.flatnonzero(p > 0.5), np.flatnonzero(p <= 0.5)
+    assert len(seen) >= 4 and len(unseen) >= 4
+    newest = np.concatenate([frames[seen[:4]], frames[unseen[:4]]])                 # 4 in view, then 4 not
+    older = frames[unseen[-8:]]
+    obs = torch.as_tensor(np.concatenate([older, newest], -1)).permute(0, 3, 1, 2).float()   # b (k c) y x
+    actions = torch.as_tensor(np.arange(8) % 9)
+    view = policy.in_view(obs)
+    assert view.tolist() == [True] * 4 + [False] * 4
+    swapped = torch.as_tensor(np.concatenate([frames[seen[-8:]], newest], -1)).permute(0, 3, 1, 2).float()
+    assert torch.equal(policy.in_view(swapped), view)                               # the newest frame decides
+    plain = ActorCriticCnnPolicy.evaluate_actions(policy, obs, actions)
+    kl = kl_divergence(Categorical(logits=policy.get_distribution(obs).distribution.logits),
+                       Categorical(logits=policy.__dict__["_prior"].get_distribution(obs).distribution.logits))
+    assert float(kl.min().detach()) > 0
+    paid = plain[2] - policy.evaluate_actions(obs, actions)[2]
+    assert torch.allclose(paid, 2.0 * kl * ~view, atol=1e-5)                        # nothing paid where in view
+    with pytest.raises(ConfigError, match="prior_free_in_view"):
+        run_rl(RLConfig(out=str(tmp_path / "bad"), imitate_steps=5, prior_kl=0.05, prior_free_in_view=True))
+    with pytest.raises(ConfigError, match="prior_free_in_view"):
+        run_rl(RLConfig(out=str(tmp_path / "bad"), sight_reward=0.3, prior_free_in_view=True))
+    assert not (tmp_path / "bad").exists()

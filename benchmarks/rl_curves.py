@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
-from pathlib import Path
 
 
 def read_curve(path: str) -> dict[int, float]:
@@ -34,10 +33,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
                     help="a recipe's label and a glob of its seeds' rl_log.csv files")
     ap.add_argument("--out", required=True, help="the PNG to write")
     args = ap.parse_args(argv)
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from envs.common.video import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     means: dict[str, dict[int, float]] = {}
@@ -59,9 +57,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
     ax.set_ylabel("goal reaches / 1,000 steps, held-out mazes")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
+    save_figure(fig, args.out)
     return means
 
 

@@ -49,11 +49,13 @@ def recurrent_sizes(policy) -> dict[str, Any] | None:
 
 
 def save_policy(policy, out: str | Path, env_id: str, env_kwargs: dict | None, meanings: tuple[str, ...],
-                stats: dict[str, Any] | None = None, frame_stack: int = 1, temperature: float = 1.0) -> Path:
+                stats: dict[str, Any] | None = None, frame_stack: int = 1, temperature: float = 1.0,
+                action_repeat: int = 1) -> Path:
     """Write ``policy`` (an SB3 ``ActorCriticCnnPolicy`` or sb3-contrib ``RecurrentActorCriticCnnPolicy``) as
     ``policy.safetensors`` + ``policy.json`` in ``out``;
     ``frame_stack``: how many of the env's frames it sees at once (its observation's c is that many times the
-    env's); ``temperature``: what it acts at in real mazes (:class:`PolicyActor`)."""
+    env's); ``temperature``: what it acts at in real mazes; ``action_repeat``: how many steps it holds each action
+    (:class:`PolicyActor`)."""
     from envs.common.files import save_weights, write_sealed_json
 
     out = Path(out)
@@ -76,7 +78,8 @@ def save_policy(policy, out: str | Path, env_id: str, env_kwargs: dict | None, m
         "recurrent": recurrent,
         "observation_shape": list(policy.observation_space.shape), "actions": int(policy.action_space.n),
         "action_meanings": list(meanings), "env_id": env_id, "env_kwargs": dict(env_kwargs or {}),
-        "frame_stack": int(frame_stack), "temperature": float(temperature), "aliases": aliases, "stats": stats or {}},
+        "frame_stack": int(frame_stack), "temperature": float(temperature),
+        "action_repeat": int(action_repeat), "aliases": aliases, "stats": stats or {}},
         files=("policy.safetensors",))
     return out
 
@@ -141,20 +144,33 @@ class PolicyActor:
     :meth:`reset` at every episode's start.
 
     A recurrent policy (sb3-contrib's) carries its LSTM state from step to step, from zeros at the episode's
-    first frame (as RecurrentPPO trained it); :meth:`reset` starts it afresh."""
+    first frame (as RecurrentPPO trained it); :meth:`reset` starts it afresh.
+
+    ``action_repeat`` > 1: the policy decides every that many steps and holds its action in between, as
+    :class:`agents.repeat.ActionRepeat` trained it; only the frames it decides on enter the stack."""
 
     policy: Any
     deterministic: bool = False
     frame_stack: int = 1
     temperature: float = 1.0
+    action_repeat: int = 1
 
     def __post_init__(self) -> None:
         self._stacker = None        # SB3's StackedObservations: the very stacking VecFrameStack trained with
         self._stack: np.ndarray | None = None                                   # y x (k c): what the policy saw last
         self._lstm = None           # the actor LSTM's (h, c), each (layers, 1, hidden); None before a first frame
         self._recurrent = recurrent_sizes(self.policy) is not None
+        self._held, self._left = 0, 0               # the action held, and for how many more steps
 
     def act(self, obs, info: dict | None = None) -> int:
+        if self._left > 0:
+            self._left -= 1
+            return self._held
+        self._held = self._decide(obs)
+        self._left = self.action_repeat - 1
+        return self._held
+
+    def _decide(self, obs) -> int:
         obs = np.asarray(obs)
         if self.frame_stack > 1:
             if self._stacker is None:               # an episode's first frame
@@ -188,6 +204,7 @@ class PolicyActor:
 
     def reset(self, seed: int | None = None) -> None:
         self._stacker = self._lstm = None
+        self._left = 0
         if seed is not None:
             import torch
 
@@ -198,7 +215,8 @@ def policy_actor(path: str | Path, deterministic: bool = False) -> tuple[PolicyA
     """(actor, meta): the saved policy in ``path`` as an actor, seeing as many frames at once as it was trained
     on and acting at the temperature it was saved with, and its ``policy.json``."""
     policy, meta = load_policy(path)
-    actor = PolicyActor(policy, deterministic, int(meta.get("frame_stack", 1)), float(meta.get("temperature", 1.0)))
+    actor = PolicyActor(policy, deterministic, int(meta.get("frame_stack", 1)), float(meta.get("temperature", 1.0)),
+                        int(meta.get("action_repeat", 1)))
     return actor, meta
 
 

@@ -83,6 +83,8 @@ class RLConfig:
                                     # memoryless CNN sees motion and where it just came from; also for (b)
     act_temperature: float = 1.0    # the policy samples its actions in the real maze (collection, evaluation,
                                     # `maskflow play`) at this temperature; < 1 sharper; also for (b)
+    action_repeat: int = 1          # the policy decides every that many frames and holds its action in between
+                                    # (agents.repeat; DMLab agents hold 4), dream and real; also for (b)
     recurrent: bool = False         # an LSTM policy (sb3-contrib RecurrentPPO, CnnLstmPolicy) that remembers
                                     # the episode so far, as DIAMOND's and IRIS's actor-critics; also for (b)
     n_steps: int = 64               # PPO rollout length per dream
@@ -117,6 +119,7 @@ class RLConfig:
         "reward_starts": within(0, 1), "reward_lead": at_least(1),
         "reward_threshold": within(0, 1, hi_open=True),
         "steps_per_frame": at_least(0, "0 = the dream default"), "frame_stack": at_least(1),
+        "action_repeat": at_least(1),
         "act_temperature": above(0), "n_steps": at_least(2), "batch_size": at_least(2),
         "epochs": at_least(1), "lr": above(0), "ent_coef": at_least(0), "gamma": above(0),
         "eval_episodes": at_least(1), "eval_seed": SEED, "seed": SEED, "threads": THREADS,
@@ -129,7 +132,17 @@ class RLConfig:
         """``policy`` (SB3) as the real maze's actor with these settings' frame stack and acting temperature."""
         from agents.policy import PolicyActor
 
-        return PolicyActor(policy, frame_stack=self.frame_stack, temperature=self.act_temperature)
+        return PolicyActor(policy, frame_stack=self.frame_stack, temperature=self.act_temperature,
+                           action_repeat=self.action_repeat)
+
+    def repeat(self, venv):
+        """``venv`` with each action held for ``action_repeat`` frames (:class:`agents.repeat.ActionRepeat`), or
+        ``venv`` itself."""
+        if self.action_repeat == 1:
+            return venv
+        from agents.repeat import ActionRepeat
+
+        return ActionRepeat(venv, self.action_repeat)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first key of a wrong type or out of its range."""
@@ -142,6 +155,12 @@ class RLConfig:
         if self.imitate_steps and self.recurrent:
             raise ConfigError("imitate_steps clones the walk into a feed-forward policy; recurrent=true has an LSTM it "
                               "would not fit: set one of them back")
+        if self.imitate_steps and self.action_repeat > 1:
+            raise ConfigError(f"imitate_steps clones the walk frame by frame; action_repeat={self.action_repeat} "
+                              "decides every few frames: set one of them back")
+        if self.learn_real and self.collect_steps % self.action_repeat:
+            raise ConfigError(f"learn_real=true spends collect_steps={self.collect_steps} real steps in whole "
+                              f"decisions of action_repeat={self.action_repeat} frames: make it a multiple")
         if self.prior_kl > 0 and not (self.imitate_steps > 0 and self.ent_coef > 0):
             raise ConfigError(f"prior_kl={self.prior_kl} holds the policy near round 0's clone of the walk: it needs "
                               f"imitate_steps > 0 (got {self.imitate_steps}) and ent_coef > 0 (got {self.ent_coef})")
@@ -274,7 +293,7 @@ def learn_real(cfg: RLConfig, meta: dict, policy_dir: str, seed: int, out: Path,
     reaches and episodes."""
     from agents.policy import save_policy
 
-    n_envs, n_steps, updates = real_rollouts(cfg.collect_steps)
+    n_envs, n_steps, updates = real_rollouts(cfg.collect_steps // cfg.action_repeat)   # in decisions
     episodes: list[dict] = []
     recorders: list[EpisodeRecorder] = []
 
@@ -282,8 +301,8 @@ def learn_real(cfg: RLConfig, meta: dict, policy_dir: str, seed: int, out: Path,
         recorders.append(EpisodeRecorder(env, episodes))
         return recorders[-1]
 
-    venv = with_sight_bonus(real_vec_env(meta["env_id"], meta["env_kwargs"], cfg.episode_steps, n_envs, seed, record),
-                            cfg, probe)
+    venv = cfg.repeat(with_sight_bonus(real_vec_env(meta["env_id"], meta["env_kwargs"], cfg.episode_steps, n_envs,
+                                                     seed, record), cfg, probe))
     try:
         c = dataclasses.replace(cfg, n_steps=n_steps, batch_size=min(cfg.batch_size, n_envs * n_steps), seed=seed)
         model = make_ppo(venv, c, policy_dir, prior=prior, probe=probe)
@@ -296,7 +315,7 @@ def learn_real(cfg: RLConfig, meta: dict, policy_dir: str, seed: int, out: Path,
                             {"policy": "rl+ppo", "seed": seed, "steps": cfg.collect_steps})
     save_policy(model.policy, policy_out, meta["env_id"], meta["env_kwargs"], meta["meanings"],
                 {"real_steps": done["steps"], "reaches": done["reaches"], "rollouts": [n_envs, n_steps, updates]},
-                frame_stack=cfg.frame_stack, temperature=cfg.act_temperature)
+                frame_stack=cfg.frame_stack, temperature=cfg.act_temperature, action_repeat=cfg.action_repeat)
     return done
 
 
@@ -415,18 +434,19 @@ def train_in_dream(cfg: RLConfig, world: str, context_tokens: str, init_policy: 
                              end_on_reward=cfg.end_on_reward, reward_starts=reward_starts,
                              reward_threshold=reward_threshold,
                              reward_lead=cfg.reward_lead, threads=None)
-    env = with_sight_bonus(env, cfg, probe)
+    bonus = with_sight_bonus(env, cfg, probe)
+    env = cfg.repeat(bonus)
     try:
         model = make_ppo(env, cfg, init_policy, prior=prior, probe=probe)
         t0 = time.perf_counter()
-        model.learn(total_timesteps=cfg.dream_steps)
+        model.learn(total_timesteps=max(cfg.dream_steps // cfg.action_repeat, 1))   # decisions of k frames each
         seconds = time.perf_counter() - t0
         eps = list(model.ep_info_buffer)
-        return model, {"dream_frames": int(model.num_timesteps), "dream_seconds": round(seconds, 1),
+        return model, {"dream_frames": int(model.num_timesteps) * cfg.action_repeat, "dream_seconds": round(seconds, 1),
                        "reward_starts": reward_starts, "reward_threshold": reward_threshold,
                        "dream_return": float(np.mean([e["r"] for e in eps])) if eps else 0.0,
                        "dream_episodes": len(eps),
-                       **({"dream_sightings": int(env.sightings)} if isinstance(env, SightBonus) else {})}
+                       **({"dream_sightings": int(bonus.sightings)} if isinstance(bonus, SightBonus) else {})}
     finally:
         env.close()
 
@@ -493,7 +513,8 @@ def run_round(cfg: RLConfig, r: int, out: Path, world: str, policy_dir: str | No
            **dream, "collect_s": round(t1 - t0, 1), "world_s": round(t2 - t1, 1), "dream_s": round(t3 - t2, 1),
            "eval_s": round(time.perf_counter() - t3, 1)}
     save_policy(model.policy, rdir / "policy", meta["env_id"], meta["env_kwargs"], meta["meanings"],
-                {**row, "world": world}, frame_stack=cfg.frame_stack, temperature=cfg.act_temperature)
+                {**row, "world": world}, frame_stack=cfg.frame_stack, temperature=cfg.act_temperature,
+                action_repeat=cfg.action_repeat)
     return {**row, "world": world}
 
 
@@ -595,13 +616,15 @@ def ppo_real(env_id: str, env_kwargs: dict, steps: int, cfg: RLConfig, envs_n: i
     ``on_mark(n, model)`` is called at each of ``marks`` (and at ``steps``) with the model as one run of
     ``steps = n`` would have left it: learning continues in pieces that collect and train exactly as one
     ``learn`` would (constant learning rate and clip range), and the global RNGs are restored after each call."""
-    venv = real_vec_env(env_id, env_kwargs, episode_steps, envs_n, cfg.seed)
+    venv = cfg.repeat(real_vec_env(env_id, env_kwargs, episode_steps, envs_n, cfg.seed))
+    k = cfg.action_repeat                           # PPO counts decisions, the budget frames
     try:
         c = dataclasses.replace(cfg, n_steps=max(cfg.n_steps, 128), batch_size=min(cfg.batch_size, envs_n * 128))
         model = make_ppo(venv, c, None)
         for mark in sorted({*(m for m in marks if 0 < m < steps), steps}):
-            if mark > model.num_timesteps:          # learn() runs until num_timesteps >= its total: the same rollouts
-                model.learn(total_timesteps=mark - model.num_timesteps, reset_num_timesteps=model.num_timesteps == 0)
+            if mark // k > model.num_timesteps:     # learn() runs until num_timesteps >= its total: the same rollouts
+                model.learn(total_timesteps=mark // k - model.num_timesteps,
+                            reset_num_timesteps=model.num_timesteps == 0)
             if on_mark is not None:
                 with rngs_kept():
                     on_mark(mark, model)

@@ -7,7 +7,7 @@ Every policy is played at every temperature on the same *training* mazes (even m
 every row plays maze 2 (seed + e) with the same spawn), so the choice never looks at the held-out mazes that
 the RL issue's rows are scored on. Prints goal reaches per 1,000 steps per policy and temperature, paired
 against temperature 1 (the sampling PPO trained with): the mean and 95 % t interval of the per-episode
-differences. A policy saved with a frame stack plays with it (``agents.policy.policy_actor``).
+differences. A policy saved with a frame stack or an action repeat plays with them (``agents.policy.policy_actor``).
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "episode_steps": a.episode_steps, "policies": {}}
     for path in a.policies:
         policy, meta = load_policy(path)
-        k = int(meta.get("frame_stack", 1))
-        reaches = {t: per_episode(PolicyActor(policy, False, k, t), meta, a.episodes, a.seed, a.episode_steps)
+        k, hold = int(meta.get("frame_stack", 1)), int(meta.get("action_repeat", 1))
+        reaches = {t: per_episode(PolicyActor(policy, False, k, t, hold), meta, a.episodes, a.seed, a.episode_steps)
                    for t in temps}
         rows = {}
         for t in temps:

@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base_cfg.validate()
     n_real = base_cfg.rounds * base_cfg.collect_steps
     made_for = {"checkpoint": a.checkpoint} | {k: getattr(base_cfg, k) for k in BASELINE_KEYS}
+    if base_cfg.action_repeat != 1:             # files made before the key held 1
+        made_for["action_repeat"] = base_cfg.action_repeat
     old_curves, old_baselines, taken = earlier_parts(
         a.earlier, dataclasses.asdict(base_cfg), made_for, n_real,
         [s for s in a.seeds if not (out / f"a_seed{s}").exists()],

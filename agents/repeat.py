@@ -1,8 +1,9 @@
 """Action repeat (frame skip): the policy decides every k-th frame and its action is held for k frames.
 
 DeepMind Lab's agents act this way (IMPALA and Dreamer hold each action for 4 frames): a decision moves the agent
-further, so a memoryless policy explores with the persistence the held-action random walk has, and a dream of
-``horizon`` frames is ``horizon / k`` decisions for PPO to assign credit over. :class:`ActionRepeat` wraps an SB3
+further, so a memoryless policy can move with some of the held-action random walk's persistence, and a dream of
+``horizon`` frames is ``horizon / k`` decisions for PPO to assign credit over. (On this maze task k = 2 did not
+help; docs/results.md, "Holding each action for two frames".) :class:`ActionRepeat` wraps an SB3
 VecEnv (the batched dream, or real envs PPO learns from); :class:`agents.policy.PolicyActor` holds its actions
 the same way in the real maze.
 """

@@ -151,3 +151,15 @@ def test_the_loop_decides_every_k_frames_in_the_dream_and_in_the_real_steps(tiny
     for name in ("policy_real", "policy"):
         assert load_policy(out / "rounds" / "r01" / name)[1]["action_repeat"] == 2
     assert play_policy(out / "policy", episodes=1, seed=3, episode_steps=20)["steps"] == 20
+
+
+@pytest.mark.slow
+def test_ppo_on_the_real_env_spends_its_budget_in_frames_with_a_repeat():
+    from agents.rl import RLConfig, ppo_real
+
+    cfg = RLConfig(n_steps=8, batch_size=16, epochs=1, action_repeat=2)     # ppo_real: 128 decisions x 2 envs a rollout
+    seen = []
+    model = ppo_real("DMLabMaze-v0", {}, 1024, cfg, envs_n=2, episode_steps=20, marks=(512,),
+                     on_mark=lambda n, m: seen.append((n, m.num_timesteps, cfg.actor(m.policy).action_repeat)))
+    # a mark of n real frames is n / 2 decisions; (b) is scored holding its actions as it learnt them
+    assert seen == [(512, 256, 2), (1024, 512, 2)] and model.num_timesteps == 512

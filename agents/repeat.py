@@ -49,9 +49,8 @@ class ActionRepeat(VecEnvWrapper):
         for _ in range(self.k):
             self.venv.step_async(self._actions)
             obs, rewards, dones, infos = self.venv.step_wait()
-            rewards = np.asarray(rewards, np.float32)
-            total = total + np.where(ended, 0.0, rewards).astype(np.float32)
-            self._carry += np.where(ended, rewards, 0.0).astype(np.float32)
+            total += np.where(ended, 0.0, rewards)          # float32 in place; an ended env's frames carry
+            self._carry += np.where(ended, rewards, 0.0)
             for i in np.flatnonzero(dones):
                 if ended[i]:                              # the next episode ended as well: not reported
                     self._carry[i] = 0.0

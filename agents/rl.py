@@ -74,6 +74,8 @@ class RLConfig:
     dream_starts: str = ""          # dataset whose real windows start the dreams ("" = this round's real steps)
     reward_starts: float = 0.5      # share of dreams whose real start ends 1..reward_lead frames before a real
     reward_lead: int = 16           # reward in those windows (where they hold any), so PPO meets rewards
+    sight_starts: float = 0.0       # a further share whose window saw the goal and lost it (dream_starts' poses):
+                                    # turning back finds it where the dream holds it, a search it can score
     reward_threshold: float | None = None   # the dream's reward threshold; null = the start checkpoint's
                                     # calibration (`maskflow calibrate`; kept through the fine-tunes), else 0.5
     end_on_reward: bool = True      # a dreamed reach ends the dream, as the real respawn starts afresh (else a
@@ -116,7 +118,7 @@ class RLConfig:
         "rounds": at_least(1), "collect_steps": at_least(1), "episode_steps": at_least(1),
         "wm_steps": at_least(0, "0 = no world-model update"), "wm_lr": above(0), "reward_pos_weight": above(0),
         "dream_steps": at_least(1), "dream_envs": at_least(1), "horizon": at_least(1),
-        "reward_starts": within(0, 1), "reward_lead": at_least(1),
+        "reward_starts": within(0, 1), "reward_lead": at_least(1), "sight_starts": within(0, 1),
         "reward_threshold": within(0, 1, hi_open=True),
         "steps_per_frame": at_least(0, "0 = the dream default"), "frame_stack": at_least(1),
         "action_repeat": at_least(1),
@@ -168,6 +170,9 @@ class RLConfig:
             raise ConfigError(f"prior_free_in_view=true lets the prior go where the sighting probe sees the goal: it "
                               f"needs prior_kl > 0 (got {self.prior_kl}) and sight_reward > 0 for the probe (got "
                               f"{self.sight_reward})")
+        if self.reward_starts + self.sight_starts > 1:
+            raise ConfigError(f"reward_starts={self.reward_starts} and sight_starts={self.sight_starts} are shares of "
+                              "the dreams' start windows: together at most 1")
         if self.dream_envs * self.n_steps < self.batch_size:
             raise ConfigError(f"batch_size={self.batch_size} exceeds one PPO rollout of dream_envs x n_steps = "
                               f"{self.dream_envs * self.n_steps}")
@@ -204,21 +209,22 @@ def collect_real(actor: Any, env_id: str, env_kwargs: dict, steps: int, episode_
             done += len(play.frames) - 1
             attrs = {"seed": ep_seed, "maze_seed": play.maze_seed, "layout": play.layout}
             episodes.append(real_episode(play.frames, play.actions, play.rewards, play.terminated,
-                                         attrs if play.goal is None else {**attrs, "goal": play.goal}))
+                                         attrs if play.goal is None else {**attrs, "goal": play.goal}, play.poses))
     finally:
         env.close()
     return write_real_steps(out, episodes, env_id, env_kwargs, meanings, {"policy": "rl", "seed": seed, "steps": steps})
 
 
-def real_episode(frames, actions, rewards, terminated: bool, attrs: dict) -> dict[str, Any]:
+def real_episode(frames, actions, rewards, terminated: bool, attrs: dict, poses=None) -> dict[str, Any]:
     """One real episode in the frames dataset's layout (t: the reset's frame first; its action -1, reward 0),
-    ended by termination on its last frame or cut short; every one in the train split."""
+    ended by termination on its last frame or cut short; every one in the train split; ``poses`` (t, 3) where the
+    env reports them (``sight_starts`` reads them)."""
     n = len(frames)
     ended = np.zeros(n, bool)
     ended[-1] = terminated
     return {"frames": np.stack(frames), "actions": np.asarray(actions, np.int16),
             "rewards": np.asarray(rewards, np.float32), "terminated": ended, "truncated": np.zeros(n, bool),
-            "attrs": {**attrs, "split": "train"}}
+            "attrs": {**attrs, "split": "train"}, **({} if poses is None else {"poses": np.asarray(poses, np.float32)})}
 
 
 def write_real_steps(out: Path, episodes: list[dict], env_id: str, env_kwargs: dict, meanings: tuple[str, ...],
@@ -261,6 +267,7 @@ class EpisodeRecorder(gym.Wrapper):
         self.flush()
         obs, info = self.env.reset(seed=seed, options=options)
         self._ep = {"frames": [obs], "actions": [-1], "rewards": [0.0], "terminated": False,
+                    "poses": [info.get("pose")],
                     "attrs": {"seed": -1 if seed is None else int(seed), "maze_seed": int(info.get("maze_seed", -1)),
                               "layout": str(info.get("layout", ""))}}
         if "goal" in info:
@@ -273,6 +280,7 @@ class EpisodeRecorder(gym.Wrapper):
         ep["frames"].append(obs)
         ep["actions"].append(int(action))
         ep["rewards"].append(float(reward))
+        ep["poses"].append(info.get("pose"))
         ep["terminated"] = bool(terminated)
         return obs, reward, terminated, truncated, info
 
@@ -280,8 +288,9 @@ class EpisodeRecorder(gym.Wrapper):
         """Keep the episode in progress (if it took a step) and start none."""
         ep, self._ep = self._ep, None
         if ep is not None and len(ep["frames"]) >= 2:
+            poses = None if any(p is None for p in ep["poses"]) else ep["poses"]
             self.episodes.append(real_episode(ep["frames"], ep["actions"], ep["rewards"], ep["terminated"],
-                                              ep["attrs"]))
+                                              ep["attrs"], poses))
 
 
 def learn_real(cfg: RLConfig, meta: dict, policy_dir: str, seed: int, out: Path, policy_out: Path,
@@ -433,7 +442,7 @@ def train_in_dream(cfg: RLConfig, world: str, context_tokens: str, init_policy: 
                              max_episode_steps=cfg.horizon, steps_per_frame=cfg.steps_per_frame or None,
                              end_on_reward=cfg.end_on_reward, reward_starts=reward_starts,
                              reward_threshold=reward_threshold,
-                             reward_lead=cfg.reward_lead, threads=None)
+                             reward_lead=cfg.reward_lead, sight_starts=cfg.sight_starts, threads=None)
     bonus = with_sight_bonus(env, cfg, probe)
     env = cfg.repeat(bonus)
     try:

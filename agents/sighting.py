@@ -93,9 +93,9 @@ def episode_goal(attrs: dict, env_id: str, env_kwargs: dict | None = None, env=N
 
 def sight_labels(poses: np.ndarray, goal: np.ndarray, layout: str) -> np.ndarray:
     """(L,) bool: whether the goal's centre is in view at each pose (L, 3) of an episode."""
-    from envs.maze.dmlab import goal_in_view
+    from envs.maze.dmlab import goal_in_view_along
 
-    return np.array([goal_in_view({"pose": p, "goal": goal, "layout": layout}) for p in poses], bool)
+    return goal_in_view_along(poses, goal, layout)
 
 
 def labelled_frames(data: list[str], split: str, every: int = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ Every episode stores per-frame aligned arrays of length L = steps + 1:
     actions    (L,) int16    the action that LED TO frame i; actions[0] = -1 (reset frame)
     rewards    (L,) float32  reward received on arriving at frame i (rewards[0] = 0)
     terminated (L,) bool, truncated (L,) bool   flags at frame i
-    poses      (L, 3) float32 (x, z, heading)   [frames datasets from maze envs]
+    poses      (L, 3) float32 (x, z, heading)   [maze envs; token datasets keep them since 2026-12-07]
 
 Episode attrs: ``seed``, ``maze_seed``, ``layout`` (text grid), ``goal`` ((x, z) float32, maze envs; datasets
 collected before it lack it). File attrs: ``env_id``,

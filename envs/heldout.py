@@ -35,6 +35,7 @@ class HeldoutPlay:
     terminated: bool = False        # the last step ended its episode by termination (not truncation)
     layout: str = ""                # the maze's text grid, where the env reports one
     goal: np.ndarray | None = None  # the goal's (x, z), where the env reports one (fixed within an episode)
+    poses: np.ndarray | None = None  # (f, 3) float32 (x, z, heading) at each frame, where the env reports them
 
 
 def heldout_maze_seed(seed: int) -> int:
@@ -82,12 +83,14 @@ def play_maze(env: gym.Env, steps: int, seed: int, policy: str | Policy, options
         policy = make_policy(policy, env_action_meanings(env), seed=seed + 1)
     obs, info = env.reset(seed=seed, options=options)
     frames, actions, rewards, ended, term = [obs], [-1], [0.0], 0, False
+    poses = [info.get("pose")]
     for _ in range(steps):
         a = policy.act(obs, info)
         obs, r, term, trunc, info = env.step(a)
         frames.append(obs)
         actions.append(a)
         rewards.append(float(r))
+        poses.append(info.get("pose"))
         if term or trunc:
             ended += 1
             if on_end == "stop":
@@ -96,4 +99,5 @@ def play_maze(env: gym.Env, steps: int, seed: int, policy: str | Policy, options
     maze = (options or {}).get("maze_seed", info.get("maze_seed", -1))
     return HeldoutPlay(np.stack(frames), np.asarray(actions, np.int64), np.asarray(rewards, np.float64), ended,
                        int(maze), bool(term), str(info.get("layout", "")),
-                       None if "goal" not in info else np.asarray(info["goal"], np.float32))
+                       None if "goal" not in info else np.asarray(info["goal"], np.float32),
+                       None if any(p is None for p in poses) else np.asarray(poses, np.float32))

@@ -292,3 +292,8 @@ def goal_in_view(info: dict, fov_deg: float = 60.0, step: float = 0.05) -> bool:
         if grid[int(math.floor(z + t * (gz - z)))][int(math.floor(x + t * (gx - x)))] == "*":
             return False
     return True
+
+
+def goal_in_view_along(poses: np.ndarray, goal, layout: str) -> np.ndarray:
+    """(L,) bool: :func:`goal_in_view` at each pose (L, 3) of an episode whose goal and layout stay put."""
+    return np.array([goal_in_view({"pose": p, "goal": goal, "layout": layout}) for p in np.asarray(poses)], bool)

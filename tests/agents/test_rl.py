@@ -30,8 +30,14 @@ def test_one_round_runs_end_to_end_saves_a_playable_policy_and_resumes(tiny_worl
     # 1. real steps collected into a frames dataset and tokenized; 2. the world model fine-tuned from the start
     ds = EpisodeDataset(r0 / "frames", "train")
     assert sum(n - 1 for n in ds.lengths()) == 40 == row["real_steps"]
-    ds.close()
     assert (r0 / "tokens" / "manifest.json").is_file()
+    # the poses travel with the frames into the tokens (`sight_starts` reads them there)
+    first = ds.episode(0)
+    toks = EpisodeDataset(r0 / "tokens", "train")
+    assert first["poses"].shape == (len(first["frames"]), 3)
+    assert np.array_equal(toks.episode(0)["poses"], first["poses"])
+    toks.close()
+    ds.close()
     assert json.loads((r0 / "world" / "model.json").read_text())["init"]["path"] == str(tiny_world_checkpoint)
     # 3. PPO trained in the dream; 4. evaluated on the held-out mazes
     assert row["dream_frames"] >= 16 and row["eval_steps"] == 2 * 20
@@ -102,6 +108,8 @@ def test_bad_settings_are_refused_before_any_work(tmp_path):
         run_rl(RLConfig(out=str(tmp_path / "b"), wm_data=[str(tmp_path / "nothing")]))
     with pytest.raises(ConfigError, match="first_policy"):
         run_rl(RLConfig(out=str(tmp_path / "c"), first_policy="oracle"))
+    with pytest.raises(ConfigError, match="sight_starts"):
+        run_rl(RLConfig(out=str(tmp_path / "c"), reward_starts=0.5, sight_starts=0.75))
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "mine.txt").write_text("a user's file")
     with pytest.raises(ConfigError, match="not an RL run"):
@@ -347,9 +355,11 @@ def test_learning_from_real_steps_records_exactly_those_steps_and_moves_the_poli
             continue
         obs, info = env.reset(seed=int(ep["attrs"]["seed"]), options={"maze_seed": int(ep["attrs"]["maze_seed"])})
         assert np.array_equal(obs, ep["frames"][0]) and np.array_equal(ep["attrs"]["goal"], info["goal"])
+        assert np.allclose(ep["poses"][0], info["pose"])
         for t in range(1, len(ep["frames"])):
-            obs, reward, *_ = env.step(int(ep["actions"][t]))
+            obs, reward, _, _, info = env.step(int(ep["actions"][t]))
             assert np.array_equal(obs, ep["frames"][t]) and reward == ep["rewards"][t]
+            assert np.allclose(ep["poses"][t], info["pose"])
         replayed += 1
     env.close()
     ds.close()

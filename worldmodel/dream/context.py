@@ -90,16 +90,25 @@ class DatasetContext:
     With ``reward_starts`` = p > 0, a share p of the windows end 1 … ``reward_lead`` frames before a real
     reward in the data (a goal reach), so that a dream started there can reach it within a short horizon:
     RL in the dream then sees rewards often enough to learn the approach (prioritised start states).
+    With ``sight_starts`` = q > 0, a further share q end where the goal was in view earlier in the window but
+    is not at its last frame (from the episodes' poses, goal and layout; no reach inside the window). The
+    model holds what its window saw, so a dream that turns back shows the goal where it really was: search
+    that the dream can score, where a view it never saw could only be made up.
     """
 
     def __init__(self, root: str, split: str, length: int, meanings: tuple[str, ...], tokenizer,
-                 grid: tuple[int, int], reward_starts: float = 0.0, reward_lead: int = 16):
+                 grid: tuple[int, int], reward_starts: float = 0.0, reward_lead: int = 16,
+                 sight_starts: float = 0.0):
         from envs.dataset import EpisodeDataset
 
         if isinstance(reward_starts, bool) or not (isinstance(reward_starts, (int, float)) and 0 <= reward_starts <= 1):
             raise ConfigError(f"reward_starts={reward_starts!r} must be a share in [0, 1] (0 = uniform windows)")
         if isinstance(reward_lead, bool) or not (isinstance(reward_lead, (int, np.integer)) and reward_lead >= 1):
             raise ConfigError(f"reward_lead={reward_lead!r} must be an integer >= 1 (frames before a reward)")
+        if isinstance(sight_starts, bool) or not (isinstance(sight_starts, (int, float))
+                                                  and 0 <= sight_starts <= 1 - reward_starts):
+            raise ConfigError(f"sight_starts={sight_starts!r} must be a share in [0, 1 - reward_starts = "
+                              f"{1 - reward_starts:g}] (0 = none; the two shares of start windows add up)")
         self.ds = EpisodeDataset(root, split=split)
         if self.ds.action_meanings != tuple(meanings):
             self.ds.close()
@@ -115,13 +124,48 @@ class DatasetContext:
                 self.ds.close()
                 raise ConfigError(f"reward_starts={reward_starts}: dataset {root} ({split}) holds no rewards "
                                   "to start dreams before; use a dataset with goal reaches or reward_starts=0")
+        self.sight_starts = float(sight_starts)
+        # (episode, last context frame) of every window that saw the goal but does not at its end
+        self.sighted: list[tuple[int, int]] = self._sighted_ends() if self.sight_starts > 0 else []
+        if self.sight_starts > 0 and not self.sighted:
+            self.ds.close()
+            raise ConfigError(f"sight_starts={sight_starts}: no window of dataset {root} ({split}) sees the goal and "
+                              "then loses it; use a dataset whose agent turns away from the goal, or sight_starts=0")
+
+    def _sighted_ends(self) -> list[tuple[int, int]]:
+        """(episode, frame) of every frame without the goal in view whose window (``length`` frames up to it) saw
+        the goal before and holds no reach (a reach moves the agent to a fresh start)."""
+        from envs.maze.dmlab import goal_in_view_along
+
+        ends = []
+        for i in range(len(self.ds)):
+            ep = self.ds.episode(i)
+            attrs = ep["attrs"]
+            if "poses" not in ep or "goal" not in attrs or not attrs.get("layout"):
+                self.ds.close()
+                raise ConfigError(f"sight_starts needs every episode's poses, goal and layout; dataset {self.root} "
+                                  f"({self.split}) episode {ep['id']} lacks "
+                                  f"{'poses' if 'poses' not in ep else 'a recorded goal or layout'} (collect a maze "
+                                  "env anew, and tokenize it with this version, which keeps the poses)")
+            seen = goal_in_view_along(ep["poses"], attrs["goal"], attrs["layout"])
+            reached = np.asarray(ep["rewards"]) > 0
+            for j in np.flatnonzero(~seen):
+                s = max(0, int(j) - self.length + 1)
+                if seen[s:j].any() and not reached[s + 1:j + 1].any():
+                    ends.append((i, int(j)))
+        return ends
 
     def draw(self, rng: np.random.Generator) -> Context:
         """A random window of ``length`` frames (shorter only when the episode is) of a random episode, or
-        (a share ``reward_starts`` of draws) one ending 1 … ``reward_lead`` frames before a reward."""
-        if self.reward_starts > 0 and rng.random() < self.reward_starts:
-            i, j = self.rewarded[int(rng.integers(len(self.rewarded)))]
-            end = j - int(rng.integers(1, min(self.reward_lead, j) + 1))     # last context frame, >= 0
+        (a share ``reward_starts`` of draws) one ending 1 … ``reward_lead`` frames before a reward, or (a share
+        ``sight_starts``) one that saw the goal and has lost it."""
+        u = rng.random() if self.reward_starts > 0 or self.sight_starts > 0 else 1.0
+        if u < self.reward_starts + self.sight_starts:
+            if u < self.reward_starts:
+                i, j = self.rewarded[int(rng.integers(len(self.rewarded)))]
+                end = j - int(rng.integers(1, min(self.reward_lead, j) + 1))     # last context frame, >= 0
+            else:
+                i, end = self.sighted[int(rng.integers(len(self.sighted)))]
             ep = self.ds.episode(i)
             obs = ep[self.ds.kind]
             m = min(self.length, end + 1)

@@ -53,7 +53,8 @@ class DreamCore:
                  schedule: str = "arccos", context_length: int | None = None, obs_type: str = "rgb",
                  reward_mode: str = "binary", reward_threshold: float | None = None, done_threshold: float = 0.5,
                  end_on_reward: bool = False, reward_starts: float = 0.0, reward_lead: int = 16,
-                 policy: str = "random_walk", env_kwargs: dict | None = None, device: str = "cpu",
+                 sight_starts: float = 0.0, policy: str = "random_walk", env_kwargs: dict | None = None,
+                 device: str = "cpu",
                  compile: bool = False, action_guidance: float = 0.0, history_guidance: float = 0.0,
                  history_guidance_recent: int = 0, threads: int | None = 0, precision: str = "auto",
                  heading_recall: bool = False):
@@ -118,10 +119,10 @@ class DreamCore:
             if not data:
                 raise ConfigError("context='dataset' needs data=DIR (a frames or token dataset of the real env)")
             self.source = DatasetContext(data, split, self.context_length, self.meanings, self.tokenizer, self.grid,
-                                         reward_starts, reward_lead)
-        elif reward_starts:
-            raise ConfigError(f"reward_starts={reward_starts} needs dataset context (data=DIR with rewards), "
-                              f"not context={self.source_name!r}")
+                                         reward_starts, reward_lead, sight_starts)
+        elif reward_starts or sight_starts:
+            raise ConfigError(f"reward_starts={reward_starts} and sight_starts={sight_starts} need dataset context "
+                              f"(data=DIR), not context={self.source_name!r}")
         if self.source_name == "live":
             env_id = self.meta.get("env_id") or "DMLabMaze-v0"
             kwargs = {**dict(self.meta.get("env_kwargs") or {}), **dict(env_kwargs or {})}

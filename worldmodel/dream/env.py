@@ -75,6 +75,9 @@ class MaskFlowDreamEnv(gym.Env):
     ``reward_starts`` (dataset context, default 0): the share of episodes whose context ends 1 …
     ``reward_lead`` (16) frames before a real reward in ``data``, so that RL with a short horizon meets
     rewards (DIAMOND and IRIS start dreams from real states; these are the rewarded ones).
+    ``sight_starts`` (dataset context, default 0; at most 1 − ``reward_starts``): a further share whose context
+    saw the goal and then lost it (from ``data``'s poses, goal and layout), so a dream that turns back meets a
+    goal its window holds.
     Drift controls: ``sampler`` (mgm | mgm_tfree | fm | df), ``steps_per_frame`` (None = the default,
     ``DEFAULT_FRAME_STEPS``; see "Speed" below), ``temperature``, ``gumbel`` (None = ``DEFAULT_FRAME_GUMBEL``, 8),
     ``schedule``,
@@ -158,8 +161,8 @@ class MaskFlowDreamEnv(gym.Env):
                  obs_type: str = "rgb",
                  reward_mode: str = "binary", reward_threshold: float | None = None, done_threshold: float = 0.5,
                  end_on_reward: bool = False, reward_starts: float = 0.0, reward_lead: int = 16,
-                 policy: str = "random_walk", env_kwargs: dict | None = None, device: str = "cpu",
-                 render_mode: str | None = None, timing_info: bool = False, compile: bool = False,
+                 sight_starts: float = 0.0, policy: str = "random_walk", env_kwargs: dict | None = None,
+                 device: str = "cpu", render_mode: str | None = None, timing_info: bool = False, compile: bool = False,
                  action_guidance: float = 0.0, history_guidance: float = 0.0, history_guidance_recent: int = 0,
                  threads: int | None = 0, precision: str = "auto", heading_recall: bool = False):
         if render_mode not in (None, "rgb_array"):
@@ -171,7 +174,8 @@ class MaskFlowDreamEnv(gym.Env):
                               schedule=schedule, context_length=context_length, obs_type=obs_type,
                               reward_mode=reward_mode, reward_threshold=reward_threshold,
                               done_threshold=done_threshold, end_on_reward=end_on_reward,
-                              reward_starts=reward_starts, reward_lead=reward_lead, policy=policy,
+                              reward_starts=reward_starts, reward_lead=reward_lead, sight_starts=sight_starts,
+                              policy=policy,
                               env_kwargs=env_kwargs, device=device,
                               compile=compile, action_guidance=action_guidance, history_guidance=history_guidance,
                               history_guidance_recent=history_guidance_recent, threads=threads, precision=precision,

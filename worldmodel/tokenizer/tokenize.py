@@ -44,7 +44,7 @@ from worldmodel.tokenizer.files import (
     same_encoder,
 )
 
-COPIED = ("actions", "rewards", "terminated", "truncated")
+COPIED = ("actions", "rewards", "terminated", "truncated", "poses")
 
 
 @dataclass

@@ -231,8 +231,61 @@ def test_reward_starts_end_the_context_just_before_a_real_reward(ckpt, data, tmp
         make(ckpt, str(goal), split="train", reward_starts=1.5)
     with pytest.raises(ConfigError, match="reward_lead"):
         make(ckpt, str(goal), split="train", reward_starts=0.5, reward_lead=0)
-    with pytest.raises(ConfigError, match="needs dataset context"):
+    with pytest.raises(ConfigError, match="need dataset context"):
         MaskFlowDreamEnv(ckpt, context="live", reward_starts=0.5)
+
+
+@pytest.mark.slow
+def test_sight_starts_end_where_the_goal_was_seen_and_lost(ckpt, data, tmp_path):
+    import re
+
+    from envs.collect import CollectConfig, collect
+    from envs.dataset import EpisodeDataset, write_dataset
+    from envs.maze.dmlab import goal_in_view_along
+    from worldmodel.tokenizer.tokenize import tokenize_dataset
+
+    frames = tmp_path / "goal"
+    collect(CollectConfig(out=str(frames), policy="goal_seeking", episodes=2, steps=150, workers=1, seed=8,
+                          test_fraction=0.0), progress=False)
+    # the token dataset keeps each frame's pose, so its windows can be told apart too
+    tokens = tokenize_dataset(frames, Path(ckpt).parent / "tok", tmp_path / "tokens", progress=False)
+    ds = EpisodeDataset(tokens, "train")
+    eps = [ds.episode(i) for i in range(len(ds))]
+    ds.close()
+    seen = {i: goal_in_view_along(ep["poses"], ep["attrs"]["goal"], ep["attrs"]["layout"]) for i, ep in enumerate(eps)}
+    rewards = {i: np.asarray(ep["rewards"]) for i, ep in enumerate(eps)}
+
+    def windows(**kw) -> list[tuple[int, int, int]]:
+        env = make(ckpt, str(tokens), split="train", max_episode_steps=2, **kw)
+        out = []
+        for seed in range(16):
+            _, info = env.reset(seed=seed)
+            out.append(tuple(map(int, re.search(r"episode (\d+) frames (\d+)\.\.(\d+)",
+                                                info["context_source"]).groups())))
+        env.close()
+        return out
+
+    def sighted(i: int, s: int, e: int) -> bool:       # saw the goal, lost it at the end, no reach in between
+        return bool(seen[i][s:e].any() and not seen[i][e] and not rewards[i][s + 1:e + 1].any())
+
+    lost = windows(sight_starts=1.0)
+    assert all(sighted(*w) for w in lost) and len(set(lost)) > 3
+    assert all(e - s + 1 == 3 for _, s, e in lost)          # full windows (the tiny model sees 3 frames)
+    assert sum(sighted(*w) for w in windows()) < 16         # uniform windows mostly are not
+    # shared with reward starts: each window is one kind or the other, and both kinds come up
+    mixed = windows(reward_starts=0.5, sight_starts=0.5)
+    near = [rewards[i][e + 1:e + 17].sum() > 0 for i, _, e in mixed]
+    assert all(n or sighted(*w) for n, w in zip(near, mixed)) and any(near) and any(sighted(*w) for w in mixed)
+    # refused by name: shares over 1, episodes without poses, live context
+    with pytest.raises(ConfigError, match="sight_starts"):
+        make(ckpt, str(tokens), split="train", reward_starts=0.5, sight_starts=0.6)
+    bare = write_dataset(tmp_path / "bare", [{"id": 0, "frames": np.zeros((8, 64, 64, 3), np.uint8),
+                                              "actions": np.zeros(8, np.int64), "rewards": np.zeros(8, np.float32)}],
+                         env_id="DMLabMaze-v0", action_meanings=MaskFlowDreamEnv(ckpt, data=data).action_meanings)
+    with pytest.raises(ConfigError, match="lacks poses"):
+        make(ckpt, str(bare), split="train", sight_starts=0.5)
+    with pytest.raises(ConfigError, match="need dataset context"):
+        MaskFlowDreamEnv(ckpt, context="live", sight_starts=0.5)
 
 
 # -- vector env ---------------------------------------------------------------------------------------------

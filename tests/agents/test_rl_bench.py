@@ -106,3 +106,47 @@ def test_goal_sightings_probe_counts_a_sighting_turned_into_a_reach_and_hands_ov
     for _ in range(3):
         probe.act(None, info(1.5, np.pi))
     assert probe.turns == 3 and probe.steps == 3
+
+
+@pytest.mark.slow
+def test_sight_returns_sorts_windows_by_what_the_context_saw_and_scores_the_dream(tiny_world_checkpoint, tmp_path):
+    import numpy as np
+
+    from agents.sighting import train_sight_probe
+    from envs.collect import CollectConfig, collect
+    from envs.dataset import EpisodeDataset
+    from envs.maze.dmlab import goal_in_view_along
+    from worldmodel.tokenizer.tokenize import tokenize_dataset
+
+    spec = importlib.util.spec_from_file_location("bench_returns", ROOT / "benchmarks" / "sight_returns.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    frames = tmp_path / "goal"
+    collect(CollectConfig(out=str(frames), policy="goal_seeking", episodes=4, steps=150, workers=1, seed=8,
+                          test_fraction=0.5), progress=False)
+    tokens = tokenize_dataset(frames, tiny_world_checkpoint.parent / "tok", tmp_path / "tokens", progress=False)
+    found = bench.windows(str(tokens), "test", 3, 6)
+    assert sum(map(len, found.values())) > 10
+    ds = EpisodeDataset(tokens, "test")
+    for kind, ends in found.items():
+        for i, end in ends:
+            ep = ds.episode(i)
+            seen = goal_in_view_along(ep["poses"], ep["attrs"]["goal"], ep["attrs"]["layout"])
+            # the real goal is in view ahead; the context saw it at its end / before it only / never
+            assert seen[end + 1:end + 7].any() and not (np.asarray(ep["rewards"][end - 1:end + 1]) > 0).any()
+            assert kind == ("in view" if seen[end] else "returns" if seen[end - 2:end].any() else "new sightings")
+    ds.close()
+    probe = tmp_path / "probe"
+    train_sight_probe([str(frames)], str(probe), steps=2, batch=8, progress=False)
+    res = bench.run(str(tiny_world_checkpoint), str(tokens), str(probe), n_windows=2, frames=6, steps_per_frame=1,
+                    sheet=str(tmp_path / "sheet.png"))
+    for kind, r in res["kinds"].items():
+        assert r["windows"] == min(2, len(found[kind])) and r["found"] == len(found[kind])
+        assert 0 <= r["recall_dream"][1] <= r["recall_dream"][0] <= r["recall_dream"][2] <= 1
+    assert (tmp_path / "sheet.png").stat().st_size > 0 or not found["returns"]
+    # paired with itself: no difference; with a run that drew other windows: refused
+    assert all(d == [0.0, 0.0, 0.0] for d in bench.paired(res, res).values())
+    other = json.loads(json.dumps(res))
+    next(iter(other["kinds"].values()))["windows_drawn"] = [[-1, -1]]
+    with pytest.raises(SystemExit, match="other windows"):
+        bench.paired(res, other)

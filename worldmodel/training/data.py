@@ -83,6 +83,10 @@ class TokenClips:
         self.num_actions = ds.num_actions
         self.action_meanings = ds.action_meanings
         self.clip_len = clip_len
+        # what tells where each episode's goal is in view (maze token datasets keep the poses), else None
+        self._views = ([(e["poses"], e["attrs"]["goal"], e["attrs"]["layout"]) for e in eps]
+                       if all("poses" in e and "goal" in e["attrs"] and e["attrs"].get("layout") for e in eps)
+                       else None)
         self.tokens = np.concatenate([e["tokens"] for e in eps])          # uint16 on disk: kept compact
         n = len(self.tokens)
         self.actions = np.concatenate([_field(e, "actions", -1, np.int64) for e in eps])
@@ -132,6 +136,27 @@ class TokenClips:
                                f"got clip_len={self.clip_len}")
         g, _ = return_frames(self.tokens, self.episode_start, self.clip_len - 1, gap)
         return (g - (self.clip_len - 1)).astype(np.int64)
+
+    def goal_return_starts(self) -> np.ndarray:
+        """First frames (r,) of the clips that end where the goal comes back into view: the last frame sees the
+        goal's centre, the frame before does not, an earlier frame of the clip did, and no reach lies between
+        (a reach moves the agent). Read off each episode's poses, goal and layout
+        (:func:`envs.maze.dmlab.goal_in_view_along`): the box the clip lost, drawn where it really is."""
+        from envs.maze.dmlab import goal_in_view_along
+
+        if self._views is None:
+            names = ", ".join(str(r) for r in self.roots)
+            raise DatasetError(f"goal_share needs every episode's poses, goal and layout; {names} lacks them "
+                               "(collect a maze env anew and tokenize it with this version, which keeps the poses)")
+        seen = np.concatenate([goal_in_view_along(p, g, lay) for p, g, lay in self._views])
+        k = self.clip_len
+        g = np.flatnonzero(seen[1:] & ~seen[:-1]) + 1                    # goal back in view at g
+        first = g - (k - 1)
+        g, first = g[first >= self.episode_start[g]], first[first >= self.episode_start[g]]
+        reached = np.concatenate([[0], np.cumsum(self.rewards > 0)])    # reaches in frames [a, b): r[b] - r[a]
+        saw = np.concatenate([[0], np.cumsum(seen)])
+        keep = (saw[g - 1] - saw[first] > 0) & (reached[g + 1] - reached[first + 1] == 0)
+        return first[keep].astype(np.int64)
 
     def batch(self, windows: np.ndarray) -> ClipBatch:
         """Clips for window indices ``windows`` (b,)."""
@@ -207,17 +232,28 @@ class ShardedSampler:
 class ClipSampler:
     """Each step's clips as first-frame positions: a :class:`ShardedSampler` over every window and, with
     ``return_share`` > 0, the last round(share·B) rows (at least 1) of each global batch drawn by a second
-    one over the clips that end on a return frame (:meth:`TokenClips.return_starts`). Both depend only on
-    (seed, step), so resumed and multi-process runs stay exact."""
+    one over the clips that end on a return frame (:meth:`TokenClips.return_starts`); with ``goal_share`` > 0,
+    round(share·B) rows (at least 1) before those from a third one over the clips that end where the goal comes
+    back into view (:meth:`TokenClips.goal_return_starts`). All depend only on (seed, step), so resumed and
+    multi-process runs stay exact."""
 
     def __init__(self, clips: TokenClips, global_batch: int, seed: int, rank: int = 0, world_size: int = 1,
-                 return_share: float = 0.0, return_gap: int = 16):
+                 return_share: float = 0.0, return_gap: int = 16, goal_share: float = 0.0):
         if global_batch % world_size:
             raise DatasetError(f"batch_size {global_batch} must be divisible by the {world_size} processes")
         self.clips, self.rank, self.local = clips, rank, global_batch // world_size
-        if return_share > 0 and global_batch < 2:
-            raise DatasetError(f"return_share={return_share} needs batch_size >= 2 (an ordinary clip and a "
-                               "return clip per batch)")
+        for name, share in (("return_share", return_share), ("goal_share", goal_share)):
+            if share > 0 and global_batch < 2:
+                raise DatasetError(f"{name}={share} needs batch_size >= 2 (an ordinary clip and a chosen clip per "
+                                   "batch)")
+        n_goal = min(global_batch - 1, max(1, round(goal_share * global_batch))) if goal_share > 0 else 0
+        self.goal = clips.goal_return_starts() if n_goal else np.zeros(0, np.int64)
+        if n_goal and len(self.goal) == 0:
+            names = ", ".join(str(r) for r in clips.roots)
+            raise DatasetError(f"goal_share={goal_share}, but no training clip of {names} ends where the goal comes "
+                               "back into view; collect with policy=goal_seeking, or set goal_share=0")
+        self.goals = ShardedSampler(len(self.goal), n_goal, seed + 104729) if n_goal else None
+        global_batch -= n_goal              # the goal rows come first after the ordinary ones; returns stay last
         n_ret = min(global_batch - 1, max(1, round(return_share * global_batch))) if return_share > 0 else 0
         self.ret = clips.return_starts(return_gap) if n_ret else np.zeros(0, np.int64)
         if n_ret and len(self.ret) == 0:
@@ -227,7 +263,8 @@ class ClipSampler:
                                "with policy=revisit, or set return_share=0")
         self.main = ShardedSampler(len(clips), global_batch - n_ret, seed)
         self.returns = ShardedSampler(len(self.ret), n_ret, seed + 7919) if n_ret else None
-        self.return_rows = slice(global_batch - n_ret, global_batch)     # global batch rows of the return clips
+        # global batch rows of the return clips (the last ones)
+        self.return_rows = slice(global_batch + n_goal - n_ret, global_batch + n_goal)
 
     def local_rows(self, rows: slice) -> slice:
         """The part of the global batch ``rows`` held by this rank, as a slice of its local batch."""
@@ -238,6 +275,8 @@ class ClipSampler:
     def starts(self, step: int) -> np.ndarray:
         """This rank's first-frame positions (B / world,) for ``step``."""
         first = self.clips.starts[self.main.global_indices(step)]
+        if self.goals is not None:
+            first = np.concatenate([first, self.goal[self.goals.global_indices(step)]])
         if self.returns is not None:
             first = np.concatenate([first, self.ret[self.returns.global_indices(step)]])
         return first[self.rank * self.local: (self.rank + 1) * self.local]

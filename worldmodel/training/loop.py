@@ -101,6 +101,8 @@ class TrainConfig:
     return_share: float = 0.0       # share of each batch from clips ending on a return frame: a view the clip
                                     # holds return_gap or more frames earlier (trains the far lookup loops need)
     return_gap: int = 16            # how far back such a view must lie (and no closer)
+    goal_share: float = 0.0         # share of each batch from clips ending where the goal comes back into view
+                                    # after the clip lost it (from the poses; the dream forgets the box it left)
     return_dream: int = 0           # > 0: on those clips the last 1..return_dream frames before the return frame
                                     # are dreamed by the EMA weights; clean context, loss on the return frame only
     self_context: float = 0.0       # share of steps whose clips carry a span the model dreamed itself (EMA weights)
@@ -149,6 +151,7 @@ class TrainConfig:
         "scheduler": one_of(*SCHEDULERS), "loss_weighting": one_of("fused_snr", "min_snr", "none"),
         "clean_context_prob": within(0, 1), "token_noise": within(0, 1, hi_open=True),
         "return_share": within(0, 1, hi_open=True), "return_gap": at_least(1),
+        "goal_share": within(0, 1, hi_open=True),
         "return_dream": at_least(0, "0 = off"),
         "self_context": within(0, 1), "self_context_frames": at_least(1), "self_context_steps": at_least(1),
         "action_dropout": within(0, 1), "reward_weight": at_least(0),
@@ -266,7 +269,8 @@ def train(cfg: TrainConfig, data_root: str | os.PathLike | Sequence[str | os.Pat
     if cfg.compile:
         objective.features = torch.compile(model.features)
     runner = torch.nn.parallel.DistributedDataParallel(objective, ) if world > 1 else objective
-    sampler = ClipSampler(clips, cfg.batch_size, cfg.seed, rank, world, cfg.return_share, cfg.return_gap)
+    sampler = ClipSampler(clips, cfg.batch_size, cfg.seed, rank, world, cfg.return_share, cfg.return_gap,
+                          cfg.goal_share)
     local = cfg.batch_size // world
     my_returns = sampler.local_rows(sampler.return_rows)      # this rank's return rows (fixed for the run)
     logger = RunLogger(out, step if meta else None, cfg.tensorboard) if rank == 0 else None

@@ -563,6 +563,56 @@ def test_return_clips_end_on_the_view_they_hold_and_take_their_share_of_each_bat
         clips.return_starts(8)
     with pytest.raises(ConfigError, match="return_share=0.5 needs clip_len > return_gap=16"):
         tiny_cfg(return_share=0.5, clip_len=16).validate()
+
+
+def _goal_episodes() -> list[dict]:
+    """:func:`_loop_episodes` in a corridor with the goal ahead of heading 0 (behind heading pi), facing it at
+    episode 0's frames 5-7, 12 and 20 and episode 1's frames 2-3, 7, 10-11 and 16, with one reach (episode 1's
+    frame 5). The goal comes back into view after the 8-frame clip lost it at episode 0's frame 12 and episode
+    1's frame 16 (also at episode 1's frames 7 and 10, but a reach lies between)."""
+    eps = _loop_episodes()
+    for e, facing in zip(eps, ([5, 6, 7, 12, 20], [2, 3, 7, 10, 11, 16]), strict=True):
+        heading = np.full(24, np.pi, np.float32)
+        heading[facing] = 0.0
+        e["poses"] = np.stack([np.full(24, 1.5), np.full(24, 1.5), heading], 1).astype(np.float32)
+        e["rewards"] = np.zeros(24, np.float32)
+        e["attrs"] = {**e["attrs"], "layout": "*****\n*   *\n*****", "goal": np.array([3.5, 1.5], np.float32)}
+    eps[1]["rewards"][5] = 1.0
+    return eps
+
+
+def test_goal_clips_end_where_the_goal_comes_back_and_take_their_share_of_each_batch(tmp_path):
+    from worldmodel.training.data import ClipSampler, ShardedSampler, TokenClips
+
+    root = tmp_path / "goal"
+    write_dataset(root, _goal_episodes(), "train", "tokens", "synthetic", ACTIONS)
+    clips = TokenClips(root, "train", 8)
+    first = clips.goal_return_starts()
+    assert sorted(first.tolist()) == [12 - 7, 24 + 16 - 7]
+    mixed = ClipSampler(clips, 8, seed=3, goal_share=0.25)
+    rows_ = np.stack([mixed.starts(s) for s in range(20)])
+    assert np.isin(rows_[:, 6:], first).all() and mixed.return_rows == slice(8, 8)
+    assert np.array_equal(rows_[:, :6], clips.starts[np.stack([ShardedSampler(len(clips), 6, 3).global_indices(s)
+                                                               for s in range(20)])])
+    # with return clips too: the ordinary rows, then the goal rows, then the return rows (last, as before)
+    both = ClipSampler(clips, 8, seed=3, goal_share=0.25, return_share=0.25, return_gap=4)
+    assert both.return_rows == slice(6, 8) and np.isin(both.starts(4)[4:6], first).all()
+    assert np.isin(both.starts(4)[6:], clips.return_starts(4)).all()
+    ranks = [ClipSampler(clips, 8, seed=3, rank=r, world_size=2, goal_share=0.25) for r in (0, 1)]
+    assert np.array_equal(np.concatenate([r.starts(9) for r in ranks]), mixed.starts(9))
+    write_dataset(tmp_path / "plain", _random_episodes(), "train", "tokens", "synthetic", ACTIONS)
+    with pytest.raises(DatasetError, match="goal_share needs every episode's poses"):
+        ClipSampler(TokenClips(tmp_path / "plain", "train", 8), 8, seed=3, goal_share=0.25)
+    blind = _goal_episodes()
+    for e in blind:
+        e["poses"][:, 2] = np.pi                                 # never facing the goal
+    write_dataset(tmp_path / "blind", blind, "train", "tokens", "synthetic", ACTIONS)
+    with pytest.raises(DatasetError, match="no training clip of .*blind ends where the goal comes back"):
+        ClipSampler(TokenClips(tmp_path / "blind", "train", 8), 8, seed=3, goal_share=0.25)
+    with pytest.raises(DatasetError, match="goal_share=0.25 needs batch_size >= 2"):
+        ClipSampler(clips, 1, seed=3, goal_share=0.25)
+    with pytest.raises(ConfigError, match="goal_share"):
+        tiny_cfg(goal_share=1.0).validate()
     with pytest.raises(ConfigError, match="return_share"):
         tiny_cfg(return_share=1.0).validate()
     out = tmp_path / "run"

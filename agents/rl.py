@@ -67,6 +67,8 @@ class RLConfig:
     wm_steps: int = 150             # world-model fine-tune steps per round (0 = keep the model as it is)
     wm_data: list[str] = field(default_factory=list)  # earlier token datasets mixed into every fine-tune
     wm_lr: float = 3e-4
+    wm_goal_share: float = 0.0      # share of each fine-tune batch from clips ending where the goal comes back into
+                                    # view (`maskflow train goal_share`), so the dream keeps the box it turned from
     reward_pos_weight: float = 20.0  # weight of goal-reach frames in the reward head's loss (they are rare)
     dream_steps: int = 8192         # imagined frames of PPO per round (all dreams together)
     dream_envs: int = 16            # dreams batched in one forward pass
@@ -116,7 +118,8 @@ class RLConfig:
 
     CHECKS: ClassVar[dict[str, Check]] = {
         "rounds": at_least(1), "collect_steps": at_least(1), "episode_steps": at_least(1),
-        "wm_steps": at_least(0, "0 = no world-model update"), "wm_lr": above(0), "reward_pos_weight": above(0),
+        "wm_steps": at_least(0, "0 = no world-model update"), "wm_lr": above(0),
+        "wm_goal_share": within(0, 1, hi_open=True), "reward_pos_weight": above(0),
         "dream_steps": at_least(1), "dream_envs": at_least(1), "horizon": at_least(1),
         "reward_starts": within(0, 1), "reward_lead": at_least(1), "sight_starts": within(0, 1),
         "reward_threshold": within(0, 1, hi_open=True),
@@ -185,6 +188,25 @@ class RLConfig:
             for d in paths:
                 if not (Path(d) / "manifest.json").is_file():
                     raise ConfigError(f"{key}: {d} is not a dataset (no manifest.json)")
+        if self.wm_goal_share > 0:
+            if self.wm_steps == 0:
+                raise ConfigError(f"wm_goal_share={self.wm_goal_share} shapes the world-model fine-tunes, but "
+                                  "wm_steps=0 runs none")
+            for d in self.wm_data:                  # the loop's own steps keep their poses; earlier data may not
+                if not _has_poses(d):
+                    raise ConfigError(f"wm_goal_share={self.wm_goal_share} needs the poses of every wm_data episode; "
+                                      f"{d} has none (collect a maze env anew and tokenize it with this version)")
+
+
+def _has_poses(root: str) -> bool:
+    """Whether the first train episode of dataset ``root`` keeps its poses (they are kept for all or none)."""
+    from envs.dataset import EpisodeDataset
+
+    ds = EpisodeDataset(root, "train")
+    try:
+        return len(ds) > 0 and "poses" in ds.arrays(0, ("poses",))
+    finally:
+        ds.close()
 
 
 # -- collection ---------------------------------------------------------------------------------------
@@ -286,11 +308,12 @@ class EpisodeRecorder(gym.Wrapper):
 
     def flush(self) -> None:
         """Keep the episode in progress (if it took a step) and start none."""
+        from envs.heldout import stack_poses
+
         ep, self._ep = self._ep, None
         if ep is not None and len(ep["frames"]) >= 2:
-            poses = None if any(p is None for p in ep["poses"]) else ep["poses"]
             self.episodes.append(real_episode(ep["frames"], ep["actions"], ep["rewards"], ep["terminated"],
-                                              ep["attrs"], poses))
+                                              ep["attrs"], stack_poses(ep["poses"])))
 
 
 def learn_real(cfg: RLConfig, meta: dict, policy_dir: str, seed: int, out: Path, policy_out: Path,
@@ -473,7 +496,7 @@ def finetune_world(cfg: RLConfig, init: str, data: list[str], out: Path, seed: i
     tc = TrainConfig(data=data, out=str(out), init=init, steps=cfg.wm_steps, lr=cfg.wm_lr,
                      warmup_steps=min(20, cfg.wm_steps // 4), cooldown_steps=cfg.wm_steps // 3, eval_every=0,
                      ckpt_every=max(25, cfg.wm_steps // 4), reward_weight=0.5, reward_pos_weight=cfg.reward_pos_weight,
-                     reward_early=early, clean_context_prob=0.5,
+                     reward_early=early, clean_context_prob=0.5, goal_share=cfg.wm_goal_share,
                      seed=seed, threads=cfg.threads, tensorboard=False, progress=False)
     train(tc)
     return str(out)

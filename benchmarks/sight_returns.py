@@ -36,22 +36,24 @@ import numpy as np
 def windows(data: str, split: str, length: int, frames: int) -> dict[str, list[tuple[int, int]]]:
     """(episode, last context frame) of every return and new-sighting window (module docstring) of ``data``."""
     from envs.dataset import EpisodeDataset
-    from envs.maze.dmlab import goal_in_view_along
+    from envs.maze.dmlab import goal_lost_ends, goal_seen
 
     ds = EpisodeDataset(data, split)
     out: dict[str, list[tuple[int, int]]] = {"in view": [], "returns": [], "new sightings": []}
     try:
         for i in range(len(ds)):
-            ep = ds.episode(i)
-            seen = goal_in_view_along(ep["poses"], ep["attrs"]["goal"], ep["attrs"]["layout"])
+            ep = ds.arrays(i, ("poses", "rewards"))
+            seen = goal_seen(ep, f"benchmarks/sight_returns.py (dataset {data}, {split})")
             reached = np.asarray(ep["rewards"]) > 0
+            lost = np.zeros(len(seen), bool)
+            lost[goal_lost_ends(seen, reached, length)] = True     # the dream env's sight_starts windows
             for end in range(length - 1, len(seen) - frames):
                 s = end - length + 1
                 first_reach = np.flatnonzero(reached[end + 1:end + 1 + frames])
                 ahead = seen[end + 1:end + 1 + (first_reach[0] if first_reach.size else frames)]
                 if reached[s + 1:end + 1].any() or not ahead.any():
                     continue                    # (a reach in the context, or in view only after a reach)
-                kind = "in view" if seen[end] else "returns" if seen[s:end].any() else "new sightings"
+                kind = "in view" if seen[end] else "returns" if lost[end] else "new sightings"
                 out[kind].append((i, end))
     finally:
         ds.close()
@@ -71,7 +73,7 @@ def run(checkpoint: str, data: str, probe: str, n_windows: int = 96, frames: int
 
     from agents.sighting import load_sight_probe, predict
     from envs.dataset import EpisodeDataset
-    from envs.maze.dmlab import goal_in_view_along
+    from envs.maze.dmlab import goal_seen
     from worldmodel.dream.env import MaskFlowDreamEnv
     from worldmodel.tokenizer.codec import decode_tokens
 
@@ -94,7 +96,7 @@ def run(checkpoint: str, data: str, probe: str, n_windows: int = 96, frames: int
                 i, end = found[k]
                 ep = ds.episode(i)
                 s = end - length + 1
-                seen = goal_in_view_along(ep["poses"], ep["attrs"]["goal"], ep["attrs"]["layout"])
+                seen = goal_seen(ep, "benchmarks/sight_returns.py")
                 reached = np.flatnonzero(np.asarray(ep["rewards"][end + 1:end + 1 + frames]) > 0)
                 f = frames if not reached.size else int(reached[0])        # frames up to a real reach
                 env.reset(seed=int(k), options={"context_tokens": np.asarray(ep["tokens"][s:end + 1], np.int64),

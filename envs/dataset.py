@@ -288,6 +288,21 @@ class EpisodeDataset:
             self._cache[i] = out
         return out
 
+    def arrays(self, i: int, keys: tuple[str, ...]) -> dict:
+        """Episode ``i``'s per-frame arrays ``keys`` (those it has), its ``attrs`` and ``id``, without reading its
+        observations (the cheap pass over a dataset's poses or rewards)."""
+        si, eid = self.index[i]
+        name = f"episodes/{eid:06d}"
+        try:
+            g = self._file(si)[name]
+            out = {k: g[k][()] for k in keys if k in g}
+            out["attrs"] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in g.attrs.items()}
+        except (KeyError, OSError) as e:
+            raise DatasetError(f"dataset shard {self.root / self.shards[si]['file']} is corrupt: "
+                               f"cannot read {name} ({e})") from e
+        out["id"] = eid
+        return out
+
     def reward_frames(self) -> list[tuple[int, int]]:
         """(episode, frame) of every frame with a positive reward (reads only the rewards arrays)."""
         out = []

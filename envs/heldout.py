@@ -72,6 +72,11 @@ def play_heldout(env: gym.Env, steps: int, seed: int, policy: str | Policy = "ra
     return play
 
 
+def stack_poses(poses: list) -> np.ndarray | None:
+    """(f, 3) float32 of an episode's per-frame poses, or None where a step lacks one (an env that reports none)."""
+    return None if not poses or any(p is None for p in poses) else np.asarray(poses, np.float32)
+
+
 def play_maze(env: gym.Env, steps: int, seed: int, policy: str | Policy, options: dict | None,
               on_end: str = "reset") -> HeldoutPlay:
     """Reset ``env`` with ``seed`` and ``options`` (e.g. the maze seed to pin) and play ``steps`` steps; the
@@ -100,4 +105,4 @@ def play_maze(env: gym.Env, steps: int, seed: int, policy: str | Policy, options
     return HeldoutPlay(np.stack(frames), np.asarray(actions, np.int64), np.asarray(rewards, np.float64), ended,
                        int(maze), bool(term), str(info.get("layout", "")),
                        None if "goal" not in info else np.asarray(info["goal"], np.float32),
-                       None if any(p is None for p in poses) else np.asarray(poses, np.float32))
+                       stack_poses(poses))

@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.common.errors import DatasetError
 from envs.maze.layout import PRESETS, MazeConfig, MazeLayout, generate_layout, layout_from_text
 
 # name, forward, strafe (right +), turn (left +) in units of (move_step, strafe_step, turn_step)
@@ -297,3 +298,28 @@ def goal_in_view(info: dict, fov_deg: float = 60.0, step: float = 0.05) -> bool:
 def goal_in_view_along(poses: np.ndarray, goal, layout: str) -> np.ndarray:
     """(L,) bool: :func:`goal_in_view` at each pose (L, 3) of an episode whose goal and layout stay put."""
     return np.array([goal_in_view({"pose": p, "goal": goal, "layout": layout}) for p in np.asarray(poses)], bool)
+
+
+def goal_seen(ep: dict, what: str) -> np.ndarray:
+    """(L,) bool: the goal's centre in view at each frame of dataset episode ``ep`` (its ``poses`` (L, 3), and the
+    ``goal`` and ``layout`` in its ``attrs``). Raises :class:`DatasetError` naming ``what`` needs them when the
+    episode lacks one (datasets collected or tokenized before poses were kept)."""
+    attrs = ep.get("attrs", {})
+    if "poses" not in ep or "goal" not in attrs or not attrs.get("layout"):
+        raise DatasetError(f"{what} needs every episode's poses, goal and layout; episode {ep.get('id')} lacks "
+                           f"{'poses' if 'poses' not in ep else 'a recorded goal or layout'} (collect a maze env "
+                           "anew, and tokenize it with this version, which keeps the poses)")
+    return goal_in_view_along(ep["poses"], attrs["goal"], attrs["layout"])
+
+
+def goal_lost_ends(seen: np.ndarray, reached: np.ndarray, length: int) -> np.ndarray:
+    """Frames j (r,) of one episode where the goal is out of view but was in view earlier in the window of
+    ``length`` frames up to j (from frame max(0, j − length + 1)), with no reach after the window's first frame:
+    a reach moves the agent to a fresh start, so a box seen before it is not where the window last saw it.
+    ``seen`` (L,) from :func:`goal_seen`; ``reached`` (L,) bool, the raw reward frames."""
+    seen, reached = np.asarray(seen, bool), np.asarray(reached, bool)
+    j = np.arange(len(seen))
+    s = np.maximum(0, j - length + 1)
+    saw = np.concatenate([[0], np.cumsum(seen)])                    # in view among frames [a, b): saw[b] - saw[a]
+    hits = np.concatenate([[0], np.cumsum(reached)])
+    return j[~seen & (saw[j] - saw[s] > 0) & (hits[j + 1] - hits[s + 1] == 0)]

@@ -99,6 +99,33 @@ def test_the_loop_dreams_at_the_start_checkpoints_calibrated_threshold(tiny_worl
         run_rl(RLConfig(out=str(tmp_path / "a"), checkpoint=str(ckpt), reward_threshold=1.0))
 
 
+def test_wm_goal_share_reaches_each_fine_tune_and_needs_the_poses_of_wm_data(tmp_path, monkeypatch):
+    import worldmodel.model.checkpoint as checkpoint
+    import worldmodel.training.loop as loop
+    from agents.rl import RLConfig, finetune_world, run_rl
+    from envs.dataset import write_dataset
+
+    def episode(poses: bool) -> dict:
+        return {"id": 0, "frames": np.zeros((4, 8, 8, 3), np.uint8), "actions": np.zeros(4, np.int64),
+                "rewards": np.zeros(4, np.float32), **({"poses": np.zeros((4, 3), np.float32)} if poses else {})}
+
+    write_dataset(tmp_path / "bare", [episode(False)], env_id="DMLabMaze-v0", action_meanings=("a", "b"))
+    write_dataset(tmp_path / "posed", [episode(True)], env_id="DMLabMaze-v0", action_meanings=("a", "b"))
+    with pytest.raises(ConfigError, match="wm_goal_share=0.25 needs the poses .*bare"):
+        run_rl(RLConfig(out=str(tmp_path / "a"), wm_goal_share=0.25, wm_data=[str(tmp_path / "bare")]))
+    with pytest.raises(ConfigError, match="wm_steps=0"):
+        run_rl(RLConfig(out=str(tmp_path / "a"), wm_goal_share=0.25, wm_steps=0))
+    with pytest.raises(ConfigError, match="wm_goal_share"):
+        RLConfig(wm_goal_share=1.0).validate()
+    RLConfig(wm_goal_share=0.25, wm_data=[str(tmp_path / "posed")]).validate()
+    seen = []
+    monkeypatch.setattr(loop, "train", lambda tc: seen.append(tc))      # the settings each fine-tune gets
+    monkeypatch.setattr(checkpoint, "read_world_model_meta", lambda path: {})
+    finetune_world(RLConfig(wm_goal_share=0.25, wm_steps=4), "init", ["d"], tmp_path / "w", seed=0)
+    finetune_world(RLConfig(wm_steps=4), "init", ["d"], tmp_path / "w", seed=0)
+    assert [tc.goal_share for tc in seen] == [0.25, 0.0]
+
+
 def test_bad_settings_are_refused_before_any_work(tmp_path):
     from agents.rl import RLConfig, run_rl
 

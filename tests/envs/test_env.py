@@ -196,6 +196,31 @@ def test_goal_in_view_reads_heading_field_of_view_and_walls():
     assert not goal_in_view({**info, "pose": np.array([1.5, 3.5, math.radians(45)])})
 
 
+def test_goal_lost_ends_are_windows_that_saw_the_goal_and_lost_it_without_a_reach():
+    from envs.common.errors import DatasetError
+    from envs.maze.dmlab import goal_lost_ends, goal_seen
+
+    seen = np.zeros(20, bool)
+    seen[[2, 3, 12]] = True
+    reached = np.zeros(20, bool)
+    # windows of 4 frames: frames 4-6 still hold frame 3's sighting; 13-15 hold frame 12's
+    assert goal_lost_ends(seen, reached, 4).tolist() == [4, 5, 6, 13, 14, 15]
+    assert goal_lost_ends(seen, reached, 1).tolist() == []                 # a window of one frame holds no past
+    reached[14] = True                                                     # a reach at 14 moves the agent
+    assert goal_lost_ends(seen, reached, 4).tolist() == [4, 5, 6, 13]
+    reached[:] = False
+    reached[2] = True                 # a reach on the window's first frame comes before what the window holds
+    assert goal_lost_ends(seen, reached, 4).tolist() == [5, 6, 13, 14, 15]
+    # read from an episode's poses, goal and layout; refused by name without them
+    ep = {"id": 7, "poses": np.array([[1.5, 1.5, 0.0], [1.5, 1.5, math.pi]], np.float32),
+          "attrs": {"layout": "*****\n*   *\n*****", "goal": np.array([3.5, 1.5], np.float32)}}
+    assert goal_seen(ep, "x").tolist() == [True, False]
+    with pytest.raises(DatasetError, match="sight_starts needs every episode's poses.*episode 7 lacks poses"):
+        goal_seen({"id": 7, "attrs": ep["attrs"]}, "sight_starts")
+    with pytest.raises(DatasetError, match="episode 7 lacks a recorded goal or layout"):
+        goal_seen({**ep, "attrs": {"layout": ep["attrs"]["layout"]}}, "sight_starts")
+
+
 @pytest.mark.slow
 def test_goal_in_view_agrees_with_the_rendered_frame():
     """Wherever the geometry says the goal's centre is in view, the rendered frame shows the golden box."""

@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs.common.errors import CheckpointError, ConfigError
+from envs.common.errors import CheckpointError, ConfigError, DatasetError
 from envs.heldout import env_action_meanings, play_heldout
 from worldmodel.tokenizer.codec import decode_tokens, encode_frames
 
@@ -134,25 +134,19 @@ class DatasetContext:
 
     def _sighted_ends(self) -> list[tuple[int, int]]:
         """(episode, frame) of every frame without the goal in view whose window (``length`` frames up to it) saw
-        the goal before and holds no reach (a reach moves the agent to a fresh start)."""
-        from envs.maze.dmlab import goal_in_view_along
+        the goal before and holds no reach (:func:`envs.maze.dmlab.goal_lost_ends`); reads poses and rewards only."""
+        from envs.maze.dmlab import goal_lost_ends, goal_seen
 
         ends = []
-        for i in range(len(self.ds)):
-            ep = self.ds.episode(i)
-            attrs = ep["attrs"]
-            if "poses" not in ep or "goal" not in attrs or not attrs.get("layout"):
-                self.ds.close()
-                raise ConfigError(f"sight_starts needs every episode's poses, goal and layout; dataset {self.root} "
-                                  f"({self.split}) episode {ep['id']} lacks "
-                                  f"{'poses' if 'poses' not in ep else 'a recorded goal or layout'} (collect a maze "
-                                  "env anew, and tokenize it with this version, which keeps the poses)")
-            seen = goal_in_view_along(ep["poses"], attrs["goal"], attrs["layout"])
-            reached = np.asarray(ep["rewards"]) > 0
-            for j in np.flatnonzero(~seen):
-                s = max(0, int(j) - self.length + 1)
-                if seen[s:j].any() and not reached[s + 1:j + 1].any():
-                    ends.append((i, int(j)))
+        try:
+            for i in range(len(self.ds)):
+                ep = self.ds.arrays(i, ("poses", "rewards"))
+                seen = goal_seen(ep, f"sight_starts (dataset {self.root}, {self.split})")
+                reached = np.asarray(ep["rewards"]) > 0 if "rewards" in ep else np.zeros(len(seen), bool)
+                ends += [(i, int(j)) for j in goal_lost_ends(seen, reached, self.length)]
+        except DatasetError:
+            self.ds.close()
+            raise
         return ends
 
     def draw(self, rng: np.random.Generator) -> Context:

@@ -83,10 +83,10 @@ class TokenClips:
         self.num_actions = ds.num_actions
         self.action_meanings = ds.action_meanings
         self.clip_len = clip_len
-        # what tells where each episode's goal is in view (maze token datasets keep the poses), else None
-        self._views = ([(e["poses"], e["attrs"]["goal"], e["attrs"]["layout"]) for e in eps]
-                       if all("poses" in e and "goal" in e["attrs"] and e["attrs"].get("layout") for e in eps)
-                       else None)
+        # what tells where each episode's goal is in view (maze token datasets keep the poses), with its raw
+        # rewards (the reach labels before reward_early) and id: read by goal_return_starts
+        self._views = [{"attrs": e["attrs"], "id": e["id"], "rewards": _field(e, "rewards", 0, np.float32),
+                        **({"poses": e["poses"]} if "poses" in e else {})} for e in eps]
         self.tokens = np.concatenate([e["tokens"] for e in eps])          # uint16 on disk: kept compact
         n = len(self.tokens)
         self.actions = np.concatenate([_field(e, "actions", -1, np.int64) for e in eps])
@@ -139,24 +139,22 @@ class TokenClips:
 
     def goal_return_starts(self) -> np.ndarray:
         """First frames (r,) of the clips that end where the goal comes back into view: the last frame sees the
-        goal's centre, the frame before does not, an earlier frame of the clip did, and no reach lies between
-        (a reach moves the agent). Read off each episode's poses, goal and layout
-        (:func:`envs.maze.dmlab.goal_in_view_along`): the box the clip lost, drawn where it really is."""
-        from envs.maze.dmlab import goal_in_view_along
+        goal's centre, and the clip's other frames end where the goal is lost (seen earlier, no reach since:
+        :func:`envs.maze.dmlab.goal_lost_ends`), nor is the last frame a reach. Read off each episode's poses,
+        goal and layout: the box the clip lost, drawn where it really is."""
+        from envs.maze.dmlab import goal_lost_ends, goal_seen
 
-        if self._views is None:
-            names = ", ".join(str(r) for r in self.roots)
-            raise DatasetError(f"goal_share needs every episode's poses, goal and layout; {names} lacks them "
-                               "(collect a maze env anew and tokenize it with this version, which keeps the poses)")
-        seen = np.concatenate([goal_in_view_along(p, g, lay) for p, g, lay in self._views])
-        k = self.clip_len
-        g = np.flatnonzero(seen[1:] & ~seen[:-1]) + 1                    # goal back in view at g
-        first = g - (k - 1)
-        g, first = g[first >= self.episode_start[g]], first[first >= self.episode_start[g]]
-        reached = np.concatenate([[0], np.cumsum(self.rewards > 0)])    # reaches in frames [a, b): r[b] - r[a]
-        saw = np.concatenate([[0], np.cumsum(seen)])
-        keep = (saw[g - 1] - saw[first] > 0) & (reached[g + 1] - reached[first + 1] == 0)
-        return first[keep].astype(np.int64)
+        names = ", ".join(str(r) for r in self.roots)
+        k, out = self.clip_len, []
+        firsts = np.cumsum([0] + [len(v["rewards"]) for v in self._views])     # each episode's first frame
+        for start, ep in zip(firsts, self._views):
+            seen = goal_seen(ep, f"goal_share ({names})")
+            reached = ep["rewards"] > 0
+            j = goal_lost_ends(seen, reached, k - 1)                    # the clip's first k - 1 frames end at j
+            j = j[(j >= k - 2) & (j + 1 < len(seen))]                   # full clips only
+            j = j[seen[j + 1] & ~reached[j + 1]]                        # in view again at the clip's last frame
+            out.append(start + j - (k - 2))
+        return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
 
     def batch(self, windows: np.ndarray) -> ClipBatch:
         """Clips for window indices ``windows`` (b,)."""

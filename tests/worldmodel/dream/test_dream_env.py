@@ -18,7 +18,7 @@ from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode
 
 import envs  # noqa: F401  (registers MaskFlowDream-v0)
-from envs.common.errors import CheckpointError, ConfigError, MaskFlowError, SamplerSettingsError
+from envs.common.errors import CheckpointError, ConfigError, DatasetError, MaskFlowError, SamplerSettingsError
 from worldmodel.dream.env import DreamEnvError, MaskFlowDreamEnv
 from worldmodel.dream.vector_env import MaskFlowDreamVectorEnv
 from worldmodel.evaluation.action_check import (
@@ -282,7 +282,7 @@ def test_sight_starts_end_where_the_goal_was_seen_and_lost(ckpt, data, tmp_path)
     bare = write_dataset(tmp_path / "bare", [{"id": 0, "frames": np.zeros((8, 64, 64, 3), np.uint8),
                                               "actions": np.zeros(8, np.int64), "rewards": np.zeros(8, np.float32)}],
                          env_id="DMLabMaze-v0", action_meanings=MaskFlowDreamEnv(ckpt, data=data).action_meanings)
-    with pytest.raises(ConfigError, match="lacks poses"):
+    with pytest.raises(DatasetError, match="sight_starts .*bare.* needs every episode's poses.*lacks poses"):
         make(ckpt, str(bare), split="train", sight_starts=0.5)
     with pytest.raises(ConfigError, match="need dataset context"):
         MaskFlowDreamEnv(ckpt, context="live", sight_starts=0.5)

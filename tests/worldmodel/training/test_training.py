@@ -589,6 +589,11 @@ def test_goal_clips_end_where_the_goal_comes_back_and_take_their_share_of_each_b
     clips = TokenClips(root, "train", 8)
     first = clips.goal_return_starts()
     assert sorted(first.tolist()) == [12 - 7, 24 + 16 - 7]
+    # a reach just after the return frame does not hide it, whatever reward_early labels the frames before it
+    early = _goal_episodes()
+    early[0]["rewards"][13] = 1.0
+    write_dataset(tmp_path / "early", early, "train", "tokens", "synthetic", ACTIONS)
+    assert np.array_equal(TokenClips(tmp_path / "early", "train", 8, reward_early=2).goal_return_starts(), first)
     mixed = ClipSampler(clips, 8, seed=3, goal_share=0.25)
     rows_ = np.stack([mixed.starts(s) for s in range(20)])
     assert np.isin(rows_[:, 6:], first).all() and mixed.return_rows == slice(8, 8)
@@ -601,7 +606,7 @@ def test_goal_clips_end_where_the_goal_comes_back_and_take_their_share_of_each_b
     ranks = [ClipSampler(clips, 8, seed=3, rank=r, world_size=2, goal_share=0.25) for r in (0, 1)]
     assert np.array_equal(np.concatenate([r.starts(9) for r in ranks]), mixed.starts(9))
     write_dataset(tmp_path / "plain", _random_episodes(), "train", "tokens", "synthetic", ACTIONS)
-    with pytest.raises(DatasetError, match="goal_share needs every episode's poses"):
+    with pytest.raises(DatasetError, match="goal_share .*plain.* needs every episode's poses"):
         ClipSampler(TokenClips(tmp_path / "plain", "train", 8), 8, seed=3, goal_share=0.25)
     blind = _goal_episodes()
     for e in blind:

@@ -156,14 +156,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--sheet", default="", help="PNG: real above dream for the first return windows")
     ap.add_argument("--pair-with", default="", help="an earlier --out JSON of the same windows: paired differences")
     a = ap.parse_args(argv)
+    other = pairable(a.pair_with) if a.pair_with else None          # refused before the run, not after it
     res = run(a.checkpoint, a.data, a.probe, a.windows, a.frames, a.steps_per_frame, a.seed, a.threads, a.sheet)
-    if a.pair_with:
-        res["paired_with"] = {"file": a.pair_with, "kinds": paired(res, json.loads(Path(a.pair_with).read_text()))}
+    if a.out:                                    # written first: a pairing refused below loses no measurement
+        Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+    if other is not None:
+        res["paired_with"] = {"file": a.pair_with, "kinds": paired(res, other)}
         for kind, d in res["paired_with"]["kinds"].items():
             print(f"{kind}: dream recall, this - {a.pair_with}: {d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}]")
-    if a.out:
-        Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+        if a.out:
+            Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     return res
+
+
+def pairable(path: str) -> dict[str, Any]:
+    """An earlier ``--out`` JSON that keeps its per-window values (the windows it drew, their recalls)."""
+    try:
+        other = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--pair-with {path}: cannot read it as an earlier --out JSON ({e})") from None
+    kinds = other.get("kinds") or {}
+    if not kinds or any("windows_drawn" not in r or "per_window_recall_dream" not in r for r in kinds.values()):
+        raise SystemExit(f"--pair-with {path}: it keeps no per-window values (written by an earlier version); "
+                         "measure that checkpoint again with this one")
+    return other
 
 
 def paired(a: dict[str, Any], b: dict[str, Any], seed: int = 0) -> dict[str, list[float]]:

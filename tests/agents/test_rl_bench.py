@@ -150,3 +150,10 @@ def test_sight_returns_sorts_windows_by_what_the_context_saw_and_scores_the_drea
     next(iter(other["kinds"].values()))["windows_drawn"] = [[-1, -1]]
     with pytest.raises(SystemExit, match="other windows"):
         bench.paired(res, other)
+    # a file without per-window values is refused before any dreaming (the run would be lost after it)
+    for kind in other["kinds"].values():
+        del kind["windows_drawn"]
+    (tmp_path / "old.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="old.json: it keeps no per-window values"):
+        bench.main(["--data", str(tokens), "--probe", str(probe), "--pair-with", str(tmp_path / "old.json"),
+                    "--checkpoint", str(tmp_path / "no such checkpoint")])

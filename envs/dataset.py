@@ -270,27 +270,19 @@ class EpisodeDataset:
         """Episode ``i`` of this split as numpy arrays (``kind`` obs + per-frame arrays) and ``attrs``."""
         if self._cache is not None and i in self._cache:
             return self._cache[i]
+        out = self.arrays(i, (self.kind, *PER_FRAME))
         si, eid = self.index[i]
-        f = self._file(si)
         name = f"episodes/{eid:06d}"
-        try:
-            g = f[name]
-            out = {k: g[k][()] for k in (self.kind, *PER_FRAME) if k in g}
-            out["attrs"] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in g.attrs.items()}
-        except (KeyError, OSError) as e:
-            raise DatasetError(f"dataset shard {self.root / self.shards[si]['file']} is corrupt: "
-                               f"cannot read {name} ({e})") from e
         if self.kind not in out or any(len(out[k]) != len(out[self.kind]) for k in PER_FRAME if k in out):
             raise DatasetError(f"dataset shard {self.root / self.shards[si]['file']}: episode {name} "
                                "is missing its observations or has arrays of different lengths")
-        out["id"] = eid
         if self._cache is not None:
             self._cache[i] = out
         return out
 
     def arrays(self, i: int, keys: tuple[str, ...]) -> dict:
-        """Episode ``i``'s per-frame arrays ``keys`` (those it has), its ``attrs`` and ``id``, without reading its
-        observations (the cheap pass over a dataset's poses or rewards)."""
+        """Episode ``i``'s per-frame arrays ``keys`` (those it has), its ``attrs`` and ``id``, reading nothing else
+        (without the observations: the cheap pass over a dataset's poses or rewards; :meth:`episode` reads all)."""
         si, eid = self.index[i]
         name = f"episodes/{eid:06d}"
         try:

@@ -102,6 +102,7 @@ def labelled_frames(data: list[str], split: str, every: int = 1) -> tuple[np.nda
     """Frames (n y x c) uint8 and their in-view labels (n,) from frames datasets of a maze env (every
     ``every``-th frame); raises :class:`DatasetError` for a dataset without poses or layouts."""
     from envs.dataset import EpisodeDataset, load_manifest, recorded_env
+    from envs.maze.dmlab import goal_seen
 
     frames, labels = [], []
     for d in data:
@@ -114,14 +115,11 @@ def labelled_frames(data: list[str], split: str, every: int = 1) -> tuple[np.nda
         try:
             for i in range(len(ds)):
                 ep = ds.episode(i)
-                if "poses" not in ep or not ep["attrs"].get("layout"):
-                    raise DatasetError(f"{d}: episode {ep['id']} has no poses or layout (a maze env's dataset has "
-                                       "both)")
-                if env is None and "goal" not in ep["attrs"]:
-                    env = _make_env(ds.env_id, env_kwargs)
-                goal = episode_goal(ep["attrs"], ds.env_id, env_kwargs, env)
+                if "goal" not in ep["attrs"] and "poses" in ep:      # recorded before goals were kept: its reset's goal
+                    env = env or _make_env(ds.env_id, env_kwargs)
+                    ep["attrs"] = {**ep["attrs"], "goal": episode_goal(ep["attrs"], ds.env_id, env_kwargs, env)}
                 frames.append(ep["frames"][::every])
-                labels.append(sight_labels(ep["poses"][::every], goal, ep["attrs"]["layout"]))
+                labels.append(goal_seen(ep, f"the sighting probe's data {d}")[::every])
         finally:
             ds.close()
             if env is not None:

@@ -58,6 +58,19 @@ def test_labels_show_the_goal_in_view_as_the_oracle_walks_into_it(seeking_datase
     assert frames.shape == (len(labels), 64, 64, 3) and 0 < labels.mean() < 1
 
 
+
+def test_the_probe_refuses_a_dataset_without_poses_by_name(tmp_path):
+    from agents.sighting import labelled_frames
+    from envs.dataset import write_dataset
+
+    bare = write_dataset(tmp_path / "bare", [{"id": 3, "frames": np.zeros((8, 64, 64, 3), np.uint8),
+                                              "actions": np.zeros(8, np.int64), "rewards": np.zeros(8, np.float32)}],
+                         env_id="DMLabMaze-v0", action_meanings=["forward"])
+    with pytest.raises(DatasetError, match="sighting probe's data .*bare.* needs every episode's poses.*episode 3 "
+                                           "lacks poses"):
+        labelled_frames([str(bare)], "train")
+
+
 def test_the_probe_learns_to_see_the_goal_reloads_and_is_checked(seeking_dataset, tmp_path):
     from agents.sighting import labelled_frames, load_sight_probe, predict, train_sight_probe
 

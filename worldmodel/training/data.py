@@ -84,8 +84,8 @@ class TokenClips:
         self.action_meanings = ds.action_meanings
         self.clip_len = clip_len
         # what tells where each episode's goal is in view (maze token datasets keep the poses), with its raw
-        # rewards (the reach labels before reward_early) and id: read by goal_return_starts
-        self._views = [{"attrs": e["attrs"], "id": e["id"], "rewards": _field(e, "rewards", 0, np.float32),
+        # reaches (the raw reward frames, before reward_early) and id: read by goal_return_starts
+        self._views = [{"attrs": e["attrs"], "id": e["id"], "reached": _field(e, "rewards", 0, np.float32) > 0,
                         **({"poses": e["poses"]} if "poses" in e else {})} for e in eps]
         self.tokens = np.concatenate([e["tokens"] for e in eps])          # uint16 on disk: kept compact
         n = len(self.tokens)
@@ -146,10 +146,10 @@ class TokenClips:
 
         names = ", ".join(str(r) for r in self.roots)
         k, out = self.clip_len, []
-        firsts = np.cumsum([0] + [len(v["rewards"]) for v in self._views])     # each episode's first frame
+        firsts = np.cumsum([0] + [len(v["reached"]) for v in self._views])     # each episode's first frame
         for start, ep in zip(firsts, self._views):
             seen = goal_seen(ep, f"goal_share ({names})")
-            reached = ep["rewards"] > 0
+            reached = ep["reached"]
             j = goal_lost_ends(seen, reached, k - 1)                    # the clip's first k - 1 frames end at j
             j = j[(j >= k - 2) & (j + 1 < len(seen))]                   # full clips only
             j = j[seen[j + 1] & ~reached[j + 1]]                        # in view again at the clip's last frame

@@ -158,14 +158,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = ap.parse_args(argv)
     other = pairable(a.pair_with) if a.pair_with else None          # refused before the run, not after it
     res = run(a.checkpoint, a.data, a.probe, a.windows, a.frames, a.steps_per_frame, a.seed, a.threads, a.sheet)
-    if a.out:                                    # written first: a pairing refused below loses no measurement
-        Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
-    if other is not None:
-        res["paired_with"] = {"file": a.pair_with, "kinds": paired(res, other)}
-        for kind, d in res["paired_with"]["kinds"].items():
-            print(f"{kind}: dream recall, this - {a.pair_with}: {d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}]")
+    try:
+        if other is not None:
+            res["paired_with"] = {"file": a.pair_with, "kinds": paired(res, other)}
+            for kind, d in res["paired_with"]["kinds"].items():
+                print(f"{kind}: dream recall, this - {a.pair_with}: {d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}]")
+    finally:                                     # written even when the pairing fails: the run is kept
         if a.out:
-            Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+            from envs.common.files import write_json
+
+            write_json(a.out, res)
     return res
 
 

@@ -58,7 +58,6 @@ def test_labels_show_the_goal_in_view_as_the_oracle_walks_into_it(seeking_datase
     assert frames.shape == (len(labels), 64, 64, 3) and 0 < labels.mean() < 1
 
 
-
 def test_the_probe_refuses_a_dataset_without_poses_by_name(tmp_path):
     from agents.sighting import labelled_frames
     from envs.dataset import write_dataset

@@ -7,7 +7,7 @@ for the search itself:
 
 - :class:`SightNet`, a small CNN that says from one frame whether the goal is in view. It learns from real
   frames of maze datasets, labelled by :func:`envs.maze.dmlab.goal_in_view` from each frame's pose, the episode's
-  goal and its layout (:func:`sight_labels`). It reads frames, so it scores dreamed frames the same way.
+  goal and its layout (:func:`envs.maze.dmlab.goal_seen`). It reads frames, so it scores dreamed frames the same way.
 - :class:`SightBonus`, an SB3 ``VecEnvWrapper`` that adds ``bonus`` to the reward of the step on which the probe
   first sees the goal in an episode where it did not see it at the start. Once per episode, so that turning the
   goal in and out of view earns nothing.
@@ -89,13 +89,6 @@ def episode_goal(attrs: dict, env_id: str, env_kwargs: dict | None = None, env=N
         if own:
             env.close()
     return np.asarray(info["goal"], np.float32)
-
-
-def sight_labels(poses: np.ndarray, goal: np.ndarray, layout: str) -> np.ndarray:
-    """(L,) bool: whether the goal's centre is in view at each pose (L, 3) of an episode."""
-    from envs.maze.dmlab import goal_in_view_along
-
-    return goal_in_view_along(poses, goal, layout)
 
 
 def labelled_frames(data: list[str], split: str, every: int = 1) -> tuple[np.ndarray, np.ndarray]:

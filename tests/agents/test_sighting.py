@@ -41,14 +41,15 @@ def test_an_episodes_goal_is_recovered_from_its_seeds_where_it_was_not_recorded(
 
 
 def test_labels_show_the_goal_in_view_as_the_oracle_walks_into_it(seeking_dataset):
-    from agents.sighting import labelled_frames, sight_labels
+    from agents.sighting import labelled_frames
     from envs.dataset import EpisodeDataset
+    from envs.maze.dmlab import goal_in_view_along
 
     ds = EpisodeDataset(seeking_dataset, "train")
     reaches = 0
     for i in range(len(ds)):
         ep = ds.episode(i)
-        labels = sight_labels(ep["poses"], ep["attrs"]["goal"], ep["attrs"]["layout"])
+        labels = goal_in_view_along(ep["poses"], ep["attrs"]["goal"], ep["attrs"]["layout"])
         for j in np.flatnonzero(ep["rewards"] > 0):
             assert labels[max(j - 5, 0):j].any(), f"episode {i}: reach at frame {j} without the goal in view before it"
             reaches += 1

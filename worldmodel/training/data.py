@@ -146,8 +146,7 @@ class TokenClips:
 
         names = ", ".join(str(r) for r in self.roots)
         k, out = self.clip_len, []
-        firsts = np.cumsum([0] + [len(v["reached"]) for v in self._views])     # each episode's first frame
-        for start, ep in zip(firsts, self._views):
+        for start, ep in zip(np.unique(self.episode_start), self._views, strict=True):   # each episode's first frame
             seen = goal_seen(ep, f"goal_share ({names})")
             reached = ep["reached"]
             j = goal_lost_ends(seen, reached, k - 1)                    # the clip's first k - 1 frames end at j

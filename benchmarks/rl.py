@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if base_cfg.action_repeat != 1:             # files made before the key held 1
         made_for["action_repeat"] = base_cfg.action_repeat
     old_curves, old_baselines, taken = earlier_parts(
-        a.earlier, dataclasses.asdict(base_cfg), made_for, n_real,
+        a.earlier, dataclasses.asdict(base_cfg), dataclasses.asdict(RLConfig()), made_for, n_real,
         [s for s in a.seeds if not (out / f"a_seed{s}").exists()],
         [s for s in a.seeds if not (out / "baselines" / f"seed{s}.json").exists()])
     runs = {}
@@ -159,12 +159,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 NOT_SETTINGS = ("seed", "out", "threads", "progress")
 
 
-def earlier_parts(paths: list[str], settings: dict[str, Any], made_for: dict[str, Any], n_real: int,
-                  seeds_a: list[int], seeds_b: list[int]
+def earlier_parts(paths: list[str], settings: dict[str, Any], defaults: dict[str, Any], made_for: dict[str, Any],
+                  n_real: int, seeds_a: list[int], seeds_b: list[int]
                   ) -> tuple[dict[int, list], dict[int, dict], dict[str, dict[str, str]]]:
     """From earlier results files: (a)'s curves to ``n_real`` real steps for ``seeds_a``, where a file's settings
-    equal ``settings`` (``NOT_SETTINGS`` aside); baselines made for ``made_for`` for ``seeds_b``; and which file gave
-    what. The first file that has a part gives it. A file that gives none names the settings that differ."""
+    equal ``settings`` (``NOT_SETTINGS`` aside; a key the file lacks holds its value in ``defaults``, since it was
+    added later and its default keeps what runs did before it); baselines made for ``made_for`` for ``seeds_b``;
+    and which file gave what. The first file that has a part gives it. A file that gives none names the settings
+    that differ."""
     from envs.common.files import read_json
 
     curves: dict[int, list] = {}
@@ -175,8 +177,9 @@ def earlier_parts(paths: list[str], settings: dict[str, Any], made_for: dict[str
         missing = [k for k in ("settings", "curves", "baselines_per_seed") if k not in r]
         if missing:
             raise SystemExit(f"{path}: not a results file of benchmarks/rl.py (no {', '.join(missing)})")
-        differ = sorted(k for k in set(settings) | set(r["settings"])
-                        if k not in NOT_SETTINGS and settings.get(k) != r["settings"].get(k))
+        theirs = defaults | r["settings"]
+        differ = sorted(k for k in set(settings) | set(theirs)
+                        if k not in NOT_SETTINGS and settings.get(k) != theirs.get(k))
         gave = False
         for s in seeds_a:
             curve = r["curves"].get(str(s))
@@ -187,7 +190,7 @@ def earlier_parts(paths: list[str], settings: dict[str, Any], made_for: dict[str
             if s not in base and b is not None and b.get("made_for") == made_for:
                 base[s], taken["baselines"][str(s)], gave = b, str(path), True
         if not gave:
-            why = ("settings differ: " + ", ".join(f"{k} {r['settings'].get(k)!r} there, {settings.get(k)!r} here"
+            why = ("settings differ: " + ", ".join(f"{k} {theirs.get(k)!r} there, {settings.get(k)!r} here"
                                                    for k in differ)) if differ else "none of these seeds"
             raise SystemExit(f"{path} gives nothing for seeds {sorted(set(seeds_a) | set(seeds_b))}: {why}")
     return curves, base, taken

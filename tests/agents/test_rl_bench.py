@@ -3,6 +3,7 @@ per seed and redone when their settings change."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -60,6 +61,17 @@ def test_rl_benchmark_pairs_a_with_b_at_every_round_and_resumes(tiny_world_check
     # an earlier file of other settings gives nothing, and says which settings differ
     with pytest.raises(SystemExit, match="settings differ: gamma 0.97 there, 0.9 here"):
         bench.main(moved + sets(**(TINY | {"gamma": 0.9})))
+    # a file from before a key existed holds its default: taken at the default, refused at another value
+    older = json.loads(results.read_text())
+    del older["settings"]["sight_starts"]
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    moved[-1] = str(tmp_path / "older.json")
+    assert bench.main(moved + sets(**TINY))["rows"] == r["rows"]
+    from agents.rl import RLConfig
+
+    with pytest.raises(SystemExit, match="settings differ: sight_starts 0.0 there, 0.25 here"):
+        bench.earlier_parts([moved[-1]], r["settings"] | {"sight_starts": 0.25}, dataclasses.asdict(RLConfig()),
+                            {}, r["real_steps_N"], [0], [])
 
 
 def test_goal_sightings_probe_counts_a_sighting_turned_into_a_reach_and_hands_over_in_view():

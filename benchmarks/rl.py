@@ -38,7 +38,7 @@ import numpy as np
 
 # the settings rows (b)-(d) depend on (PPO's, acting's, scoring's): a baselines file made with others is redone
 BASELINE_KEYS = ("n_steps", "batch_size", "epochs", "lr", "ent_coef", "gamma", "recurrent", "frame_stack",
-                 "act_temperature", "episode_steps", "eval_episodes", "eval_seed")
+                 "act_temperature", "action_repeat", "episode_steps", "eval_episodes", "eval_seed")
 
 
 def t_interval(values: list[float]) -> dict[str, Any]:
@@ -85,11 +85,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base_cfg = RLConfig(checkpoint=a.checkpoint, progress=False, **kw)
     base_cfg.validate()
     n_real = base_cfg.rounds * base_cfg.collect_steps
-    made_for = {"checkpoint": a.checkpoint} | {k: getattr(base_cfg, k) for k in BASELINE_KEYS}
-    if base_cfg.action_repeat != 1:             # files made before the key held 1
-        made_for["action_repeat"] = base_cfg.action_repeat
+    made_for = made_for_of(base_cfg)
     old_curves, old_baselines, taken = earlier_parts(
-        a.earlier, dataclasses.asdict(base_cfg), dataclasses.asdict(RLConfig()), made_for, n_real,
+        a.earlier, dataclasses.asdict(base_cfg), made_for, n_real,
         [s for s in a.seeds if not (out / f"a_seed{s}").exists()],
         [s for s in a.seeds if not (out / "baselines" / f"seed{s}.json").exists()])
     runs = {}
@@ -104,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for s in a.seeds:                           # one file per seed: seeds may run in parallel processes
         bpath = out / "baselines" / f"seed{s}.json"
         have = read_json(bpath, "baselines") if bpath.exists() else old_baselines.get(s)
-        if have is None or have.get("made_for") != made_for or b_at(have, n_real) is None:
+        if have is None or not same_made_for(have.get("made_for"), made_for) or b_at(have, n_real) is None:
             if a.only not in ("all", "baselines"):  # none yet, other settings, or trained short of N: (re)do
                 continue
             have = baselines(a.checkpoint, n_real, (s,), base_cfg.eval_episodes, base_cfg.eval_seed, base_cfg,
@@ -159,16 +157,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 NOT_SETTINGS = ("seed", "out", "threads", "progress")
 
 
-def earlier_parts(paths: list[str], settings: dict[str, Any], defaults: dict[str, Any], made_for: dict[str, Any],
-                  n_real: int, seeds_a: list[int], seeds_b: list[int]
+def made_for_of(cfg: Any) -> dict[str, Any]:
+    """What a seed's baselines are made for: the checkpoint and ``BASELINE_KEYS`` of an ``RLConfig``."""
+    return {"checkpoint": cfg.checkpoint} | {k: getattr(cfg, k) for k in BASELINE_KEYS}
+
+
+def same_made_for(there: dict[str, Any] | None, here: dict[str, Any]) -> bool:
+    """Whether baselines made for ``there`` (a file's) are those for ``here``. A key ``there`` lacks holds its
+    ``RLConfig`` default: the key was added later, and its default keeps what runs did before it."""
+    from agents.rl import RLConfig
+
+    return there is not None and (made_for_of(RLConfig()) | there) == here
+
+
+def earlier_parts(paths: list[str], settings: dict[str, Any], made_for: dict[str, Any], n_real: int,
+                  seeds_a: list[int], seeds_b: list[int]
                   ) -> tuple[dict[int, list], dict[int, dict], dict[str, dict[str, str]]]:
     """From earlier results files: (a)'s curves to ``n_real`` real steps for ``seeds_a``, where a file's settings
-    equal ``settings`` (``NOT_SETTINGS`` aside; a key the file lacks holds its value in ``defaults``, since it was
-    added later and its default keeps what runs did before it); baselines made for ``made_for`` for ``seeds_b``;
-    and which file gave what. The first file that has a part gives it. A file that gives none names the settings
-    that differ."""
+    equal ``settings`` (``NOT_SETTINGS`` aside; a key the file lacks holds its ``RLConfig`` default, since it was
+    added later and its default keeps what runs did before it); baselines made for ``made_for`` (``same_made_for``)
+    for ``seeds_b``; and which file gave what. The first file that has a part gives it. A file that gives none
+    names the settings that differ."""
+    from agents.rl import RLConfig
     from envs.common.files import read_json
 
+    defaults = dataclasses.asdict(RLConfig())
     curves: dict[int, list] = {}
     base: dict[int, dict] = {}
     taken: dict[str, dict[str, str]] = {"a": {}, "baselines": {}}
@@ -187,7 +200,7 @@ def earlier_parts(paths: list[str], settings: dict[str, Any], defaults: dict[str
                 curves[s], taken["a"][str(s)], gave = curve, str(path), True
         for s in seeds_b:
             b = r["baselines_per_seed"].get(str(s))
-            if s not in base and b is not None and b.get("made_for") == made_for:
+            if s not in base and b is not None and same_made_for(b.get("made_for"), made_for):
                 base[s], taken["baselines"][str(s)], gave = b, str(path), True
         if not gave:
             why = ("settings differ: " + ", ".join(f"{k} {theirs.get(k)!r} there, {settings.get(k)!r} here"

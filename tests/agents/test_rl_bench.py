@@ -3,7 +3,6 @@ per seed and redone when their settings change."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -21,6 +20,8 @@ def sets(**kw) -> list[str]:
 
 @pytest.mark.slow
 def test_rl_benchmark_pairs_a_with_b_at_every_round_and_resumes(tiny_world_checkpoint, tmp_path):
+    from agents.rl import RLConfig
+
     spec = importlib.util.spec_from_file_location("bench_rl", ROOT / "benchmarks" / "rl.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -39,7 +40,10 @@ def test_rl_benchmark_pairs_a_with_b_at_every_round_and_resumes(tiny_world_check
     assert b["made_for"]["checkpoint"] == str(tiny_world_checkpoint) and b["made_for"]["episode_steps"] == 20
     assert json.loads(results.read_text())["by_real_steps"] == r["by_real_steps"]
     assert (results.parent / "curves_tiny.png").stat().st_size > 0
-    # composed again: every part resumes, nothing is retrained
+    assert b["made_for"]["action_repeat"] == 1
+    # composed again: every part resumes, nothing is retrained; a baselines file from before a key (here
+    # action_repeat) holds its default
+    bfile.write_text(json.dumps(b | {"made_for": {k: v for k, v in b["made_for"].items() if k != "action_repeat"}}))
     made = bfile.stat().st_mtime_ns
     again = bench.main(args + sets(**TINY))
     assert bfile.stat().st_mtime_ns == made and again["by_real_steps"] == r["by_real_steps"]
@@ -64,14 +68,18 @@ def test_rl_benchmark_pairs_a_with_b_at_every_round_and_resumes(tiny_world_check
     # a file from before a key existed holds its default: taken at the default, refused at another value
     older = json.loads(results.read_text())
     del older["settings"]["sight_starts"]
+    assert "action_repeat" not in older["baselines_per_seed"]["0"]["made_for"]     # as resumed above
     (tmp_path / "older.json").write_text(json.dumps(older))
     moved[-1] = str(tmp_path / "older.json")
-    assert bench.main(moved + sets(**TINY))["rows"] == r["rows"]
-    from agents.rl import RLConfig
-
+    taken = bench.main(moved + sets(**TINY))
+    assert taken["rows"] == r["rows"] and taken["earlier"]["baselines"] == {"0": moved[-1]}
     with pytest.raises(SystemExit, match="settings differ: sight_starts 0.0 there, 0.25 here"):
-        bench.earlier_parts([moved[-1]], r["settings"] | {"sight_starts": 0.25}, dataclasses.asdict(RLConfig()),
-                            {}, r["real_steps_N"], [0], [])
+        bench.earlier_parts([moved[-1]], r["settings"] | {"sight_starts": 0.25}, {}, r["real_steps_N"], [0], [])
+    made_for = bench.made_for_of(RLConfig(**TINY | {"checkpoint": str(tiny_world_checkpoint)}))
+    assert bench.earlier_parts([moved[-1]], r["settings"], made_for, r["real_steps_N"], [], [0])[1][0] == \
+        older["baselines_per_seed"]["0"]
+    with pytest.raises(SystemExit, match="none of these seeds"):    # made for action_repeat 1, asked for 2
+        bench.earlier_parts([moved[-1]], r["settings"], made_for | {"action_repeat": 2}, r["real_steps_N"], [], [0])
 
 
 def test_goal_sightings_probe_counts_a_sighting_turned_into_a_reach_and_hands_over_in_view():

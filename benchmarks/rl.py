@@ -162,26 +162,28 @@ def made_for_of(cfg: Any) -> dict[str, Any]:
     return {"checkpoint": cfg.checkpoint} | {k: getattr(cfg, k) for k in BASELINE_KEYS}
 
 
-def same_made_for(there: dict[str, Any] | None, here: dict[str, Any]) -> bool:
-    """Whether baselines made for ``there`` (a file's) are those for ``here``. A key ``there`` lacks holds its
-    ``RLConfig`` default: the key was added later, and its default keeps what runs did before it."""
+def filled(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` (settings or ``made_for`` read from a file) with each ``RLConfig`` field it lacks at its default: a key
+    an older file lacks was added later, and its default keeps what runs did before it."""
     from agents.rl import RLConfig
 
-    return there is not None and (made_for_of(RLConfig()) | there) == here
+    return dataclasses.asdict(RLConfig()) | d
+
+
+def same_made_for(there: dict[str, Any] | None, here: dict[str, Any]) -> bool:
+    """Whether baselines made for ``there`` (a file's) are those for ``here``, a key ``there`` lacks ``filled``."""
+    return there is not None and {k: v for k, v in filled(there).items() if k in here or k in there} == here
 
 
 def earlier_parts(paths: list[str], settings: dict[str, Any], made_for: dict[str, Any], n_real: int,
                   seeds_a: list[int], seeds_b: list[int]
                   ) -> tuple[dict[int, list], dict[int, dict], dict[str, dict[str, str]]]:
     """From earlier results files: (a)'s curves to ``n_real`` real steps for ``seeds_a``, where a file's settings
-    equal ``settings`` (``NOT_SETTINGS`` aside; a key the file lacks holds its ``RLConfig`` default, since it was
-    added later and its default keeps what runs did before it); baselines made for ``made_for`` (``same_made_for``)
-    for ``seeds_b``; and which file gave what. The first file that has a part gives it. A file that gives none
-    names the settings that differ."""
-    from agents.rl import RLConfig
+    equal ``settings`` (``NOT_SETTINGS`` aside, a key the file lacks ``filled``); baselines made for ``made_for``
+    (``same_made_for``) for ``seeds_b``; and which file gave what. The first file that has a part gives it. A file
+    that gives none names the settings that differ."""
     from envs.common.files import read_json
 
-    defaults = dataclasses.asdict(RLConfig())
     curves: dict[int, list] = {}
     base: dict[int, dict] = {}
     taken: dict[str, dict[str, str]] = {"a": {}, "baselines": {}}
@@ -190,7 +192,7 @@ def earlier_parts(paths: list[str], settings: dict[str, Any], made_for: dict[str
         missing = [k for k in ("settings", "curves", "baselines_per_seed") if k not in r]
         if missing:
             raise SystemExit(f"{path}: not a results file of benchmarks/rl.py (no {', '.join(missing)})")
-        theirs = defaults | r["settings"]
+        theirs = filled(r["settings"])
         differ = sorted(k for k in set(settings) | set(theirs)
                         if k not in NOT_SETTINGS and settings.get(k) != theirs.get(k))
         gave = False
